@@ -1,0 +1,3 @@
+from xdna_ep.cli import main
+
+raise SystemExit(main())

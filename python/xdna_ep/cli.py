@@ -1,0 +1,43 @@
+"""The ``xdna-ep`` command line.
+
+Each subcommand lives in the module of its concept, which provides ``configure_parser(parser)`` and
+``run_command(args) -> int``; this file only lists them, so the modules are imported only when used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from xdna_ep.errors import XdnaError
+
+# subcommand -> (module that implements it, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "transcribe": ("xdna_ep.transcribe", "transcribe audio files"),
+    "models": ("xdna_ep.models.cli", "export and list Whisper ONNX models"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xdna-ep", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.configure_parser(sub_parser)
+        sub_parser.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._module.run_command(args) or 0)
+    except XdnaError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
