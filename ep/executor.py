@@ -1,0 +1,51 @@
+"""The executor interface: what the ``xdna`` custom ops call to do their math.
+
+The custom ops (``ep/ops.py``) never compute themselves; they hand their inputs to the executor bound
+to the session that owns the node. Two implementations plug in here:
+
+- ``ReferenceExecutor`` (this file): fp32 NumPy, the kernels' references; used for ``device="cpu"``
+  checks and as the CPU fallback of every op.
+- ``NpuExecutor`` (``ep/npu_executor.py``): the XRT backend, against the real ``pyxrt`` or the
+  simulated NPU; counts launches, bytes and modelled time.
+
+Weights of offloaded nodes are registered once per session with ``add_weight`` and referred to by key
+afterwards, so they are converted and made resident once, not copied on every call.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class Executor(ABC):
+    """Runs fused xdna nodes. Subclasses must be thread-safe or serialize internally."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def add_weight(self, key: str, array: np.ndarray) -> None:
+        """Make a constant (weight or bias) resident under ``key``; called once per key per session."""
+
+    @abstractmethod
+    def matmul(self, node: str, x: np.ndarray, weight_key: str, bias_key: str, activation: str) -> np.ndarray:
+        """y = act(x @ W + b). x: (..., K) float32, W: (K, N) resident, b: (N,) resident or "" for none.
+
+        activation: "" (none) or "gelu" (erf GELU, Whisper's). Returns (..., N) float32.
+        """
+
+    @abstractmethod
+    def attention(
+        self, node: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal: bool
+    ) -> np.ndarray:
+        """softmax(q @ k^T * scale [+ causal mask]) @ v, per head.
+
+        q: (batch, n_head, n_q, head_dim), k and v: (batch, n_head, n_kv, head_dim), all float32.
+        causal: query i (of n_q, aligned to the end of the n_kv keys) sees keys 0 .. n_kv - n_q + i.
+        Returns (batch, n_head, n_q, head_dim) float32.
+        """
+
+    @abstractmethod
+    def softmax(self, node: str, x: np.ndarray, axis: int) -> np.ndarray:
+        """Softmax of float32 ``x`` along ``axis`` (ONNX opset >= 13 semantics)."""
