@@ -1,0 +1,327 @@
+"""Time model of one fused node on the NPU and on the CPU: the partitioner decides with it, the simulated
+NPU reports its modelled device time with it (one source of truth).
+
+NPU time of one launch = host overhead (custom-op call, fp32 -> bf16 conversion of the activations,
+copies) + launch (kernel() + wait() from Python) + transfers (activations in, results out; weights are
+resident and never counted per call) + compute on the array, for the shape padded to the design's
+bucket (whole-array GEMM: M to rows * m, K to k, N to columns * n).
+
+Compute of a whole-array GEMM (M, K, N padded, ``products`` bf16 products: 1 in bf16, 3 in accurate)::
+
+    products * 2 * M * K * N / gemm_flops_per_s  +  M * N * output_s_per_element
+
+The two constants are fitted (least squares on relative error, launch fixed at 60 us) to the measured
+whole-array GEMMs of npu.md: whisper-xdna README (4 columns, bf16, fp32 accumulation) 1761 GFLOPS for
+1536x1536x384, 1514 for 1536x5120x1280, 1409 for 1536x1280x1280, 386 for 1536x64x1536, and whisper-xdna
+HISTORY.md's 512^3 GEMM from raw pyxrt in 0.267 ms (launch and copies included). The fit reproduces them
+within 17 % (``tests/ep/test_cost_model.py`` asserts 25 %). The first term is the MAC work; the second
+is the per-output-element cost (accumulator drain to DDR) that makes skinny-K GEMMs slow.
+
+Attention (one fused kernel, query rows spread over all cores, keys streamed in tiles with online
+softmax in fp32): the MACs of q @ k^T and p @ v at the GEMM rate, plus every score element at the
+per-output-element cost (assumed: on-core softmax work per score equals a GEMM's drain per element,
+unverified), plus the output drain. Softmax alone: streaming-bound on the shim DMAs (fp32 in and out).
+
+CPU time is ONNX Runtime's CPU EP on the 2-core x86 machines of this project, measured here with
+``intra_op_num_threads=2`` (script in ``ep/cost_model.py``'s test): MatMul 58-110 GFLOPS for M >= 16,
+weight-bandwidth-bound for single rows (1x384x384 in about 5 us of node time, 13 us through
+``session.run``), Softmax 0.49 ns per element, elementwise ops 0.2 ns per element.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from xdna_ep.ep.device import DeviceProfile, get_profile
+
+PRECISIONS = ("bf16", "accurate")
+
+# bf16 products per MAC: bf16 = a*b; accurate = a_hi*b_hi + a_hi*b_lo + a_lo*b_hi (hi + lo split)
+PRODUCTS = {"bf16": 1, "accurate": 3}
+
+# activation buffers per operand: bf16 sends one bf16 copy; accurate sends hi and lo
+ACTIVATION_PARTS = {"bf16": 1, "accurate": 2}
+
+BF16_BYTES = 2
+FP32_BYTES = 4
+
+# attention kernel tiling (kernels/attention/spec.py uses the same figures)
+ATTENTION_Q_ROWS_PER_CORE = 32  # query rows per core per step: n_q pads to cores * this
+ATTENTION_KV_TILE = 64  # keys per streamed tile: n_kv pads to this
+ATTENTION_HEAD_DIM_MULTIPLE = 8  # head_dim pads to the bf16 intrinsic's reduction size
+
+# softmax kernel tiling: rows spread over all cores, columns in vectors of 16 fp32 lanes
+SOFTMAX_COL_MULTIPLE = 16
+
+# a launch must stay well inside the driver's 2-s job timeout: plan launches under half of it
+LAUNCH_BUDGET_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class HostCosts:
+    """Host-side costs of the NPU path on the Python custom-op boundary (this machine)."""
+
+    custom_op_call_s: float = 4e-6  # design.md: 3-5 us fixed per onnxruntime-extensions op call
+    bf16_convert_s_per_element: float = 0.46e-9  # measured here: fp32 -> bf16 round-to-nearest-even, NumPy
+    copy_s_per_element: float = 0.085e-9  # measured here: np.copyto of fp32, 1500 x 384
+
+
+@dataclass(frozen=True)
+class CpuProfile:
+    """ONNX Runtime CPU EP on a 2-core x86 machine, measured here (intra_op_num_threads=2)."""
+
+    name: str = "cpu-2core"
+    node_s: float = 5e-6  # fixed per MatMul node: 1x384x384 costs about 10 us in all (design.md)
+    gemm_flops_per_s: float = 75e9  # measured: 58-97 GFLOPS at M=1500, 96-110 at M=16..256
+    weight_bytes_per_s: float = 100e9  # measured: 1x384x1536 in about 15 us of node time (cache)
+    softmax_s_per_element: float = 0.49e-9  # measured: Softmax [1,6,1500,1500] in 6.6 ms
+    elementwise_s_per_element: float = 0.2e-9  # measured: Relu [1,6,1500,1500] in 2.7 ms
+
+
+HOST = HostCosts()
+CPU = CpuProfile()
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Modelled cost of one call of a fused node on the NPU and on the CPU (seconds, bytes, FLOPs).
+
+    npu_s is everything the NPU path costs the caller: host_s + launch_s + transfer_s + compute_s.
+    device_s (launch + transfer + compute) is what the simulated NPU reports as modelled device time.
+    """
+
+    npu_s: float
+    cpu_s: float
+    launches: int
+    bytes_to_device: int
+    bytes_from_device: int
+    flops: int  # useful FLOPs of the unpadded shape
+    padded_flops: int  # FLOPs the array executes (padded shape, all products)
+    host_s: float
+    launch_s: float
+    transfer_s: float
+    compute_s: float
+    design: str  # the compiled design this call needs (one xclbin per design)
+
+    @property
+    def device_s(self) -> float:
+        return self.launch_s + self.transfer_s + self.compute_s
+
+    @property
+    def placement(self) -> str:
+        """"npu" when the NPU path is cheaper, else "cpu"."""
+        return "npu" if self.npu_s < self.cpu_s else "cpu"
+
+    @property
+    def reason(self) -> str:
+        """Why the placement won, in one line with both times."""
+        winner, loser = ("NPU", "CPU") if self.placement == "npu" else ("CPU", "NPU")
+        fast, slow = sorted((self.npu_s, self.cpu_s))
+        return (
+            f"{winner} {fast * 1e6:.0f} us < {loser} {slow * 1e6:.0f} us "
+            f"(npu: launch {self.launch_s * 1e6:.0f} + transfer {self.transfer_s * 1e6:.0f} "
+            f"+ compute {self.compute_s * 1e6:.0f} + host {self.host_s * 1e6:.0f} us)"
+        )
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: valid precisions are {', '.join(PRECISIONS)}")
+    return precision
+
+
+def round_up(value: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is >= value (and >= multiple)."""
+    return max(multiple, -(-value // multiple) * multiple)
+
+
+def padded_gemm_shape(profile: DeviceProfile, m: int, k: int, n: int) -> tuple[int, int, int]:
+    """(M, K, N) padded to the whole-array design's bucket: M to rows*m, K to k, N to columns*n."""
+    return (
+        round_up(m, profile.gemm_m_multiple),
+        round_up(k, profile.gemm_k_multiple),
+        round_up(n, profile.gemm_n_multiple),
+    )
+
+
+def gemm_compute_s(profile: DeviceProfile, m: int, k: int, n: int, products: int = 1) -> float:
+    """Array time of one whole-array GEMM of an already padded (M, K, N) shape."""
+    return products * 2.0 * m * k * n / profile.gemm_flops_per_s + m * n * profile.output_s_per_element
+
+
+def transfer_s(profile: DeviceProfile, nbytes: int) -> float:
+    """Buffer sync time of ``nbytes`` host <-> device."""
+    return nbytes / profile.host_device_bytes_per_s
+
+
+def launches_for(profile: DeviceProfile, compute_s: float) -> int:
+    """Launches needed so that none runs longer than half the driver's job timeout."""
+    return max(1, math.ceil(compute_s / (profile.driver_timeout_s * LAUNCH_BUDGET_FRACTION)))
+
+
+def cpu_matmul_s(m: int, k: int, n: int, *, bias: bool = False, gelu: bool = False, cpu: CpuProfile = CPU) -> float:
+    """ONNX Runtime CPU time of x[m,k] @ W[k,n] (+ bias) (+ erf GELU: 5 elementwise nodes)."""
+    flops = 2.0 * m * k * n
+    weight_bytes = FP32_BYTES * k * n
+    seconds = cpu.node_s + max(flops / cpu.gemm_flops_per_s, weight_bytes / cpu.weight_bytes_per_s)
+    elementwise_nodes = (1 if bias else 0) + (5 if gelu else 0)
+    seconds += elementwise_nodes * (cpu.node_s / 5 + m * n * cpu.elementwise_s_per_element)
+    return seconds
+
+
+def estimate_matmul(
+    profile: DeviceProfile | str,
+    m: int,
+    k: int,
+    n: int,
+    *,
+    precision: str = "bf16",
+    bias: bool = False,
+    gelu: bool = False,
+    host: HostCosts = HOST,
+    cpu: CpuProfile = CPU,
+) -> Estimate:
+    """Cost of y[m, n] = act(x[m, k] @ W[k, n] + b) with W resident on the device.
+
+    One launch of the whole-array GEMM design for this K (K is baked into the xclbin).
+    """
+    profile = get_profile(profile)
+    parts = ACTIVATION_PARTS[check_precision(precision)]
+    products = PRODUCTS[precision]
+    mp, kp, np_ = padded_gemm_shape(profile, m, k, n)
+    compute = gemm_compute_s(profile, mp, kp, np_, products)
+    launches = launches_for(profile, compute)
+    to_device = parts * mp * kp * BF16_BYTES
+    from_device = mp * np_ * FP32_BYTES
+    transfer = transfer_s(profile, to_device + from_device)
+    # host: call, convert x (and its lo part), copy x in, copy y out (unpadded part)
+    host_s = (
+        host.custom_op_call_s
+        + parts * m * k * host.bf16_convert_s_per_element
+        + (m * k + m * n) * host.copy_s_per_element
+    )
+    launch = launches * profile.launch_s
+    return Estimate(
+        npu_s=host_s + launch + transfer + compute,
+        cpu_s=cpu_matmul_s(m, k, n, bias=bias, gelu=gelu, cpu=cpu),
+        launches=launches,
+        bytes_to_device=to_device,
+        bytes_from_device=from_device,
+        flops=2 * m * k * n,
+        padded_flops=products * 2 * mp * kp * np_,
+        host_s=host_s,
+        launch_s=launch,
+        transfer_s=transfer,
+        compute_s=compute,
+        design=f"matmul_k{kp}",
+    )
+
+
+def padded_attention_shape(
+    profile: DeviceProfile, n_q: int, n_kv: int, head_dim: int
+) -> tuple[int, int, int]:
+    """(n_q, n_kv, head_dim) padded to the attention design's bucket."""
+    return (
+        round_up(n_q, profile.cores * ATTENTION_Q_ROWS_PER_CORE),
+        round_up(n_kv, ATTENTION_KV_TILE),
+        round_up(head_dim, ATTENTION_HEAD_DIM_MULTIPLE),
+    )
+
+
+def estimate_attention(
+    profile: DeviceProfile | str,
+    batch: int,
+    n_head: int,
+    n_q: int,
+    n_kv: int,
+    head_dim: int,
+    *,
+    precision: str = "bf16",
+    host: HostCosts = HOST,
+    cpu: CpuProfile = CPU,
+) -> Estimate:
+    """Cost of softmax(q @ k^T * scale) @ v for q (batch, n_head, n_q, head_dim), k/v (.., n_kv, ..).
+
+    All heads of the call in one launch (split only if a launch would approach the driver timeout).
+    """
+    profile = get_profile(profile)
+    parts = ACTIVATION_PARTS[check_precision(precision)]
+    products = PRODUCTS[precision]
+    heads = batch * n_head
+    qp, kvp, dp = padded_attention_shape(profile, n_q, n_kv, head_dim)
+    macs_per_head = 2 * qp * kvp * dp  # q @ k^T and p @ v
+    compute = heads * (
+        products * 2.0 * macs_per_head / profile.gemm_flops_per_s
+        + qp * kvp * profile.output_s_per_element  # scores: softmax work on the cores
+        + qp * dp * profile.output_s_per_element  # output drain
+    )
+    launches = launches_for(profile, compute)
+    to_device = heads * parts * (qp + 2 * kvp) * dp * BF16_BYTES
+    from_device = heads * qp * dp * FP32_BYTES
+    transfer = transfer_s(profile, to_device + from_device)
+    in_elements = heads * (n_q + 2 * n_kv) * head_dim
+    out_elements = heads * n_q * head_dim
+    host_s = (
+        host.custom_op_call_s
+        + parts * in_elements * host.bf16_convert_s_per_element
+        + (in_elements + out_elements) * host.copy_s_per_element
+    )
+    scores = heads * n_q * n_kv
+    useful_flops = heads * 2 * (2 * n_q * n_kv * head_dim)
+    cpu_s = (
+        4 * cpu.node_s  # MatMul, scale, Softmax, MatMul
+        + useful_flops / cpu.gemm_flops_per_s
+        + scores * (cpu.softmax_s_per_element + cpu.elementwise_s_per_element)
+    )
+    launch = launches * profile.launch_s
+    return Estimate(
+        npu_s=host_s + launch + transfer + compute,
+        cpu_s=cpu_s,
+        launches=launches,
+        bytes_to_device=to_device,
+        bytes_from_device=from_device,
+        flops=useful_flops,
+        padded_flops=heads * products * 2 * macs_per_head,
+        host_s=host_s,
+        launch_s=launch,
+        transfer_s=transfer,
+        compute_s=compute,
+        design=f"attention_d{dp}",
+    )
+
+
+def estimate_softmax(
+    profile: DeviceProfile | str,
+    rows: int,
+    cols: int,
+    *,
+    precision: str = "bf16",
+    host: HostCosts = HOST,
+    cpu: CpuProfile = CPU,
+) -> Estimate:
+    """Cost of a row softmax of a (rows, cols) float32 matrix: fp32 in, fp32 statistics, fp32 out."""
+    profile = get_profile(profile)
+    check_precision(precision)
+    rp = round_up(rows, profile.cores)
+    cp = round_up(cols, SOFTMAX_COL_MULTIPLE)
+    nbytes = rp * cp * FP32_BYTES
+    compute = max(nbytes / profile.shim_in_bytes_per_s, nbytes / profile.shim_out_bytes_per_s)
+    launches = launches_for(profile, compute)
+    transfer = transfer_s(profile, 2 * nbytes)
+    host_s = host.custom_op_call_s + 2 * rows * cols * host.copy_s_per_element
+    launch = launches * profile.launch_s
+    return Estimate(
+        npu_s=host_s + launch + transfer + compute,
+        cpu_s=cpu.node_s + rows * cols * cpu.softmax_s_per_element,
+        launches=launches,
+        bytes_to_device=nbytes,
+        bytes_from_device=nbytes,
+        flops=5 * rows * cols,  # max, subtract, exp, sum, scale
+        padded_flops=5 * rp * cp,
+        host_s=host_s,
+        launch_s=launch,
+        transfer_s=transfer,
+        compute_s=compute,
+        design="softmax",
+    )

@@ -1,0 +1,173 @@
+"""NPU device profiles: the figures the cost model, the partitioner and the simulated NPU use.
+
+Two profiles, named as the XDNA driver names them: ``npu1`` (Phoenix / Hawk Point, XDNA, AIE2) and
+``npu2`` (Strix, XDNA2, AIE2P). Every figure carries its source; the sources are collected in
+``../shared/docs/npu.md``. *derived* means computed from other figures here; *fitted* means a
+constant of the cost model fitted to the measurements of npu.md (the fit is in ``ep/cost_model.py``'s
+docstring and reproduced by ``tests/ep/test_cost_model.py``); *unverified* means no primary source
+confirmed it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """One NPU generation: array geometry, memories, rates, fixed costs and driver limits."""
+
+    name: str  # driver name: "npu1" or "npu2"
+    description: str
+    # --- array geometry
+    columns: int  # usable columns with a shim DMA (whole-array designs spread N over them)
+    rows: int  # compute rows per column (whole-array designs spread M over them)
+    tile_data_bytes: int  # data memory per compute tile
+    tile_program_bytes: int  # program memory per compute tile
+    memtile_bytes: int  # memtile (L2) per column
+    intrinsic_bf16: tuple[int, int, int]  # bf16 matmul intrinsic r x s x t (aie::mmul shape)
+    core_clock_hz: float  # clock assumed to drive the cores (unverified which of npuclk/hclk)
+    shim_channels_in: int  # shim DMA input channels per column
+    shim_channels_out: int  # shim DMA output channels per column
+    shim_bytes_per_cycle: int  # bytes per cycle per shim channel
+    # --- whole-array GEMM tiling (per core m x k x n): the bucket/padding granularity of the designs
+    gemm_tile: tuple[int, int, int]
+    # --- peaks (marketing and best published)
+    bf16_peak_flops: float  # best published bf16 GEMM, FLOP/s
+    int8_peak_ops: float  # best published int8 GEMM, OP/s
+    marketing_int8_tops: float
+    # --- cost-model rates (fitted on whisper-xdna's measured GEMMs, see cost_model.py)
+    gemm_flops_per_s: float  # sustained whole-array bf16 MAC rate, FLOP/s (fp32 accumulation)
+    output_s_per_element: float  # per output element of a GEMM (accumulator drain), whole array
+    # --- host <-> device
+    host_device_bytes_per_s: float  # buffer sync bandwidth (memory is shared with the CPU)
+    launch_s: float  # one kernel(...) + run.wait() from Python via raw pyxrt
+    runlist_launch_factor: float  # per-run cost of a launch batched in a runlist, relative to launch_s
+    design_switch_s: float  # switching the array from one compiled design to another (one switch)
+    context_create_s: float  # creating a hardware context for a registered xclbin
+    xclbin_load_s: float  # reading + registering an xclbin
+    idle_wake_s: float  # first launch after about 10 s idle (power state)
+    concurrent_cpu_gemm_factor: float  # NPU GEMM rate multiplier while the CPU is busy too
+    # --- driver limits
+    hw_contexts: int  # hardware contexts, system-wide (shared with other processes)
+    max_in_flight_per_context: int  # commands in flight per hardware context
+    driver_timeout_s: float  # a launch making no progress this long is killed (ERT_CMD_STATE_TIMEOUT)
+
+    @property
+    def cores(self) -> int:
+        """Compute tiles used by a whole-array design."""
+        return self.columns * self.rows
+
+    @property
+    def shim_in_bytes_per_s(self) -> float:
+        """Aggregate DDR -> array bandwidth of the shim DMAs (derived)."""
+        return self.columns * self.shim_channels_in * self.shim_bytes_per_cycle * self.core_clock_hz
+
+    @property
+    def shim_out_bytes_per_s(self) -> float:
+        """Aggregate array -> DDR bandwidth of the shim DMAs (derived)."""
+        return self.columns * self.shim_channels_out * self.shim_bytes_per_cycle * self.core_clock_hz
+
+    @property
+    def gemm_m_multiple(self) -> int:
+        """M of a whole-array GEMM must be a multiple of rows * m (npu.md constraints)."""
+        return self.rows * self.gemm_tile[0]
+
+    @property
+    def gemm_k_multiple(self) -> int:
+        """K must be a multiple of the per-core k."""
+        return self.gemm_tile[1]
+
+    @property
+    def gemm_n_multiple(self) -> int:
+        """N must be a multiple of columns * n."""
+        return self.columns * self.gemm_tile[2]
+
+
+NPU1 = DeviceProfile(
+    name="npu1",
+    description="Phoenix / Hawk Point (XDNA, AIE2), 4 x 4 compute tiles",
+    # 4 usable columns x 4 compute rows; column 0 has no shim DMA (xdna-driver amdnpu.rst, npu1_regs.c)
+    columns=4,
+    rows=4,
+    tile_data_bytes=64 * 1024,  # AMD UG1603 (AIE-ML): 64 KB data memory per compute tile
+    tile_program_bytes=16 * 1024,  # AMD UG1603: 16 KB program memory
+    memtile_bytes=512 * 1024,  # AMD UG1603: 512 KB memtile per column
+    intrinsic_bf16=(4, 8, 4),  # mlir-aie whole_array.py: aie2 bf16 mmul r, s, t
+    core_clock_hz=847e6,  # xdna-driver npu1_regs.c DPM top npuclk (unverified that it drives the cores)
+    shim_channels_in=2,  # npu.md: 2 in + 2 out channels per column, 4 B/cycle each
+    shim_channels_out=2,
+    shim_bytes_per_cycle=4,
+    gemm_tile=(64, 64, 32),  # mlir-aie whole_array.py defaults m=64, k=64, n=32
+    bf16_peak_flops=3.14e12,  # arXiv 2512.13282, best published npu1 bf16 GEMM
+    int8_peak_ops=6.76e12,  # arXiv 2512.13282, best published npu1 int8 GEMM
+    marketing_int8_tops=16.0,  # AMD: Hawk Point 16 TOPS (Phoenix 10)
+    # fitted (cost_model.py) on whisper-xdna README's 1761 / 1514 / 1409 / 386 GFLOPS GEMMs and its
+    # HISTORY.md 0.267 ms 512^3 raw-pyxrt launch, with launch_s fixed at 60 us: every point within 17 %
+    gemm_flops_per_s=1.90e12,
+    output_s_per_element=0.219e-9,
+    host_device_bytes_per_s=60e9,  # mlir-aie PR #2559: 55-66 GB/s host-device copies
+    launch_s=60e-6,  # mlir-aie #2381, XRT #9018: 45 / 60 us per kernel() + wait() (empty / trivial)
+    runlist_launch_factor=0.76,  # whisper-xdna README: runlist about 24 % faster per run
+    design_switch_s=2.81e-3 / 2,  # whisper-xdna README: 2.81 ms per pair of switches
+    context_create_s=2.5e-3,  # whisper-xdna: about 2.5 ms per hardware context
+    xclbin_load_s=20e-3,  # iree-amd-aie #380: about 20 ms to load an xclbin
+    idle_wake_s=0.136,  # mlir-aie #2944: about 136 ms for the first launch after 10 s idle
+    concurrent_cpu_gemm_factor=682 / 1082,  # whisper-xdna HISTORY.md: 1082 -> 682 GFLOPS with CPU busy
+    hw_contexts=6,  # xdna-driver amdnpu.rst: 6 hardware contexts on npu1
+    max_in_flight_per_context=4,  # xdna-driver: at most 4 commands in flight per context
+    driver_timeout_s=2.0,  # xdna-driver aie2_tdr.c: 2 s without progress -> timeout, contexts restart
+)
+
+# npu2 rates are scaled from npu1's fitted ones (no whisper-xdna-like measurement on Strix exists):
+# GEMM by the best published bf16 GEMMs (14.71 / 3.14 TFLOPS, arXiv 2512.13282), per-element
+# drain by columns x clock (8 x 1267 MHz vs 4 x 847 MHz). Both *derived*, unverified on hardware.
+_NPU2_GEMM_SCALE = 14.71 / 3.14
+_NPU2_DRAIN_SCALE = (8 * 1267e6) / (4 * 847e6)
+
+NPU2 = DeviceProfile(
+    name="npu2",
+    description="Strix (XDNA2, AIE2P), 8 x 4 compute tiles",
+    columns=8,  # xdna-driver npu4_family.h: 8 columns x 4 compute rows
+    rows=4,
+    tile_data_bytes=64 * 1024,  # AMD UG1603 / npu.md: 64 KB data memory per compute tile
+    tile_program_bytes=16 * 1024,  # unverified for AIE2P: taken equal to AIE2
+    memtile_bytes=512 * 1024,  # npu.md: 512 KB memtile per column
+    intrinsic_bf16=(8, 8, 8),  # mlir-aie whole_array.py: aie2p bf16 mmul r, s, t
+    core_clock_hz=1267e6,  # xdna-driver npu4 DPM top npuclk (unverified that it drives the cores)
+    shim_channels_in=2,  # unverified on npu2: taken equal to npu1
+    shim_channels_out=2,
+    shim_bytes_per_cycle=4,
+    gemm_tile=(64, 64, 32),  # same per-core tiling as npu1 (whole_array.py defaults)
+    bf16_peak_flops=14.71e12,  # arXiv 2512.13282
+    int8_peak_ops=38.05e12,  # arXiv 2512.13282
+    marketing_int8_tops=50.0,  # AMD: Strix 50 TOPS
+    gemm_flops_per_s=NPU1.gemm_flops_per_s * _NPU2_GEMM_SCALE,  # derived, see above
+    output_s_per_element=NPU1.output_s_per_element / _NPU2_DRAIN_SCALE,  # derived, see above
+    host_device_bytes_per_s=60e9,  # unverified on npu2: taken equal to npu1 (shared LPDDR)
+    launch_s=60e-6,  # unverified on npu2: same driver path as npu1
+    runlist_launch_factor=0.76,  # unverified on npu2: whisper-xdna measured it on npu1
+    design_switch_s=2.81e-3 / 2,  # unverified on npu2
+    context_create_s=2.5e-3,  # unverified on npu2
+    xclbin_load_s=20e-3,  # unverified on npu2
+    idle_wake_s=0.136,  # unverified on npu2
+    concurrent_cpu_gemm_factor=682 / 1082,  # unverified on npu2
+    hw_contexts=16,  # xdna-driver npu4_family.h: 16 hardware contexts
+    max_in_flight_per_context=4,  # xdna-driver (common to the aie2 driver)
+    driver_timeout_s=2.0,  # xdna-driver aie2_tdr.c (common to the aie2 driver)
+)
+
+PROFILES: dict[str, DeviceProfile] = {profile.name: profile for profile in (NPU1, NPU2)}
+
+DEFAULT_PROFILE = "npu1"
+
+
+def get_profile(name: str | DeviceProfile) -> DeviceProfile:
+    """The profile called ``name`` ("npu1" or "npu2"); a DeviceProfile is returned as is."""
+    if isinstance(name, DeviceProfile):
+        return name
+    try:
+        return PROFILES[name]
+    except KeyError:
+        valid = ", ".join(sorted(PROFILES))
+        raise ValueError(f"unknown NPU profile {name!r}: valid profiles are {valid}") from None
