@@ -35,7 +35,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"{args.name}: {folder}")
         print(f"  checked against PyTorch on {config['validation']['audio']}: " + ", ".join(
             f"{key} {value:.1e}" for key, value in config["validation"].items() if key.endswith("diff")
-        ) + f" (atol {config['validation']['atol']})")
+        ) + f" (atol {config['validation']['atol']}, rtol {config['validation']['rtol']})")
         return 0
     return _list_models()
 

@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 
 ONNX_OPSET = 18  # optimum's default for Whisper; ONNX Runtime 1.31 loads opset <= 26 and IR <= 13
 MAX_IR_VERSION = 13
-VALIDATION_ATOL = 1e-3  # max |ONNX - PyTorch| accepted on encoder states and logits (fp32 vs fp32)
+# Accepted |ONNX - PyTorch| per element, fp32 vs fp32: VALIDATION_ATOL + VALIDATION_RTOL * |PyTorch|.
+# Measured worst: 2e-5 (tiny.en), 7.7e-4 (base encoder states, whose values reach tens).
+VALIDATION_ATOL = 1e-3
+VALIDATION_RTOL = 1e-3
 
 
 def _validation_audio() -> Path:
@@ -286,15 +289,24 @@ def validate_export(model, onnx_dir: Path) -> dict:
     for name in (i.name for i in with_past.get_inputs() if i.name.startswith("past_key_values.")):
         feeds[name] = first[name.replace("past_key_values.", "present.")]
     second = with_past.run(["logits"], feeds)[0]
-    errors = {
-        "encoder_max_abs_diff": float(np.abs(states - torch_states.numpy()).max()),
-        "decoder_max_abs_diff": float(np.abs(first["logits"] - torch_first.logits.numpy()).max()),
-        "decoder_with_past_max_abs_diff": float(np.abs(second - torch_second.logits.numpy()).max()),
+    pairs = {
+        "encoder": (states, torch_states.numpy()),
+        "decoder": (first["logits"], torch_first.logits.numpy()),
+        "decoder_with_past": (second, torch_second.logits.numpy()),
     }
-    failed = {name: value for name, value in errors.items() if not value <= VALIDATION_ATOL}
+    report: dict = {"atol": VALIDATION_ATOL, "rtol": VALIDATION_RTOL, "audio": _validation_audio().name}
+    failed = []
+    for name, (exported, reference) in pairs.items():
+        difference = np.abs(exported - reference)
+        report[f"{name}_max_abs_diff"] = float(difference.max())
+        if not np.all(difference <= VALIDATION_ATOL + VALIDATION_RTOL * np.abs(reference)):
+            failed.append(f"{name} (max abs diff {difference.max():.2e})")
     if failed:
-        raise ModelError(f"exported ONNX models differ from PyTorch by more than {VALIDATION_ATOL}: {failed}")
-    return {"atol": VALIDATION_ATOL, "audio": _validation_audio().name, **errors}
+        raise ModelError(
+            f"exported ONNX models differ from PyTorch beyond atol {VALIDATION_ATOL} + rtol {VALIDATION_RTOL}: "
+            + ", ".join(failed)
+        )
+    return report
 
 
 def _config_json(name: str, dims: WhisperDims, extra: dict, origin: str, validation: dict, seconds: float) -> dict:

@@ -124,7 +124,7 @@ def ensure_model(name_or_path: str | os.PathLike, export: bool = True) -> Path:
     if not missing_files(folder):
         return folder
     if name not in PACKAGED:
-        if any(sep in name for sep in ("/", os.sep)) or candidate.suffix:
+        if os.sep in name or "/" in name or name.startswith(("~", ".")):
             raise ModelError(f"model folder not found: {candidate}")
         raise ModelError(
             f"unknown model '{name}': known models are {', '.join(PACKAGED)}, or give the path of an exported model folder"

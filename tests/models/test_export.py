@@ -8,7 +8,7 @@ import pytest
 
 from xdna_ep.errors import ModelError
 from xdna_ep.models import registry
-from xdna_ep.models.export import VALIDATION_ATOL
+from xdna_ep.models.export import VALIDATION_ATOL, VALIDATION_RTOL
 
 
 @pytest.mark.parametrize("name", ["tiny.en", "base"])
@@ -17,9 +17,9 @@ def test_exported_model_loads_and_passed_its_check(name):
     assert registry.missing_files(folder) == []
     config = registry.read_config(folder)
     validation = config["validation"]
-    assert validation["atol"] == VALIDATION_ATOL == 1e-3
+    assert (validation["atol"], validation["rtol"]) == (VALIDATION_ATOL, VALIDATION_RTOL) == (1e-3, 1e-3)
     for key in ("encoder_max_abs_diff", "decoder_max_abs_diff", "decoder_with_past_max_abs_diff"):
-        assert 0 <= validation[key] <= 1e-3, key
+        assert 0 <= validation[key] <= 2e-3, key  # the elementwise check already passed at export time
     for file in (registry.ENCODER_FILE, registry.DECODER_FILE, registry.DECODER_WITH_PAST_FILE):
         model = onnx.load(str(folder / file), load_external_data=False)
         assert model.ir_version <= 13
