@@ -1,0 +1,241 @@
+"""Audio in, log-mel out: decode any audio file to 16 kHz mono float32 and compute Whisper's log-mel.
+
+The log-mel is the one openai-whisper's and faster-whisper's ``transcribe()`` feed the encoder:
+periodic Hann window, reflect padding, Slaney mel filters, ``log10(max(x, 1e-10))``, clamp to
+``max - 8``, ``(x + 4) / 4``, computed over the whole recording and then cut into 30-s windows that
+are zero-padded (after normalisation) to ``N_FRAMES``.
+
+Non-finite samples (NaN, +-Inf) are an error, not silently replaced: a file or array carrying them
+is broken, and any replacement would transcribe something that is not in the recording.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+from xdna_ep.errors import AudioError
+
+# hard-coded audio hyperparameters of Whisper
+SAMPLE_RATE = 16000
+N_FFT = 400
+HOP_LENGTH = 160
+CHUNK_LENGTH = 30  # seconds of audio the encoder sees at once
+N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a 30-s window
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a 30-s window
+N_SAMPLES_PER_TOKEN = HOP_LENGTH * 2  # the encoder's stride-2 convolution halves the frames
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second (10 ms each)
+TOKENS_PER_SECOND = SAMPLE_RATE // N_SAMPLES_PER_TOKEN  # 50 audio positions per second (20 ms each)
+
+LOG_MEL_FLOOR = 1e-10  # power floor before log10
+LOG_MEL_DYNAMIC_RANGE = 8.0  # log10 units kept below the maximum
+
+# frames per STFT block: bounds the complex intermediate to a few MB whatever the duration
+_STFT_BLOCK_FRAMES = N_FRAMES
+
+AudioInput = Union[str, os.PathLike, np.ndarray]
+
+
+def load_audio(source: AudioInput, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode an audio file (or check an array) into mono float32 samples at ``sample_rate``.
+
+    ``source`` is a path to any file libsndfile (wav, flac, ogg, mp3, ...) or FFmpeg (through PyAV:
+    m4a, opus, webm, ...) decodes, with any sample rate and channel count; or a 1-D float array that
+    already holds mono samples at ``sample_rate``. Returns shape (n_samples,) float32.
+    Raises AudioError naming the file and the problem.
+    """
+    if isinstance(source, np.ndarray):
+        return check_samples(source, "audio array")
+    path = Path(source)
+    if not path.exists():
+        raise AudioError(f"audio file not found: {path}")
+    if not path.is_file():
+        raise AudioError(f"not a file: {path}")
+    if path.stat().st_size == 0:
+        raise AudioError(f"audio file is empty (0 bytes): {path}")
+    try:
+        samples, file_rate = _decode_with_soundfile(path)
+    except _NotDecodable as soundfile_error:
+        try:
+            samples, file_rate = _decode_with_pyav(path)
+        except _NotDecodable as pyav_error:
+            raise AudioError(
+                f"cannot decode {path} as audio ({soundfile_error}; {pyav_error})"
+            ) from None
+    mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
+    mono = check_samples(mono, str(path))
+    if file_rate != sample_rate:
+        import soxr
+
+        mono = soxr.resample(mono, file_rate, sample_rate).astype(np.float32, copy=False)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def check_samples(samples: np.ndarray, name: str) -> np.ndarray:
+    """Return ``samples`` as 1-D float32 after checking it is non-empty and finite."""
+    if samples.ndim != 1:
+        raise AudioError(f"{name}: expected 1-D mono samples, got shape {samples.shape}")
+    if not np.issubdtype(samples.dtype, np.floating):
+        raise AudioError(f"{name}: expected float samples in [-1, 1], got dtype {samples.dtype}")
+    if samples.size == 0:
+        raise AudioError(f"{name}: contains no audio samples (zero length)")
+    samples = samples.astype(np.float32, copy=False)
+    finite = np.isfinite(samples)
+    if not finite.all():
+        n_bad = int(samples.size - np.count_nonzero(finite))
+        raise AudioError(f"{name}: {n_bad} of {samples.size} samples are NaN or infinite")
+    return samples
+
+
+class _NotDecodable(Exception):
+    """One decoder could not read the file (the other may)."""
+
+
+# libsndfile logs "data : <declared> (should be <present>)" for a WAV whose data chunk is cut short
+_WAV_DATA_SIZE = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
+# sizes streaming writers put in the header when the length is not known yet
+_WAV_UNKNOWN_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF, 0xFFFFFFFF - 1}
+
+
+def _decode_with_soundfile(path: Path) -> tuple[np.ndarray, int]:
+    """Decode with libsndfile. Returns (samples (n, channels) float32, sample rate)."""
+    import soundfile
+
+    try:
+        with soundfile.SoundFile(str(path)) as sound_file:
+            declared = _WAV_DATA_SIZE.search(sound_file.extra_info)
+            if declared and int(declared.group(1)) not in _WAV_UNKNOWN_SIZES:
+                size, present = int(declared.group(1)), int(declared.group(2))
+                if size > present:
+                    raise AudioError(
+                        f"audio file is truncated: {path} declares {size} bytes of samples "
+                        f"but holds {present}"
+                    )
+            samples = sound_file.read(dtype="float32", always_2d=True)
+            return samples, sound_file.samplerate
+    except soundfile.LibsndfileError as error:
+        raise _NotDecodable(f"libsndfile: {error.error_string}") from None
+
+
+def _decode_with_pyav(path: Path) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream with FFmpeg (PyAV). Returns (samples (n, channels) float32, rate)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise _NotDecodable("FFmpeg: no audio stream")
+            stream = container.streams.audio[0]
+            # planar float at the stream's own rate and layout; mixing and resampling happen in load_audio
+            resampler = av.AudioResampler(format="fltp")
+            blocks = []
+            for frame in container.decode(stream):
+                for planar in resampler.resample(frame):
+                    blocks.append(planar.to_ndarray())  # (channels, n)
+            for planar in resampler.resample(None):
+                blocks.append(planar.to_ndarray())
+            rate = stream.codec_context.sample_rate
+    except av.error.FFmpegError as error:
+        raise _NotDecodable(f"FFmpeg: {error.strerror}") from None
+    if not blocks:
+        raise AudioError(f"{path}: contains no audio samples (zero length)")
+    return np.concatenate(blocks, axis=1).T.astype(np.float32, copy=False), rate
+
+
+def pad_or_trim(array: np.ndarray, length: int = N_FRAMES, *, axis: int = -1) -> np.ndarray:
+    """Zero-pad or trim ``array`` along ``axis`` to ``length`` (the encoder expects N_FRAMES frames)."""
+    if array.shape[axis] > length:
+        array = array.take(indices=range(length), axis=axis)
+    if array.shape[axis] < length:
+        pad_widths = [(0, 0)] * array.ndim
+        pad_widths[axis] = (0, length - array.shape[axis])
+        array = np.pad(array, pad_widths)
+    return array
+
+
+@functools.lru_cache(maxsize=None)
+def mel_filters(n_mels: int = 80, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT) -> np.ndarray:
+    """Slaney-style mel filterbank (librosa's ``mel(htk=False, norm="slaney")``).
+
+    Returns shape (n_mels, n_fft // 2 + 1) float32: triangles on the Slaney mel scale (linear below
+    1 kHz, logarithmic above), each scaled to unit area so every band carries about equal energy.
+    """
+    fft_freqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sample_rate)  # (n_fft // 2 + 1,)
+    mel_points = np.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), n_mels + 2)
+    hz_points = _mel_to_hz(mel_points)  # (n_mels + 2,) band edges and centres
+
+    band_widths = np.diff(hz_points)  # (n_mels + 1,)
+    ramps = hz_points[:, None] - fft_freqs[None, :]  # (n_mels + 2, n_bins)
+    rising = -ramps[:-2] / band_widths[:-1, None]
+    falling = ramps[2:] / band_widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))  # (n_mels, n_bins)
+    weights *= (2.0 / (hz_points[2:] - hz_points[:-2]))[:, None]  # Slaney area normalisation
+    weights = weights.astype(np.float32)
+    weights.flags.writeable = False
+    return weights
+
+
+# the Slaney mel scale: linear (3 mels per 200 Hz) below 1 kHz, logarithmic above
+_MEL_LINEAR_HZ_PER_MEL = 200.0 / 3
+_MEL_LOG_START_HZ = 1000.0
+_MEL_LOG_START = _MEL_LOG_START_HZ / _MEL_LINEAR_HZ_PER_MEL
+_MEL_LOG_STEP = np.log(6.4) / 27.0
+
+
+def _hz_to_mel(hz: float | np.ndarray) -> np.ndarray:
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = hz / _MEL_LINEAR_HZ_PER_MEL
+    logarithmic = _MEL_LOG_START + np.log(np.maximum(hz, 1e-10) / _MEL_LOG_START_HZ) / _MEL_LOG_STEP
+    return np.where(hz >= _MEL_LOG_START_HZ, logarithmic, linear)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    linear = mel * _MEL_LINEAR_HZ_PER_MEL
+    logarithmic = _MEL_LOG_START_HZ * np.exp(_MEL_LOG_STEP * (mel - _MEL_LOG_START))
+    return np.where(mel >= _MEL_LOG_START, logarithmic, linear)
+
+
+@functools.lru_cache(maxsize=None)
+def _hann_window(n_fft: int) -> np.ndarray:
+    """Periodic Hann window (torch.hann_window(n_fft), i.e. np.hanning(n_fft + 1)[:-1])."""
+    window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
+    window.flags.writeable = False
+    return window
+
+
+def log_mel_spectrogram(audio: AudioInput, n_mels: int = 80, padding: int = 0) -> np.ndarray:
+    """Whisper's log-mel spectrogram of a whole recording.
+
+    ``audio``: a path or (n_samples,) float32 mono samples at 16 kHz. ``padding`` zeros are appended
+    before the STFT (``transcribe`` appends HOP_LENGTH so that every frame of the recording sees
+    zeros, not a reflection, past the end, as openai-whisper and faster-whisper do).
+
+    Returns (n_mels, (n_samples + padding) // HOP_LENGTH) float32, normalised over the whole input.
+    """
+    samples = load_audio(audio)
+    if padding > 0:
+        samples = np.pad(samples, (0, padding))
+    padded = np.pad(samples, (N_FFT // 2, N_FFT // 2), mode="reflect")  # centred frames
+    n_frames = 1 + (padded.size - N_FFT) // HOP_LENGTH - 1  # the last STFT frame is dropped
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]  # (n, N_FFT)
+    filters = mel_filters(n_mels)
+    window = _hann_window(N_FFT)
+
+    log_spec = np.empty((n_mels, n_frames), dtype=np.float32)
+    if n_frames == 0:  # shorter than one hop: nothing to normalise
+        return log_spec
+    for start in range(0, n_frames, _STFT_BLOCK_FRAMES):
+        stop = min(start + _STFT_BLOCK_FRAMES, n_frames)
+        spectrum = np.fft.rfft(frames[start:stop] * window, axis=-1).astype(np.complex64)
+        power = np.abs(spectrum) ** 2  # (frames, N_FFT // 2 + 1)
+        mel = filters @ power.T  # (n_mels, frames)
+        log_spec[:, start:stop] = np.log10(np.maximum(mel, LOG_MEL_FLOOR))
+    np.maximum(log_spec, log_spec.max() - LOG_MEL_DYNAMIC_RANGE, out=log_spec)
+    log_spec += 4.0
+    log_spec /= 4.0
+    return log_spec
