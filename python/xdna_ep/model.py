@@ -1,0 +1,237 @@
+"""The Whisper model context: three ONNX Runtime sessions, the tokenizer and the dimensions, loaded once.
+
+Per-utterance state lives outside it: ``DecoderState`` holds the KV cache of one decoding pass, so one
+``WhisperModel`` can serve any number of transcriptions. The step API mirrors whisper.cpp's:
+
+    mel = log_mel(samples)                       # (n_mels, n_frames), cut/padded to (n_mels, 3000)
+    audio_features = model.encode(mel)           # (1, n_audio_ctx, n_audio_state)
+    state = model.new_decoder_state(audio_features)
+    logits = model.decode_step(state, prompt)    # decoder_model: (1, len(prompt), n_vocab)
+    logits = model.decode_step(state, [[next]])  # decoder_with_past_model: (1, 1, n_vocab)
+
+The first step runs ``decoder_model`` (prompt + encoder states -> logits, self-attention KV,
+cross-attention KV); every later step runs ``decoder_with_past_model``, feeding the previous step's
+``present.*`` back as ``past_key_values.*`` (the graph concatenates past and new). The
+cross-attention KV of the first step is reused for the whole window.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xdna_ep.audio import N_FRAMES
+from xdna_ep.audio import log_mel_spectrogram as log_mel
+from xdna_ep.errors import DeviceError, ModelError
+from xdna_ep.tokenizer import Tokenizer
+
+__all__ = ["DEVICES", "DecoderState", "ModelDims", "WhisperModel", "create_session", "log_mel"]
+
+DEVICES = ("cpu", "sim", "npu", "auto")
+
+_PAST_PREFIX = "past_key_values."
+_PRESENT_PREFIX = "present."
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """Whisper's dimensions, named as openai-whisper names them (from ``whisper_config.json``)."""
+
+    n_mels: int  # mel bands of the input
+    n_audio_ctx: int  # encoder positions (1500 for 30 s)
+    n_audio_state: int  # encoder width
+    n_audio_head: int
+    n_audio_layer: int
+    n_vocab: int  # 51864 English-only, 51865 multilingual (timestamp tokens included)
+    n_text_ctx: int  # decoder positions (448)
+    n_text_state: int  # decoder width
+    n_text_head: int
+    n_text_layer: int
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.n_vocab >= 51865
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], source: Path) -> ModelDims:
+        missing = [field.name for field in fields(cls) if field.name not in config]
+        if missing:
+            raise ModelError(f"{source} lacks the model dimensions {', '.join(missing)}")
+        return cls(**{field.name: int(config[field.name]) for field in fields(cls)})
+
+
+def create_session(
+    path: str | os.PathLike,
+    device: str = "cpu",
+    profile: str | None = None,
+    precision: str | None = None,
+    strict: bool = False,
+) -> Any:
+    """The one place the pipeline creates an ONNX Runtime session.
+
+    ``cpu``: a plain ``onnxruntime.InferenceSession`` on the CPU execution provider (the stock graph).
+    ``sim`` / ``npu`` / ``auto``: ``xdna_ep.InferenceSession``, which rewrites the graph and runs the
+    heavy ops on the (simulated) NPU; ``profile``, ``precision`` and ``strict`` are passed to it.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        import onnxruntime
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+        load_errors = (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf, ort_errors.NoSuchFile)
+        try:
+            return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except load_errors as error:
+            raise ModelError(f"ONNX Runtime cannot load {path}: {error}") from None
+    try:
+        from xdna_ep import InferenceSession
+    except ImportError:
+        if device == "auto":
+            warnings.warn("device 'auto': this build has no NPU session, running on the cpu", stacklevel=2)
+            return create_session(path, "cpu")
+        raise DeviceError(
+            f"device {device!r} needs xdna_ep.InferenceSession (the NPU execution provider), "
+            "which this build does not provide yet; use --device cpu"
+        ) from None
+    options = {"profile": profile, "precision": precision}
+    return InferenceSession(
+        str(path), device=device, strict=strict, **{key: value for key, value in options.items() if value is not None}
+    )
+
+
+@dataclass
+class DecoderState:
+    """The KV cache of one decoding pass over one 30-s window (per-call state, not part of the model).
+
+    ``audio_features``: (batch, n_audio_ctx, n_audio_state), the encoder output the pass attends to.
+    ``past``: ``past_key_values.{i}.decoder|encoder.key|value`` -> (batch, n_text_head, n, head_dim);
+    empty before the first step. The decoder entries grow by one position per token; the encoder
+    (cross-attention) entries are computed by the first step and reused unchanged.
+    ``n_tokens``: tokens fed to the decoder so far (the decoder entries' length n).
+    """
+
+    audio_features: np.ndarray
+    past: dict[str, np.ndarray]
+    n_tokens: int = 0
+
+
+class WhisperModel:
+    """A loaded Whisper model: encoder and decoder sessions, tokenizer, dimensions, device.
+
+    ``name_or_path``: a model name the registry knows (``tiny.en``, ``base``; exported on first use)
+    or the path of an exported model folder.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str | os.PathLike = "tiny.en",
+        device: str = "cpu",
+        profile: str | None = None,
+        precision: str | None = None,
+        strict: bool = False,
+    ) -> None:
+        from xdna_ep.models import registry
+
+        if device not in DEVICES:
+            raise ValueError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
+        self.folder = Path(registry.ensure_model(name_or_path))
+        config = registry.read_config(self.folder)
+        self.name = str(config.get("name", self.folder.name))
+        self.dims = ModelDims.from_config(config, self.folder / registry.CONFIG_FILE)
+        self.tokenizer = Tokenizer(self.folder / registry.TOKENIZER_FILE, self.dims.is_multilingual)
+        self.device = device
+        self.profile = profile
+        self.precision = precision
+
+        def session(file_name: str) -> Any:
+            return create_session(self.folder / file_name, device, profile, precision, strict)
+
+        self.encoder = session(registry.ENCODER_FILE)
+        self.decoder = session(registry.DECODER_FILE)
+        self.decoder_with_past = session(registry.DECODER_WITH_PAST_FILE)
+        self._check_io()
+
+    def _check_io(self) -> None:
+        """Check the sessions have the optimum Whisper inputs and outputs this class feeds and reads."""
+        expected = {
+            "encoder": (self.encoder, {"input_features"}, {"last_hidden_state"}),
+            "decoder_model": (self.decoder, {"input_ids", "encoder_hidden_states"}, {"logits"}),
+            "decoder_with_past_model": (self.decoder_with_past, {"input_ids"}, {"logits"}),
+        }
+        for label, (session, inputs, outputs) in expected.items():
+            have_inputs = {node.name for node in session.get_inputs()}
+            have_outputs = {node.name for node in session.get_outputs()}
+            if not inputs <= have_inputs or not outputs <= have_outputs:
+                raise ModelError(
+                    f"{self.folder}: {label} has inputs {sorted(have_inputs)} and outputs "
+                    f"{sorted(have_outputs)}; expected at least {sorted(inputs)} -> {sorted(outputs)}"
+                )
+        self._past_names = [
+            node.name for node in self.decoder_with_past.get_inputs() if node.name.startswith(_PAST_PREFIX)
+        ]
+        first_outputs = {node.name for node in self.decoder.get_outputs()}
+        missing = [
+            name for name in self._past_names if _PRESENT_PREFIX + name[len(_PAST_PREFIX):] not in first_outputs
+        ]
+        if len(self._past_names) != 4 * self.dims.n_text_layer or missing:
+            raise ModelError(
+                f"{self.folder}: decoder_with_past_model takes {len(self._past_names)} past_key_values inputs "
+                f"(expected {4 * self.dims.n_text_layer}); decoder_model lacks {missing}"
+            )
+        # decoder_with_past_model returns only the self-attention KV: the cross-attention KV stays as it is
+        self._with_past_presents = [
+            node.name for node in self.decoder_with_past.get_outputs() if node.name.startswith(_PRESENT_PREFIX)
+        ]
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.dims.is_multilingual
+
+    def __repr__(self) -> str:
+        return f"WhisperModel({self.name!r}, device={self.device!r}, folder={str(self.folder)!r})"
+
+    def encode(self, mel: np.ndarray) -> np.ndarray:
+        """Encoder: log-mel (n_mels, N_FRAMES) or (batch, n_mels, N_FRAMES) -> (batch, n_audio_ctx, n_audio_state)."""
+        if mel.ndim == 2:
+            mel = mel[None]
+        if mel.shape[1:] != (self.dims.n_mels, N_FRAMES):
+            raise ValueError(f"encoder input must be (batch, {self.dims.n_mels}, {N_FRAMES}), got {mel.shape}")
+        features = np.ascontiguousarray(mel, dtype=np.float32)
+        return self.encoder.run(["last_hidden_state"], {"input_features": features})[0]
+
+    def new_decoder_state(self, audio_features: np.ndarray) -> DecoderState:
+        """An empty KV cache attending to ``audio_features`` (batch, n_audio_ctx, n_audio_state)."""
+        return DecoderState(audio_features=audio_features, past={})
+
+    def decode_step(self, state: DecoderState, tokens: np.ndarray) -> np.ndarray:
+        """Run the decoder on ``tokens`` (batch, n_new) int64 and extend ``state``'s KV cache in place.
+
+        The first call (empty cache) runs ``decoder_model`` on the whole prompt and also computes the
+        cross-attention KV; later calls run ``decoder_with_past_model`` on the new tokens only.
+        Returns logits (batch, n_new, n_vocab) float32.
+        """
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        if tokens.ndim != 2:
+            raise ValueError(f"decoder tokens must be (batch, n_new), got shape {tokens.shape}")
+        if state.n_tokens + tokens.shape[1] > self.dims.n_text_ctx:
+            raise ValueError(
+                f"decoder context is {self.dims.n_text_ctx} tokens; {state.n_tokens} + {tokens.shape[1]} exceed it"
+            )
+        if not state.past:
+            output_names = ["logits"] + [_PRESENT_PREFIX + name[len(_PAST_PREFIX):] for name in self._past_names]
+            feeds = {"input_ids": tokens, "encoder_hidden_states": state.audio_features}
+            logits, *presents = self.decoder.run(output_names, feeds)
+            state.past = dict(zip(self._past_names, presents))
+        else:
+            feeds = {"input_ids": tokens, **state.past}
+            logits, *presents = self.decoder_with_past.run(["logits", *self._with_past_presents], feeds)
+            for output_name, present in zip(self._with_past_presents, presents):
+                state.past[_PAST_PREFIX + output_name[len(_PRESENT_PREFIX):]] = present
+        state.n_tokens += tokens.shape[1]
+        return logits
