@@ -1,0 +1,409 @@
+"""Transcribe a whole recording: 30-s windows with seek, temperature fallback, segments; and the CLI.
+
+Follows openai-whisper's ``transcribe()``: the log-mel is computed over the whole recording, each
+window is cut from it at ``seek`` and zero-padded to 3000 frames; after a window, ``seek`` moves to
+the last complete timestamp pair (or by the full window), so no speech is dropped or decoded twice
+at window edges. A window whose decoding is too repetitive (compression ratio) or too unlikely
+(average log probability) is decoded again at the next temperature; a window the model calls
+silence (``no_speech_prob``) with an unlikely decoding is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from xdna_ep.decoding import DecodingOptions, DecodingResult
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from xdna_ep.audio import AudioInput
+    from xdna_ep.model import WhisperModel
+
+# DecodingOptions fields transcribe() sets itself for every attempt: not user options
+_PER_ATTEMPT_FIELDS = {"temperature", "prompt"}
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """How a recording is transcribed. Validated on construction (ValueError naming the bad value)."""
+
+    # per-window decoding: language, task, timestamps, suppression, sampling (temperature/prompt are set per attempt)
+    decoding: DecodingOptions = DecodingOptions()
+    # temperatures tried in order; the next one is used when a decoding fails the thresholds below
+    temperature: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    # retry when the text's gzip compression ratio is above this (repetition loops); None disables
+    compression_ratio_threshold: float | None = 2.4
+    # retry when the average log probability of the sampled tokens is below this; None disables
+    logprob_threshold: float | None = -1.0
+    # skip a window as silence when P(no speech) is above this and the decoding is below logprob_threshold
+    no_speech_threshold: float | None = 0.6
+    # give the previous window's text as the prompt of the next one (consistent style, risk of loops)
+    condition_on_previous_text: bool = True
+    # forget the previous text after a window decoded at a temperature above this
+    prompt_reset_on_temperature: float = 0.5
+    # text given as the prompt of the first window (spelling of names, style)
+    initial_prompt: str | None = None
+    # show a progress bar over the audio seconds (on stderr)
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        temperatures = self.temperature
+        if isinstance(temperatures, (int, float)):
+            temperatures = (float(temperatures),)
+        temperatures = tuple(float(t) for t in temperatures)
+        if not temperatures or any(not t >= 0 for t in temperatures):
+            raise ValueError(f"temperature must be one or more values >= 0, not {self.temperature!r}")
+        object.__setattr__(self, "temperature", temperatures)
+        if self.decoding.temperature != 0 or self.decoding.prompt is not None:
+            raise ValueError(
+                "set the temperature schedule with TranscribeOptions.temperature and the prompt with "
+                "initial_prompt, not through DecodingOptions"
+            )
+        if self.compression_ratio_threshold is not None and self.compression_ratio_threshold <= 0:
+            raise ValueError(f"compression_ratio_threshold must be > 0 or None, not {self.compression_ratio_threshold!r}")
+        if self.no_speech_threshold is not None and not 0 <= self.no_speech_threshold <= 1:
+            raise ValueError(f"no_speech_threshold must be in [0, 1] or None, not {self.no_speech_threshold!r}")
+
+    @classmethod
+    def from_kwargs(cls, **options: Any) -> TranscribeOptions:
+        """Options from flat keyword arguments: fields of TranscribeOptions or of DecodingOptions."""
+        own = {f.name for f in fields(cls)} - {"decoding"}
+        decoding_names = {f.name for f in fields(DecodingOptions)} - _PER_ATTEMPT_FIELDS
+        unknown = sorted(set(options) - own - decoding_names)
+        if unknown:
+            raise ValueError(
+                f"unknown transcribe option(s) {', '.join(unknown)}; known: {', '.join(sorted(own | decoding_names))}"
+            )
+        decoding = DecodingOptions(**{k: v for k, v in options.items() if k in decoding_names})
+        return cls(decoding=decoding, **{k: v for k, v in options.items() if k in own})
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of speech with its text, times in seconds from the start of the recording."""
+
+    id: int
+    seek: int  # mel frame where the window that produced it starts (100 frames per second)
+    start: float
+    end: float
+    text: str
+    tokens: list[int]  # text and timestamp tokens
+    temperature: float  # temperature of the decoding that was kept
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+
+
+@dataclass(frozen=True)
+class Transcription:
+    """The result of transcribing one recording."""
+
+    text: str
+    segments: list[Segment]
+    language: str
+    duration: float  # seconds of audio
+    timing: dict[str, float] = field(default_factory=dict)  # seconds per stage: load_audio, log_mel, encode, decode, total
+    stats: dict[str, Any] = field(default_factory=dict)  # windows, fallbacks, skipped windows, tokens, model, device
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def transcribe(
+    model: WhisperModel,
+    audio: AudioInput,
+    options: TranscribeOptions = TranscribeOptions(),
+    on_segment: Callable[[Segment], None] | None = None,
+) -> Transcription:
+    """Transcribe ``audio`` (a path, or (n_samples,) float32 mono samples at 16 kHz) with ``model``.
+
+    ``on_segment`` is called with each segment as soon as it is decoded.
+    """
+    import numpy as np
+
+    from xdna_ep.audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, load_audio, log_mel_spectrogram, pad_or_trim
+    from xdna_ep.decoding import check_model_options, decode, detect_language
+    from xdna_ep.tokenizer import TIME_PRECISION
+
+    timing = {"load_audio": 0.0, "log_mel": 0.0, "encode": 0.0, "decode": 0.0}
+    started = time.perf_counter()
+    check_model_options(model, options.decoding)
+    tokenizer = model.tokenizer
+    samples = load_audio(audio)
+    timing["load_audio"] = time.perf_counter() - started
+
+    clock = time.perf_counter()
+    # HOP_LENGTH zeros past the end: the last frames see silence, not a reflection (as whisper does)
+    mel = log_mel_spectrogram(samples, model.dims.n_mels, padding=HOP_LENGTH)  # (n_mels, n_frames)
+    content_frames = samples.size // HOP_LENGTH
+    duration = samples.size / SAMPLE_RATE
+    timing["log_mel"] = time.perf_counter() - clock
+
+    def window_features(seek: int) -> tuple[np.ndarray, int]:
+        """Encoder output of the window starting at frame ``seek``: ((1, n_audio_ctx, d), frames)."""
+        segment_size = min(N_FRAMES, content_frames - seek)
+        clock = time.perf_counter()
+        features = model.encode(pad_or_trim(mel[:, seek:seek + segment_size], N_FRAMES))
+        timing["encode"] += time.perf_counter() - clock
+        return features, segment_size
+
+    stats: dict[str, Any] = {
+        "model": model.name,
+        "device": model.device,
+        "windows": 0,
+        "fallbacks": 0,
+        "skipped_no_speech": 0,
+        "sampled_tokens": 0,
+    }
+    language = options.decoding.language
+    first_window = None
+    if language is None:
+        if model.is_multilingual and content_frames > 0:
+            first_window = window_features(0)
+            clock = time.perf_counter()
+            language, _ = detect_language(model, first_window[0])
+            timing["decode"] += time.perf_counter() - clock
+        else:
+            language = "en"
+    decoding = replace(options.decoding, language=language)
+
+    def decode_with_fallback(features: np.ndarray, prompt: list[int]) -> DecodingResult:
+        result = None
+        for attempt, temperature in enumerate(options.temperature):
+            if attempt > 0:
+                stats["fallbacks"] += 1
+            clock = time.perf_counter()
+            result = decode(model, features, replace(decoding, temperature=temperature, prompt=tuple(prompt)))
+            timing["decode"] += time.perf_counter() - clock
+            too_repetitive = (
+                options.compression_ratio_threshold is not None
+                and result.compression_ratio > options.compression_ratio_threshold
+            )
+            too_unlikely = options.logprob_threshold is not None and result.avg_logprob < options.logprob_threshold
+            silence = options.no_speech_threshold is not None and result.no_speech_prob > options.no_speech_threshold
+            # an unlikely decoding of what the model calls silence is kept: the window is skipped anyway
+            if not (too_repetitive or too_unlikely) or (silence and too_unlikely):
+                break
+        assert result is not None  # the schedule holds at least one temperature (checked by the options)
+        return result
+
+    input_stride = N_FRAMES // model.dims.n_audio_ctx  # mel frames per encoder position (2)
+    timestamp_begin = tokenizer.timestamp_begin
+    initial_prompt_tokens = tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
+    all_tokens: list[int] = list(initial_prompt_tokens)
+    prompt_reset_since = 0
+    segments: list[Segment] = []
+
+    progress = None
+    if options.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=round(duration, 2), unit="s", unit_scale=True, file=sys.stderr, leave=False)
+
+    seek = 0
+    while seek < content_frames:
+        time_offset = seek * HOP_LENGTH / SAMPLE_RATE
+        if first_window is not None and seek == 0:
+            features, segment_size = first_window
+        else:
+            features, segment_size = window_features(seek)
+        stats["windows"] += 1
+        segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
+        result = decode_with_fallback(features, all_tokens[prompt_reset_since:])
+        tokens = np.array(result.tokens, dtype=np.int64)
+        previous_seek = seek
+
+        if options.no_speech_threshold is not None and result.no_speech_prob > options.no_speech_threshold:
+            likely = options.logprob_threshold is not None and result.avg_logprob > options.logprob_threshold
+            if not likely:  # silence: skip the whole window
+                stats["skipped_no_speech"] += 1
+                seek += segment_size
+                if progress is not None:
+                    progress.update(round(segment_duration, 2))
+                continue
+
+        window_segments: list[tuple[float, float, list[int]]] = []  # (start, end, tokens)
+        is_timestamp = tokens >= timestamp_begin
+        single_timestamp_ending = is_timestamp[-2:].tolist() == [False, True]
+        consecutive = np.where(is_timestamp[:-1] & is_timestamp[1:])[0] + 1  # where a pair ends a segment
+        if consecutive.size > 0:
+            slices = consecutive.tolist()
+            if single_timestamp_ending:
+                slices.append(len(tokens))
+            last_slice = 0
+            for current_slice in slices:
+                sliced = tokens[last_slice:current_slice]
+                start = time_offset + (int(sliced[0]) - timestamp_begin) * TIME_PRECISION
+                end = time_offset + (int(sliced[-1]) - timestamp_begin) * TIME_PRECISION
+                window_segments.append((start, end, sliced.tolist()))
+                last_slice = current_slice
+            if single_timestamp_ending:
+                seek += segment_size  # the speech ran to the end of what was decoded
+            else:
+                # resume at the last complete timestamp pair: what follows is decoded again next window
+                last_timestamp_pos = int(tokens[last_slice - 1]) - timestamp_begin
+                seek += last_timestamp_pos * input_stride
+        else:
+            end_time = segment_duration
+            timestamps = tokens[is_timestamp]
+            if timestamps.size > 0 and timestamps[-1] != timestamp_begin:
+                # a lone final timestamp marks where the speech ended
+                end_time = (int(timestamps[-1]) - timestamp_begin) * TIME_PRECISION
+            window_segments.append((time_offset, time_offset + end_time, tokens.tolist()))
+            seek += segment_size
+
+        for start, end, segment_tokens in window_segments:
+            # timestamps may run past the end of the recording in its last window
+            start, end = round(min(start, duration), 3), round(min(end, duration), 3)
+            text = tokenizer.decode(segment_tokens)
+            if start >= end or not text.strip():  # instantaneous or empty: nothing to show
+                continue
+            segment = Segment(
+                id=len(segments),
+                seek=previous_seek,
+                start=start,
+                end=end,
+                text=text,
+                tokens=segment_tokens,
+                temperature=result.temperature,
+                avg_logprob=result.avg_logprob,
+                compression_ratio=result.compression_ratio,
+                no_speech_prob=result.no_speech_prob,
+            )
+            segments.append(segment)
+            all_tokens.extend(segment_tokens)
+            stats["sampled_tokens"] += len(segment_tokens)
+            if on_segment is not None:
+                on_segment(segment)
+
+        if not options.condition_on_previous_text or result.temperature > options.prompt_reset_on_temperature:
+            prompt_reset_since = len(all_tokens)
+        if progress is not None:
+            progress.update(round((min(content_frames, seek) - previous_seek) * HOP_LENGTH / SAMPLE_RATE, 2))
+
+    if progress is not None:
+        progress.close()
+    timing["total"] = time.perf_counter() - started
+    stats["real_time_factor"] = timing["total"] / duration if duration > 0 else 0.0
+    return Transcription(
+        text="".join(segment.text for segment in segments).strip(),
+        segments=segments,
+        language=language,
+        duration=duration,
+        timing={name: round(seconds, 4) for name, seconds in timing.items()},
+        stats=stats,
+    )
+
+
+# -- command line ---------------------------------------------------------------------------------------
+
+def _temperatures(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(value) for value in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``xdna-ep transcribe``. Defaults live in the option dataclasses, not here."""
+    from xdna_ep.ep.cost_model import PRECISIONS
+    from xdna_ep.ep.device import DEFAULT_PROFILE, PROFILES
+    from xdna_ep.model import DEVICES, WhisperModel
+    from xdna_ep.models.registry import DEFAULT_MODEL
+    from xdna_ep.tokenizer import TASKS
+    from xdna_ep.writers import FORMATS
+
+    default_device = inspect.signature(WhisperModel).parameters["device"].default
+
+    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg, mp3, m4a, ...)")
+    parser.add_argument("--model", help=f"model name or exported model folder (default: {DEFAULT_MODEL})")
+    parser.add_argument("--device", choices=DEVICES, help=f"where the heavy ops run (default: {default_device})")
+    parser.add_argument(
+        "--profile", choices=sorted(PROFILES), help=f"which NPU the sim/npu devices describe (default: {DEFAULT_PROFILE})"
+    )
+    parser.add_argument("--precision", choices=PRECISIONS, help="NPU arithmetic (bf16, or accurate: about fp32)")
+    parser.add_argument("--strict", action="store_true", default=None, help="fail instead of falling back to the CPU")
+    parser.add_argument("--language", help="language code (default: detect with multilingual models)")
+    parser.add_argument("--task", choices=TASKS, help=f"default: {DecodingOptions.task}")
+    parser.add_argument(
+        "--temperature", type=_temperatures, metavar="T[,T...]",
+        help="temperature schedule tried in order on decoding failures (a single value: no fallback)",
+    )
+    parser.add_argument("--initial-prompt", help="text to condition the first window on (names, spelling)")
+    parser.add_argument(
+        "--condition-on-previous-text", action=argparse.BooleanOptionalAction, default=None,
+        help="prompt each window with the previous window's text "
+        f"(default: {'on' if TranscribeOptions.condition_on_previous_text else 'off'})",
+    )
+    parser.add_argument("--without-timestamps", action="store_true", default=None, help="decode text only, no segments")
+    parser.add_argument(
+        "--output-format", choices=(*FORMATS, "all"),
+        help="write the transcript in this format (default: only print it; with --output-dir: all)",
+    )
+    parser.add_argument("--output-dir", type=Path, help="folder for the output files (default: current folder)")
+    parser.add_argument("--progress", action="store_true", default=None, help="progress bar on stderr")
+    parser.add_argument("--verbose", action="store_true", help="print segments as they are decoded, and timings, on stderr")
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The arguments the user gave (argparse leaves the others None), under the names of the options."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``xdna-ep transcribe``: print each file's transcript, optionally write txt/srt/vtt/json files."""
+    from xdna_ep.errors import AudioError, XdnaError
+    from xdna_ep.model import WhisperModel
+    from xdna_ep.writers import write_result
+
+    for file in args.files:  # fail before loading the model
+        if not Path(file).is_file():
+            raise AudioError(f"audio file not found: {file}")
+    try:
+        options = TranscribeOptions.from_kwargs(
+            **_given(args, "language", "task", "without_timestamps", "temperature", "initial_prompt",
+                     "condition_on_previous_text", "progress")
+        )
+    except ValueError as error:
+        raise XdnaError(str(error)) from None
+    model_options = _given(args, "device", "profile", "precision", "strict")
+    model = WhisperModel(args.model, **model_options) if args.model else WhisperModel(**model_options)
+    try:
+        from xdna_ep.decoding import check_model_options
+
+        check_model_options(model, options.decoding)
+    except ValueError as error:
+        raise XdnaError(str(error)) from None
+
+    output_format = args.output_format or ("all" if args.output_dir else None)
+    on_segment = _print_segment if args.verbose else None
+    for file in args.files:
+        result = transcribe(model, file, options, on_segment=on_segment)
+        if len(args.files) > 1:
+            print(f"==> {file} <==")
+        print(result.text)
+        if args.verbose:
+            timing = ", ".join(f"{name} {seconds:.3f} s" for name, seconds in result.timing.items())
+            print(f"{file}: {result.duration:.1f} s of audio, language {result.language}; {timing}", file=sys.stderr)
+        if output_format:
+            output_dir = args.output_dir or Path(".")
+            try:
+                paths = write_result(result, Path(file).stem, output_dir, output_format)
+            except OSError as error:
+                raise XdnaError(f"cannot write the transcript into {output_dir}: {error}") from None
+            for path in paths:
+                print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _print_segment(segment: Segment) -> None:
+    from xdna_ep.writers import format_timestamp
+
+    print(f"[{format_timestamp(segment.start)} --> {format_timestamp(segment.end)}]{segment.text}", file=sys.stderr)
