@@ -3,3 +3,56 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+import os
+from typing import TYPE_CHECKING, Any
+
+# The submodule is imported before the function of the same name is defined: importing a submodule
+# sets it as an attribute of the package, which would otherwise replace the function on first use.
+from xdna_ep import transcribe as _transcribe_module  # noqa: F401  (light: numpy and dataclasses)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from xdna_ep.model import WhisperModel
+    from xdna_ep.transcribe import Transcription
+
+
+def load_model(
+    name_or_path: str | os.PathLike = "tiny.en",
+    device: str = "cpu",
+    profile: str | None = None,
+    precision: str | None = None,
+    strict: bool = False,
+) -> WhisperModel:
+    """Load a Whisper model (a name such as ``tiny.en`` / ``base``, or an exported model folder) once,
+    for any number of transcriptions. ``device``: ``cpu``, ``sim``, ``npu`` or ``auto``."""
+    from xdna_ep.model import WhisperModel
+
+    return WhisperModel(name_or_path, device=device, profile=profile, precision=precision, strict=strict)
+
+
+def transcribe(
+    audio: str | os.PathLike | np.ndarray,
+    model: str | os.PathLike | WhisperModel = "tiny.en",
+    device: str | None = None,
+    **options: Any,
+) -> Transcription:
+    """Transcribe an audio file (or 16 kHz mono float32 samples) in one call.
+
+    ``model``: a name, an exported model folder, or a model from ``load_model`` (reused as is; then
+    ``device`` must be None or the model's). ``device`` defaults to ``cpu``. ``options``: fields of
+    ``TranscribeOptions`` and ``DecodingOptions``, e.g. ``language="en"``, ``temperature=0``,
+    ``without_timestamps=True``, ``initial_prompt="..."``.
+    """
+    from xdna_ep.model import WhisperModel
+    from xdna_ep.transcribe import TranscribeOptions
+    from xdna_ep.transcribe import transcribe as transcribe_recording
+
+    transcribe_options = TranscribeOptions.from_kwargs(**options)
+    if isinstance(model, WhisperModel):
+        if device is not None and device != model.device:
+            raise ValueError(f"the model was loaded for device {model.device!r}, not {device!r}")
+    else:
+        model = load_model(model, device=device or "cpu")
+    return transcribe_recording(model, audio, transcribe_options)
