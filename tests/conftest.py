@@ -1,0 +1,39 @@
+"""Shared test fixtures: project paths, the shared speech clips, loaded Whisper models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent  # the project root
+AUDIO_DIR = ROOT.parent / "shared" / "audio"  # shared speech clips (never copied into the project)
+
+
+@pytest.fixture(scope="session")
+def goldens() -> dict:
+    """``goldens.json``: clip -> model -> {text, tokens} from faster-whisper fp32 greedy on the same weights."""
+    return json.loads((AUDIO_DIR / "goldens.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def references() -> dict:
+    """``references.json``: clip -> {text, source, license}."""
+    return json.loads((AUDIO_DIR / "references.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_en_model():
+    """tiny.en (English-only) on the CPU, loaded once per test session."""
+    from xdna_ep.model import WhisperModel
+
+    return WhisperModel("tiny.en", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def base_model():
+    """base (multilingual) on the CPU, loaded once per test session."""
+    from xdna_ep.model import WhisperModel
+
+    return WhisperModel("base", device="cpu")
