@@ -6,9 +6,9 @@ copies) + launch (kernel() + wait() from Python) + transfers (activations in, re
 resident and never counted per call) + compute on the array, for the shape padded to the design's
 bucket (whole-array GEMM: M to rows * m, K to k, N to columns * n).
 
-Compute of a whole-array GEMM (M, K, N padded, ``products`` bf16 products: 1 in bf16, 3 in accurate)::
+Compute of a whole-array GEMM (M, K, N padded; the accurate precision runs the same design with 3 x K)::
 
-    products * 2 * M * K * N / gemm_flops_per_s  +  M * N * output_s_per_element
+    2 * M * K * N / gemm_flops_per_s  +  M * N * output_s_per_element
 
 The two constants are fitted (least squares on relative error, launch fixed at 60 us) to the measured
 whole-array GEMMs of npu.md: whisper-xdna README (4 columns, bf16, fp32 accumulation) 1761 GFLOPS for
@@ -40,8 +40,12 @@ PRECISIONS = ("bf16", "accurate")
 # bf16 products per MAC: bf16 = a*b; accurate = a_hi*b_hi + a_hi*b_lo + a_lo*b_hi (hi + lo split)
 PRODUCTS = {"bf16": 1, "accurate": 3}
 
-# activation buffers per operand: bf16 sends one bf16 copy; accurate sends hi and lo
-ACTIVATION_PARTS = {"bf16": 1, "accurate": 2}
+# bf16 copies of the GEMM activations: bf16 [a]; accurate [a_hi | a_hi | a_lo] against [b_hi; b_lo; b_hi]
+# (the same whole-array design with 3 x K, so accurate needs no kernel of its own)
+GEMM_PARTS = {"bf16": 1, "accurate": 3}
+
+# bf16 copies of each of q, k, v: bf16 one; accurate hi and lo (the kernel forms the three products)
+ATTENTION_PARTS = {"bf16": 1, "accurate": 2}
 
 BF16_BYTES = 2
 FP32_BYTES = 4
@@ -125,6 +129,21 @@ class Estimate:
         )
 
 
+def _design_name(kind: str, profile: DeviceProfile, **params) -> str:
+    """The xclbin design a call needs, named by its kernel spec (imported late: the specs import this module)."""
+    if kind == "matmul":
+        from xdna_ep.kernels.matmul.spec import MatmulSpec
+
+        return MatmulSpec(profile=profile.name, **params).name
+    if kind == "attention":
+        from xdna_ep.kernels.attention.spec import AttentionSpec
+
+        return AttentionSpec(profile=profile.name, **params).name
+    from xdna_ep.kernels.softmax.spec import SoftmaxSpec
+
+    return SoftmaxSpec(profile=profile.name).name
+
+
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: valid precisions are {', '.join(PRECISIONS)}")
@@ -145,9 +164,26 @@ def padded_gemm_shape(profile: DeviceProfile, m: int, k: int, n: int) -> tuple[i
     )
 
 
-def gemm_compute_s(profile: DeviceProfile, m: int, k: int, n: int, products: int = 1) -> float:
+def gemm_compute_s(profile: DeviceProfile, m: int, k: int, n: int) -> float:
     """Array time of one whole-array GEMM of an already padded (M, K, N) shape."""
-    return products * 2.0 * m * k * n / profile.gemm_flops_per_s + m * n * profile.output_s_per_element
+    return 2.0 * m * k * n / profile.gemm_flops_per_s + m * n * profile.output_s_per_element
+
+
+def attention_compute_s(profile: DeviceProfile, heads: int, n_q: int, n_kv: int, head_dim: int, parts: int) -> float:
+    """Array time of one fused attention launch of already padded shapes (parts: 1 bf16, 2 accurate)."""
+    products = 1 if parts == 1 else 3
+    macs_per_head = 2 * n_q * n_kv * head_dim  # q @ k^T and p @ v
+    return heads * (
+        products * 2.0 * macs_per_head / profile.gemm_flops_per_s
+        + n_q * n_kv * profile.output_s_per_element  # scores: softmax work on the cores
+        + n_q * head_dim * profile.output_s_per_element  # output drain
+    )
+
+
+def softmax_compute_s(profile: DeviceProfile, rows: int, cols: int) -> float:
+    """Array time of one softmax launch of an already padded (rows, cols) fp32 matrix: shim-bound."""
+    nbytes = rows * cols * FP32_BYTES
+    return max(nbytes / profile.shim_in_bytes_per_s, nbytes / profile.shim_out_bytes_per_s)
 
 
 def transfer_s(profile: DeviceProfile, nbytes: int) -> float:
@@ -187,13 +223,12 @@ def estimate_matmul(
     One launch of the whole-array GEMM design for this K (K is baked into the xclbin).
     """
     profile = get_profile(profile)
-    parts = ACTIVATION_PARTS[check_precision(precision)]
-    products = PRODUCTS[precision]
+    parts = GEMM_PARTS[check_precision(precision)]
     mp, kp, np_ = padded_gemm_shape(profile, m, k, n)
-    compute = gemm_compute_s(profile, mp, kp, np_, products)
+    compute = gemm_compute_s(profile, mp, parts * kp, np_)
     launches = launches_for(profile, compute)
-    to_device = parts * mp * kp * BF16_BYTES
-    from_device = mp * np_ * FP32_BYTES
+    to_device = m * parts * kp * BF16_BYTES  # the real rows only: padding rows are never synced
+    from_device = m * np_ * FP32_BYTES
     transfer = transfer_s(profile, to_device + from_device)
     # host: call, convert x (and its lo part), copy x in, copy y out (unpadded part)
     host_s = (
@@ -209,12 +244,12 @@ def estimate_matmul(
         bytes_to_device=to_device,
         bytes_from_device=from_device,
         flops=2 * m * k * n,
-        padded_flops=products * 2 * mp * kp * np_,
+        padded_flops=2 * mp * parts * kp * np_,
         host_s=host_s,
         launch_s=launch,
         transfer_s=transfer,
         compute_s=compute,
-        design=f"matmul_k{kp}",
+        design=_design_name("matmul", profile, k=parts * kp),
     )
 
 
@@ -246,16 +281,11 @@ def estimate_attention(
     All heads of the call in one launch (split only if a launch would approach the driver timeout).
     """
     profile = get_profile(profile)
-    parts = ACTIVATION_PARTS[check_precision(precision)]
+    parts = ATTENTION_PARTS[check_precision(precision)]
     products = PRODUCTS[precision]
     heads = batch * n_head
     qp, kvp, dp = padded_attention_shape(profile, n_q, n_kv, head_dim)
-    macs_per_head = 2 * qp * kvp * dp  # q @ k^T and p @ v
-    compute = heads * (
-        products * 2.0 * macs_per_head / profile.gemm_flops_per_s
-        + qp * kvp * profile.output_s_per_element  # scores: softmax work on the cores
-        + qp * dp * profile.output_s_per_element  # output drain
-    )
+    compute = attention_compute_s(profile, heads, qp, kvp, dp, parts)
     launches = launches_for(profile, compute)
     to_device = heads * parts * (qp + 2 * kvp) * dp * BF16_BYTES
     from_device = heads * qp * dp * FP32_BYTES
@@ -282,12 +312,12 @@ def estimate_attention(
         bytes_to_device=to_device,
         bytes_from_device=from_device,
         flops=useful_flops,
-        padded_flops=heads * products * 2 * macs_per_head,
+        padded_flops=heads * products * 2 * (2 * qp * kvp * dp),
         host_s=host_s,
         launch_s=launch,
         transfer_s=transfer,
         compute_s=compute,
-        design=f"attention_d{dp}",
+        design=_design_name("attention", profile, head_dim=dp, precision=precision),
     )
 
 
@@ -305,8 +335,8 @@ def estimate_softmax(
     check_precision(precision)
     rp = round_up(rows, profile.cores)
     cp = round_up(cols, SOFTMAX_COL_MULTIPLE)
-    nbytes = rp * cp * FP32_BYTES
-    compute = max(nbytes / profile.shim_in_bytes_per_s, nbytes / profile.shim_out_bytes_per_s)
+    nbytes = rows * cp * FP32_BYTES  # the real rows only, each way
+    compute = softmax_compute_s(profile, rp, cp)
     launches = launches_for(profile, compute)
     transfer = transfer_s(profile, 2 * nbytes)
     host_s = host.custom_op_call_s + 2 * rows * cols * host.copy_s_per_element
@@ -323,5 +353,5 @@ def estimate_softmax(
         launch_s=launch,
         transfer_s=transfer,
         compute_s=compute,
-        design="softmax",
+        design=_design_name("softmax", profile),
     )

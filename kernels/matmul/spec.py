@@ -1,0 +1,125 @@
+"""The whole-array GEMM design: bf16 A[M, K] @ bf16 B[K, N] -> fp32 C[M, N], bias and GELU fused.
+
+K is baked into the xclbin (npu.md: a K mismatch silently gives wrong results), so there is one design
+per K; M and N live in the instruction stream (one per (M, N) bucket). The ``accurate`` precision uses
+the same design with three times the K: A' = [a_hi | a_hi | a_lo], B' = [b_hi; b_lo; b_hi].
+
+Device buffers, in runtime-sequence order (group ids 3, 4, 5, 6):
+- ``a``: bf16 [M, K] row-major (activations, written per call; the DMA tiles it on the way in)
+- ``b``: bf16 weights in tile-major layout [N / n, K, n] (converted once, resident)
+- ``params``: f32 [N / n, PARAMS_WORDS + n] per column block: word 0 = activation code, then n biases
+- ``c``: f32 [M, N] row-major (results)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from xdna_ep.ep.device import DeviceProfile, get_profile
+from xdna_ep.kernels.artifacts import ArgSpec, sim_instruction_words, sim_xclbin_manifest
+
+KIND = "matmul"
+
+# params block header (f32 words) in front of each column block's n biases
+PARAMS_WORDS = 16
+ACTIVATIONS = {"": 0, "gelu": 1}  # activation name -> code in params word 0
+
+ARGS = (
+    ArgSpec("a", 3, "bf16", "in"),
+    ArgSpec("b", 4, "bf16", "in"),
+    ArgSpec("params", 5, "f32", "in"),
+    ArgSpec("c", 6, "f32", "out"),
+)
+
+
+@dataclass(frozen=True)
+class MatmulSpec:
+    """One compiled GEMM design (one xclbin): its K and the NPU it is built for."""
+
+    k: int  # reduction length baked into the xclbin (padded; 3 x K in accurate mode)
+    profile: str = "npu1"
+    kind: ClassVar[str] = KIND
+
+    def __post_init__(self) -> None:
+        profile = get_profile(self.profile)
+        if self.k <= 0 or self.k % profile.gemm_k_multiple:
+            raise ValueError(f"GEMM design K={self.k} must be a positive multiple of {profile.gemm_k_multiple}")
+
+    @property
+    def device_profile(self) -> DeviceProfile:
+        return get_profile(self.profile)
+
+    @property
+    def tile(self) -> tuple[int, int, int]:
+        """Per-core tile (m, k, n)."""
+        return self.device_profile.gemm_tile
+
+    @property
+    def name(self) -> str:
+        return f"xdna_matmul_k{self.k}_{self.profile}"
+
+    @property
+    def xclbin_name(self) -> str:
+        return f"{self.name}.xclbin"
+
+    def insts_name(self, m: int, n: int) -> str:
+        """Instruction stream for the (M, N) bucket."""
+        return f"{self.name}_m{m}_n{n}.insts.bin"
+
+    @property
+    def c_symbol(self) -> str:
+        """The AIE C function computing one m x k x n tile (kernels/matmul/matmul.cc)."""
+        return "xdna_matmul_bf16_f32"
+
+    @property
+    def zero_symbol(self) -> str:
+        return "xdna_zero_f32"
+
+    @property
+    def epilogue_symbol(self) -> str:
+        return "xdna_bias_gelu_f32"
+
+    @property
+    def object_name(self) -> str:
+        m, k, n = self.tile
+        return f"xdna_mm_{m}x{k}x{n}.o"
+
+    @property
+    def args(self) -> tuple[ArgSpec, ...]:
+        return ARGS
+
+    def check_shape(self, m: int, n: int) -> None:
+        """ValueError unless (M, N) is a legal bucket of this design."""
+        profile = self.device_profile
+        if m <= 0 or m % profile.gemm_m_multiple:
+            raise ValueError(f"{self.name}: M={m} must be a positive multiple of {profile.gemm_m_multiple}")
+        if n <= 0 or n % profile.gemm_n_multiple:
+            raise ValueError(f"{self.name}: N={n} must be a positive multiple of {profile.gemm_n_multiple}")
+
+    def design_shape(self, insts_shape: tuple[int, ...]) -> tuple[int, int]:
+        """(M, N) of an instruction stream's (M, K, N); ValueError if its K is not this design's."""
+        m, k, n = insts_shape
+        if k != self.k:
+            raise ValueError(
+                f"instruction stream for K={k} on {self.name}, built for K={self.k} "
+                f"(on the device this silently gives wrong results)"
+            )
+        return m, n
+
+    def params_words(self, n: int) -> int:
+        return (n // self.tile[2]) * (PARAMS_WORDS + self.tile[2])
+
+    def arg_bytes(self, m: int, n: int) -> dict[str, int]:
+        """Minimum size of each buffer argument for the (M, N) bucket."""
+        return {"a": m * self.k * 2, "b": self.k * n * 2, "params": self.params_words(n) * 4, "c": m * n * 4}
+
+    def instruction_words(self, m: int, n: int):
+        """The simulated instruction stream of the (M, N) bucket."""
+        self.check_shape(m, n)
+        return sim_instruction_words(KIND, (m, self.k, n))
+
+    def sim_manifest(self) -> dict:
+        m, k, n = self.tile
+        params = {"k": self.k, "profile": self.profile, "tile": [m, k, n], "params_words": PARAMS_WORDS}
+        return sim_xclbin_manifest(KIND, self.name, ARGS, params)
