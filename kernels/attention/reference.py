@@ -18,11 +18,18 @@ from xdna_ep.kernels.bf16 import from_bf16_bits, split_bf16_bits, to_bf16_bits
 
 
 def prepare_operand(x: np.ndarray, n_pad: int, d_pad: int, precision: str, out: np.ndarray | None = None) -> np.ndarray:
-    """x (heads, n, d) fp32 -> bf16 bits [parts, heads, n_pad, d_pad] (hi, lo in accurate), zero padded."""
+    """x (heads, n, d) fp32 -> bf16 bits [parts, heads, n_pad, d_pad] (hi, lo in accurate), zero padded.
+
+    ``out`` (uint16 [parts, heads, n_pad, d_pad]) is filled in place when given: the mapped buffer,
+    whose padding rows and columns are zeroed too (masked keys still meet their values: 0 * NaN = NaN).
+    """
     heads, n, d = x.shape
     parts = PARTS[precision]
     if out is None:
         out = np.zeros((parts, heads, n_pad, d_pad), dtype=np.uint16)
+    else:
+        out[:, :, n:, :] = 0
+        out[:, :, :n, d:] = 0
     if precision == "bf16":
         to_bf16_bits(x, out=out[0, :, :n, :d])
     else:

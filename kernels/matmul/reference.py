@@ -44,12 +44,16 @@ def gelu(x: np.ndarray) -> np.ndarray:
 def prepare_activations(x: np.ndarray, k_pad: int, precision: str, out: np.ndarray | None = None) -> np.ndarray:
     """x (M, K) fp32 -> bf16 bits (M, parts * k_pad): [x] or [hi | hi | lo], zero in the padding.
 
-    ``out`` (uint16, at least (M, parts * k_pad)) is filled in place when given: the mapped buffer.
+    ``out`` (uint16 (M, parts * k_pad)) is filled in place when given: the mapped buffer, whose padding
+    columns are zeroed too (a previous call may have left other values there).
     """
     m, k = x.shape
     parts = K_PARTS[precision]
     if out is None:
         out = np.zeros((m, parts * k_pad), dtype=np.uint16)
+    elif k < k_pad:
+        for part in range(parts):
+            out[:, part * k_pad + k : (part + 1) * k_pad] = 0
     if precision == "bf16":
         to_bf16_bits(x, out=out[:, :k])
     else:
