@@ -1,0 +1,204 @@
+"""Decoding on the real models: goldens, the KV cache against full recomputation, logit filters, sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import AUDIO_DIR
+
+from xdna_ep.audio import HOP_LENGTH, N_FRAMES, load_audio, log_mel_spectrogram, pad_or_trim
+from xdna_ep.decoding import DecodingOptions, LogitFilter, decode, detect_language, initial_tokens
+from xdna_ep.model import DecoderState, WhisperModel
+from xdna_ep.transcribe import TranscribeOptions, transcribe
+
+GOLDEN_CLIPS = [
+    "jfk.wav",
+    "jfk.flac",
+    "librispeech-1995-1837-0001.wav",
+    "2412-153948-0000.flac",
+    "libri-1088-134315-0000.wav",
+    "espeak_fox.wav",
+    "espeak_stella.wav",
+    "espeak_device.wav",
+]
+# the settings goldens.json was produced with (faster-whisper: beam 1, temperature 0, no timestamps, ...)
+GOLDEN_OPTIONS = TranscribeOptions.from_kwargs(
+    temperature=0.0, without_timestamps=True, condition_on_previous_text=False, language="en"
+)
+
+
+def _first_window_features(model: WhisperModel, clip: str) -> np.ndarray:
+    samples = load_audio(AUDIO_DIR / clip)
+    mel = log_mel_spectrogram(samples, padding=HOP_LENGTH)[:, : samples.size // HOP_LENGTH]
+    return model.encode(pad_or_trim(mel, N_FRAMES))  # (1, n_audio_ctx, n_audio_state)
+
+
+@pytest.mark.parametrize(
+    ("model_fixture", "clip"),
+    [("tiny_en_model", clip) for clip in GOLDEN_CLIPS]
+    + [("base_model", "jfk.wav")]
+    + [pytest.param("base_model", clip, marks=pytest.mark.slow) for clip in GOLDEN_CLIPS if clip != "jfk.wav"],
+)
+def test_tokens_equal_goldens(request, model_fixture, clip, goldens):
+    model = request.getfixturevalue(model_fixture)
+    result = transcribe(model, AUDIO_DIR / clip, GOLDEN_OPTIONS)
+    tokens = [token for segment in result.segments for token in segment.tokens]
+    golden = goldens[clip][model.name]
+    assert tokens == golden["tokens"]
+    assert result.text == golden["text"]
+
+
+class RecomputingModel:
+    """A model whose decode_step runs decoder_model on the whole sequence each step: no KV cache."""
+
+    def __init__(self, model: WhisperModel) -> None:
+        self.model = model
+        self.steps = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def decode_step(self, state: DecoderState, tokens: np.ndarray) -> np.ndarray:
+        sequence = state.past.get("sequence", np.zeros((tokens.shape[0], 0), dtype=np.int64))
+        sequence = np.concatenate([sequence, tokens], axis=1)
+        state.past["sequence"] = sequence
+        state.n_tokens = sequence.shape[1]
+        self.steps += 1
+        logits = self.model.decoder.run(
+            ["logits"], {"input_ids": sequence, "encoder_hidden_states": state.audio_features}
+        )[0]
+        return logits[:, -tokens.shape[1]:]
+
+
+@pytest.mark.parametrize(
+    ("clip", "without_timestamps"),
+    [
+        ("jfk.wav", True),
+        ("jfk.wav", False),
+        pytest.param("libri-1088-134315-0000.wav", False, marks=pytest.mark.slow),
+    ],
+)
+def test_kv_cache_gives_the_tokens_of_full_recomputation(tiny_en_model, clip, without_timestamps):
+    features = _first_window_features(tiny_en_model, clip)
+    options = DecodingOptions(without_timestamps=without_timestamps, language="en")
+    cached = decode(tiny_en_model, features, options)
+    recomputing = RecomputingModel(tiny_en_model)
+    recomputed = decode(recomputing, features, options)
+    assert recomputing.steps == len(recomputed.tokens) + 1  # one step per token, plus the one that gave <|endoftext|>
+    assert cached.tokens == recomputed.tokens
+    assert len(cached.tokens) > 20
+    assert cached.avg_logprob == pytest.approx(recomputed.avg_logprob, abs=1e-3)
+    assert cached.no_speech_prob == pytest.approx(recomputed.no_speech_prob, abs=1e-4)
+
+
+def test_kv_cache_logits_match_recomputation_step_by_step(base_model):
+    features = _first_window_features(base_model, "jfk.wav")
+    tokens = base_model.tokenizer.sot_sequence("en") + [base_model.tokenizer.no_timestamps]
+    tokens += base_model.tokenizer.encode(" And so my fellow Americans")
+    state = base_model.new_decoder_state(features)
+    prompt = 4
+    logits = [base_model.decode_step(state, np.array([tokens[:prompt]]))[:, -1]]
+    for token in tokens[prompt:]:
+        logits.append(base_model.decode_step(state, np.array([[token]]))[:, -1])
+    assert state.n_tokens == len(tokens)
+    assert state.past["past_key_values.0.decoder.key"].shape[2] == len(tokens)  # (batch, n_head, n, head_dim)
+    assert state.past["past_key_values.0.encoder.key"].shape[2] == base_model.dims.n_audio_ctx
+    full = base_model.decoder.run(
+        ["logits"], {"input_ids": np.array([tokens]), "encoder_hidden_states": features}
+    )[0][0, prompt - 1:]
+    np.testing.assert_allclose(np.concatenate(logits), full, rtol=0, atol=2e-3)
+
+
+def test_decoder_context_limit_is_enforced(tiny_en_model):
+    state = tiny_en_model.new_decoder_state(np.zeros((1, 1500, 384), dtype=np.float32))
+    with pytest.raises(ValueError, match="decoder context is 448 tokens"):
+        tiny_en_model.decode_step(state, np.zeros((1, 449), dtype=np.int64))
+
+
+def test_first_timestamp_is_at_most_max_initial_timestamp(tiny_en_model):
+    tokenizer = tiny_en_model.tokenizer
+    begin = tokenizer.timestamp_begin
+    rng = np.random.default_rng(0)
+    prompt = np.array([[tokenizer.sot]])
+    logits = rng.normal(size=(1, tiny_en_model.dims.n_vocab)).astype(np.float32)
+    logits[0, begin + 1000] = 50.0  # the model wants to start at 20 s
+    logits[0, 1000] = 40.0  # or with text
+    LogitFilter(tokenizer, DecodingOptions(max_initial_timestamp=1.0), sample_begin=1).apply(logits, prompt)
+    allowed = np.flatnonzero(np.isfinite(logits[0]))
+    assert allowed.min() == begin and allowed.max() == begin + 50  # <|0.00|> .. <|1.00|>
+
+
+def test_timestamp_rules_pairs_and_monotonic(tiny_en_model):
+    tokenizer = tiny_en_model.tokenizer
+    begin, eot = tokenizer.timestamp_begin, tokenizer.eot
+    logit_filter = LogitFilter(tokenizer, DecodingOptions(), sample_begin=1)
+    text = tokenizer.encode(" Hello")[0]
+
+    def allowed_after(*sampled: int) -> np.ndarray:
+        logits = np.zeros((1, tiny_en_model.dims.n_vocab), dtype=np.float32)
+        logits[0, [text, eot]] = 30.0  # text and eot far more likely than all timestamps together
+        logit_filter.apply(logits, np.array([[tokenizer.sot, *sampled]]))
+        return np.isfinite(logits[0])
+
+    after_text = allowed_after(begin + 10, text)
+    assert after_text[text] and not after_text[begin + 10] and after_text[begin + 11]  # no going back
+    closing = allowed_after(begin + 10, text, begin + 30)  # a lone timestamp: its partner or eot
+    assert not closing[:eot].any() and closing[eot] and closing[begin + 30] and not closing[begin + 29]
+    after_pair = allowed_after(begin + 10, text, begin + 30, begin + 30)  # a pair closed: text follows
+    assert not after_pair[begin:].any() and after_pair[text]
+    assert not allowed_after(begin + 10)[tokenizer.no_timestamps]
+
+
+def test_suppression_at_the_start_and_throughout(tiny_en_model):
+    tokenizer = tiny_en_model.tokenizer
+    logit_filter = LogitFilter(tokenizer, DecodingOptions(without_timestamps=True), sample_begin=2)
+    logits = np.zeros((1, tiny_en_model.dims.n_vocab), dtype=np.float32)
+    logit_filter.apply(logits, np.array([[tokenizer.sot, tokenizer.no_timestamps]]))
+    blank = tokenizer.encode(" ")[0]
+    assert np.isneginf(logits[0, [blank, tokenizer.eot, *tokenizer.non_speech_tokens, tokenizer.sot_prev]]).all()
+    logits = np.zeros((1, tiny_en_model.dims.n_vocab), dtype=np.float32)
+    logit_filter.apply(logits, np.array([[tokenizer.sot, tokenizer.no_timestamps, 1000]]))
+    assert np.isfinite(logits[0, [blank, tokenizer.eot]]).all()  # only the first sampled token
+    assert np.isneginf(logits[0, list(tokenizer.non_speech_tokens)]).all()
+
+
+def test_prompt_tokens(tiny_en_model):
+    tokenizer = tiny_en_model.tokenizer
+    options = DecodingOptions(prompt="Kennedy spoke.", without_timestamps=True)
+    tokens = initial_tokens(tokenizer, options, "en", n_text_ctx=448)
+    assert tokens == [tokenizer.sot_prev, *tokenizer.encode(" Kennedy spoke."), tokenizer.sot, tokenizer.no_timestamps]
+    long_prompt = DecodingOptions(prompt=tuple(range(500)))
+    tokens = initial_tokens(tokenizer, long_prompt, "en", n_text_ctx=448)
+    assert tokens[1:-1] == list(range(500 - 223, 500))  # the last n_text_ctx // 2 - 1 tokens
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_en_model):
+    features = _first_window_features(tiny_en_model, "jfk.wav")
+    options = DecodingOptions(temperature=1.0, best_of=2, seed=7, without_timestamps=True)
+    first, second = decode(tiny_en_model, features, options), decode(tiny_en_model, features, options)
+    assert first.tokens == second.tokens and first.temperature == 1.0
+    assert "country" in first.text.lower()
+
+
+def test_language_detection_on_the_multilingual_model(base_model):
+    features = _first_window_features(base_model, "jfk.wav")
+    language, probs = detect_language(base_model, features)
+    assert language == "en" and probs["en"] > 0.9
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_english_only_model_rejects_other_languages_and_translation(tiny_en_model):
+    features = np.zeros((1, 1500, 384), dtype=np.float32)
+    with pytest.raises(ValueError, match="English-only"):
+        decode(tiny_en_model, features, DecodingOptions(language="de"))
+    with pytest.raises(ValueError, match="English-only"):
+        decode(tiny_en_model, features, DecodingOptions(task="translate"))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"task": "summarize"}, "task"), ({"temperature": -1.0}, "temperature"), ({"best_of": 0}, "best_of")],
+)
+def test_invalid_decoding_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        DecodingOptions(**options)
