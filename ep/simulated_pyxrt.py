@@ -27,10 +27,13 @@ ones are binary and load only into the real pyxrt.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import threading
+import weakref
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,15 +120,15 @@ class SimulatedNpu:
         self.lock = threading.RLock()
         self.profile: DeviceProfile = get_profile(profile)
         self.ledger = Ledger()
-        self.live_contexts: list[hw_context] = []
+        self.live_contexts: weakref.WeakSet[hw_context] = weakref.WeakSet()  # open until garbage
         self.loaded_design: str | None = None  # design the array is configured with
 
-    def configure(self, profile: str) -> None:
-        """Choose which NPU is simulated; only while no hardware context is open."""
+    def configure(self, profile: str | DeviceProfile) -> None:
+        """Choose which NPU is simulated (a name, or a DeviceProfile for tests); only while no context is open."""
         with self.lock:
             if self.live_contexts and get_profile(profile) != self.profile:
                 raise RuntimeError(
-                    f"simulated NPU: cannot switch to {profile} while {len(self.live_contexts)} hardware "
+                    f"simulated NPU: cannot switch to {get_profile(profile).name} while {len(self.live_contexts)} hardware "
                     f"context(s) of {self.profile.name} are open"
                 )
             self.profile = get_profile(profile)
@@ -151,6 +154,21 @@ _NPU = SimulatedNpu()
 def simulated_npu() -> SimulatedNpu:
     """The simulated machine of this process (its profile, ledger and open contexts)."""
     return _NPU
+
+
+@contextlib.contextmanager
+def separate_machine(profile: str | DeviceProfile = DEFAULT_PROFILE) -> Iterator[SimulatedNpu]:
+    """Within the block, ``device(0)`` opens a new simulated machine (own contexts, ledger, profile).
+
+    For tests that need a machine of their own; objects made inside keep using it afterwards.
+    """
+    global _NPU
+    previous, _NPU = _NPU, SimulatedNpu(get_profile(profile).name)
+    _NPU.profile = get_profile(profile)
+    try:
+        yield _NPU
+    finally:
+        _NPU = previous
 
 
 def enumerate_devices() -> int:
@@ -261,7 +279,7 @@ class hw_context:  # noqa: N801 - pyxrt's spelling
                     f"hw_context: no hardware context left: {npu.profile.name} has {limit} system-wide, all "
                     f"in use ({names})"
                 )
-            npu.live_contexts.append(self)
+            npu.live_contexts.add(self)
             npu.ledger.contexts_created += 1
             npu.ledger.modelled_s += npu.profile.context_create_s
         self.device = dev
@@ -273,14 +291,8 @@ class hw_context:  # noqa: N801 - pyxrt's spelling
 
     def __del__(self) -> None:
         npu = getattr(self, "_npu", None)
-        if npu is not None:
-            with npu.lock:
-                if self in npu.live_contexts:
-                    npu.live_contexts.remove(self)
-                if npu.loaded_design == self.xclbin.manifest["name"] and not any(
-                    c.xclbin is self.xclbin for c in npu.live_contexts
-                ):
-                    npu.loaded_design = None
+        if npu is not None and npu.loaded_design == self.xclbin.manifest["name"]:
+            npu.loaded_design = None  # the array has to be configured again (the WeakSet forgets self)
 
 
 class bo:  # noqa: N801 - pyxrt's spelling

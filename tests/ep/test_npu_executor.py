@@ -1,0 +1,144 @@
+"""NpuExecutor on the simulated NPU: results equal the kernels' references, one launch per call,
+weights sent once, activations only per call, clear errors on bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from xdna_ep.ep import cost_model, stats
+from xdna_ep.ep import simulated_pyxrt as xrt
+from xdna_ep.ep.device import NPU1
+from xdna_ep.ep.npu_executor import NpuExecutor, NpuOptions
+from xdna_ep.kernels.attention.reference import attention_reference
+from xdna_ep.kernels.matmul.reference import matmul_reference
+from xdna_ep.kernels.softmax.reference import softmax_reference
+
+
+@pytest.fixture(params=["bf16", "accurate"])
+def executor(request):
+    return NpuExecutor(device="sim", profile="npu1", precision=request.param)
+
+
+def _weights(executor, k, n, seed=0):
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    executor.add_weight(f"w{k}x{n}", w)
+    executor.add_weight(f"b{n}", b)
+    return w, b
+
+
+def test_matmul_equals_the_reference_with_one_launch_and_activations_only(executor):
+    w, b = _weights(executor, 70, 45)  # odd sizes: K, N and M all padded
+    x = np.random.default_rng(1).standard_normal((2, 37, 70)).astype(np.float32)
+    assert executor.statistics.weight_bytes_to_device > 0  # the weight went at add_weight
+    constant_bytes = []
+    for call in range(2):
+        y = executor.matmul("fc", x, "w70x45", "b45", "gelu")
+        expected = matmul_reference(x.reshape(-1, 70), w, b, "gelu", executor.precision).reshape(2, 37, 45)
+        np.testing.assert_array_equal(y, expected)
+        constant_bytes.append(executor.statistics.weight_bytes_to_device)  # + bias/activation params, once
+    node = executor.stats()["nodes"]["fc"]
+    parts = cost_model.GEMM_PARTS[executor.precision]
+    assert node["calls"] == 2 and node["launches"] == 2
+    assert node["bytes_to_device"] == 2 * 74 * parts * 128 * 2  # real rows x padded K x bf16, per call
+    assert node["bytes_from_device"] == 2 * 74 * 128 * 4
+    assert constant_bytes[0] == constant_bytes[1]  # nothing constant was sent again
+
+
+def test_matmul_modelled_time_is_the_cost_model_estimate(executor):
+    _weights(executor, 384, 1536)
+    x = np.random.default_rng(2).standard_normal((1500, 384)).astype(np.float32)
+    executor.matmul("warm", x, "w384x1536", "", "")  # the design is loaded now
+    executor.matmul("fc1", x, "w384x1536", "", "")
+    node = executor.stats()["nodes"]["fc1"]
+    estimate = cost_model.estimate_matmul(NPU1, 1500, 384, 1536, precision=executor.precision)
+    assert node["modelled_device_s"] == pytest.approx(estimate.device_s, rel=1e-9)
+    assert node["bytes_to_device"] == estimate.bytes_to_device
+    assert node["bytes_from_device"] == estimate.bytes_from_device
+
+
+@pytest.mark.parametrize(("n_q", "n_kv", "causal"), [(1500, 1500, False), (5, 29, True), (1, 1500, False)])
+def test_attention_equals_the_reference_in_one_launch(executor, n_q, n_kv, causal):
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((1, 6, n_q, 64)).astype(np.float32)
+    k = rng.standard_normal((1, 6, n_kv, 64)).astype(np.float32)
+    v = rng.standard_normal((1, 6, n_kv, 64)).astype(np.float32)
+    out = executor.attention("attn", q, k, v, 0.125, causal)
+    expected = attention_reference(q, k, v, 0.125, causal, executor.precision)
+    # padding changes the order of fp32 sums (BLAS blocking over the padded shape); in bf16 a score one
+    # ulp off can round a probability to the neighbouring bf16 value (2**-8 of p ~ 1/n_kv)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=2e-5)
+    assert executor.stats()["nodes"]["attn"]["launches"] == 1
+
+
+def test_attention_splits_heads_only_when_a_launch_could_time_out():
+    impatient = dataclasses.replace(NPU1, driver_timeout_s=2e-3)
+    with xrt.separate_machine(impatient):
+        from xdna_ep.ep.xrt_backend import XrtDevice
+
+        executor = NpuExecutor(device="sim", profile="npu1", precision="bf16")
+        executor.device = XrtDevice("sim", impatient)
+        executor.profile = impatient
+        rng = np.random.default_rng(4)
+        q, k, v = (rng.standard_normal((1, 6, 1500, 64)).astype(np.float32) for _ in range(3))
+        out = executor.attention("attn", q, k, v, 0.125, False)
+    np.testing.assert_allclose(out, attention_reference(q, k, v, 0.125, False, "bf16"), rtol=1e-4, atol=2e-5)
+    launches = executor.stats()["nodes"]["attn"]["launches"]
+    assert 1 < launches <= 6
+
+
+@pytest.mark.parametrize("axis", [-1, 1, 0])
+def test_softmax_equals_the_reference(axis):
+    executor = NpuExecutor(device="sim", profile="npu1", precision="bf16")
+    x = (np.random.default_rng(5).standard_normal((3, 50, 70)) * 5).astype(np.float32)
+    np.testing.assert_array_equal(executor.softmax("sm", x, axis), softmax_reference(x, axis))
+
+
+def test_npu2_profile_pads_n_to_eight_columns():
+    with xrt.separate_machine("npu2"):
+        from xdna_ep.ep.xrt_backend import XrtDevice
+
+        executor = NpuExecutor(device="sim", profile="npu2", precision="bf16")
+        assert executor.profile.name == "npu2"
+        executor.device = XrtDevice("sim", "npu2")
+        w, _ = _weights(executor, 64, 300)
+        x = np.random.default_rng(6).standard_normal((10, 64)).astype(np.float32)
+        np.testing.assert_array_equal(executor.matmul("mm", x, "w64x300", "", ""), matmul_reference(x, w))
+        assert executor.stats()["nodes"]["mm"]["bytes_from_device"] == 10 * 512 * 4  # N padded to 2 x 256
+
+
+def test_bad_input_raises_clear_errors():
+    executor = NpuExecutor(device="sim", profile="npu1", precision="bf16")
+    _weights(executor, 64, 128)
+    with pytest.raises(ValueError, match=r"x has shape \(3, 65\), the weight has 64 rows"):
+        executor.matmul("mm", np.zeros((3, 65), np.float32), "w64x128", "", "")
+    with pytest.raises(KeyError, match=r"weight 'missing' is not resident"):
+        executor.matmul("mm", np.zeros((3, 64), np.float32), "missing", "", "")
+    with pytest.raises(ValueError, match=r"x must be a float32 ndarray, got float64"):
+        executor.matmul("mm", np.zeros((3, 64)), "w64x128", "", "")
+    with pytest.raises(ValueError, match=r"unknown activation 'relu'"):
+        executor.matmul("mm", np.zeros((3, 64), np.float32), "w64x128", "", "relu")
+    q = np.zeros((1, 2, 8, 64), np.float32)
+    with pytest.raises(ValueError, match=r"causal attention with n_q=8 > n_kv=4"):
+        executor.attention("attn", q, q[:, :, :4], q[:, :, :4], 1.0, True)
+    with pytest.raises(ValueError, match=r"softmax over 5000 columns"):
+        executor.softmax("sm", np.zeros((2, 5000), np.float32), -1)
+    with pytest.raises(ValueError, match=r"NpuExecutor device 'cpu'"):
+        NpuOptions(device="cpu")
+
+
+def test_stats_snapshot_and_summary_cover_live_executors():
+    stats.reset()
+    executor = NpuExecutor(device="sim", profile="npu1", precision="bf16")
+    _weights(executor, 64, 128)
+    executor.matmul("mm", np.ones((4, 64), np.float32), "w64x128", "", "")
+    executor.record_fallback("mm", "matmul", "DeviceError")
+    data = stats.snapshot()
+    assert data["totals"]["launches"] >= 1
+    assert data["totals"]["fallback_causes"].get("DeviceError", 0) >= 1
+    line = stats.summary(data)
+    assert "launches" in line and "modelled device time" in line and "DeviceError x1" in line
