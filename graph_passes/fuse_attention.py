@@ -1,0 +1,493 @@
+"""Scaled dot-product attention -> ``xdna::Attention``.
+
+    P = Softmax(Q @ K^T * scale [+ causal mask]);  O = P @ V   ->   O = xdna::Attention(Q, K, V)
+
+with Q (b, h, n_q, d), K and V (b, h, n_kv, d). One pattern covers Whisper's three kinds:
+
+- encoder self-attention (no mask; Q, K, V projected from the same states) -> kind "self";
+- decoder self-attention with a causal mask; with past, K and V are ``Concat(past, new)``, which stays
+  in the graph because ``present.*`` is a graph output -> kind "causal_self";
+- cross-attention: K, V projected from the encoder states (first step) or read from
+  ``past_key_values.*.encoder.*`` (``decoder_with_past``) -> kind "cross".
+
+Exporter variations tolerated: the scale folded into Q before or after its Reshape/Transpose, into K,
+or applied to the scores; Mul or Div by the scale (and PyTorch SDPA's split ``* 1.0`` on both
+operands); K^T from K (b, h, n, d) by perm (0, 1, 3, 2) or from the (b, n, h, d) reshape by
+(0, 2, 3, 1); the mask added before or after the scale; the ``Where(IsNaN(P), 0, P)`` guard after
+the softmax. A mask is accepted only if evaluating it on probe inputs gives exactly the causal
+pattern (visible iff key j <= n_kv - n_q + i); anything else is rejected with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import ModelProto, NodeProto, helper
+
+from xdna_ep.graph_passes import xdna_ops
+from xdna_ep.graph_passes.graph import GraphView, Rewrite, apply_rewrites
+from xdna_ep.graph_passes.match_log import MatchLog
+from xdna_ep.graph_passes.shapes import ShapeTable
+
+PASS_NAME = "fuse_attention"
+MASKED_AT_MOST = -1e4  # an additive mask entry this negative hides its key (exp underflows to 0)
+LAYOUT_OPS = ("Transpose", "Reshape")
+_PROBE_INITIALIZER_ELEMENTS = 4096  # larger initializers enter the mask probe as zero inputs
+
+
+class NoMatch(Exception):
+    """The candidate is not attention; the message says why."""
+
+
+@dataclass(frozen=True)
+class Operand:
+    """An attention operand traced back through scalar Mul/Div and layout ops (Reshape, Transpose).
+
+    ``layout`` holds the layout nodes from ``base`` to the operand, in data-flow order; ``scale`` the
+    product of the scalars met on the way; ``rebuild`` is True when a scalar sits before a layout op
+    (the layout must then be re-emitted from the unscaled ``base``).
+    """
+
+    base: str
+    layout: tuple[NodeProto, ...]
+    scale: float
+    walked: tuple[NodeProto, ...]
+    rebuild: bool
+
+
+@dataclass(frozen=True)
+class AttentionMatch:
+    probs_matmul: NodeProto  # P @ V: its output becomes the fused node's output
+    scores_matmul: NodeProto  # Q @ K^T
+    q: Operand
+    k: Operand
+    v: str
+    scale: float
+    mask: str | None
+    nodes: tuple[NodeProto, ...]  # scores chain, softmax, NaN guard, P @ V
+
+
+def fuse_attention(
+    model: ModelProto, shapes: ShapeTable | None = None, log: MatchLog | None = None
+) -> tuple[ModelProto, bool]:
+    """Fuse every attention subgraph anchored on a Softmax into xdna::Attention (in place)."""
+    log = log if log is not None else MatchLog()
+    view = GraphView(model.graph)
+    matches: list[tuple[NodeProto, AttentionMatch]] = []
+    for node in list(model.graph.node):
+        if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            matches.append((node, match_attention(view, node, shapes)))
+        except NoMatch as reason:
+            log.reject(PASS_NAME, node.name, str(reason))
+    mask_reasons = probe_masks(model, [match.mask for _, match in matches if match.mask])
+    rewrites = []
+    for softmax, match in matches:
+        if match.mask is not None and mask_reasons.get(match.mask):
+            log.reject(PASS_NAME, softmax.name, mask_reasons[match.mask])
+            continue
+        try:
+            rewrite, kind = build_rewrite(view, match)
+        except NoMatch as reason:
+            log.reject(PASS_NAME, softmax.name, str(reason))
+            continue
+        rewrites.append(rewrite)
+        log.add_fused(f"attention.{kind}")
+    apply_rewrites(model, view, rewrites)
+    return model, bool(rewrites)
+
+
+def match_attention(view: GraphView, softmax: NodeProto, shapes: ShapeTable | None) -> AttentionMatch:
+    """Match O = Softmax(Q @ K^T * scale [+ mask]) @ V around ``softmax``; raise NoMatch with the reason."""
+    axis = _attribute(softmax, "axis", -1)
+    rank = len(shapes.shape(softmax.input[0]) or ()) if shapes else 0
+    if axis != -1 and not (rank and axis == rank - 1):
+        raise NoMatch(f"Softmax axis {axis} is not the last axis")
+    probs, guard_nodes = _skip_nan_guard(view, softmax)
+    consumers = view.consumers(probs)
+    if len(consumers) != 1 or consumers[0].op_type != "MatMul" or consumers[0].input[0] != probs:
+        raise NoMatch("the probabilities are not consumed by exactly one MatMul P @ V")
+    probs_matmul = consumers[0]
+    scores, scale, mask, chain = _trace_scores(view, softmax.input[0])
+    scores_matmul = view.producer_of(scores, "MatMul")
+    if scores_matmul is None:
+        raise NoMatch(f"the softmax input is not Q @ K^T (with optional scale and mask): {chain}")
+    q = trace_operand(view, scores_matmul.input[0])
+    k = trace_operand(view, scores_matmul.input[1])
+    v = probs_matmul.input[1]
+    if shapes is not None:
+        for role, name in (("Q", scores_matmul.input[0]), ("K^T", scores_matmul.input[1]), ("V", v)):
+            shape = shapes.shape(name)
+            if shape is not None and len(shape) != 4:
+                raise NoMatch(f"{role} has rank {len(shape)}, not 4 (batch, heads, positions, head_dim)")
+            if shapes.is_float32(name) is False:
+                raise NoMatch(f"{role} is not float32")
+    nodes = (*chain_nodes(view, softmax.input[0], scores), softmax, *guard_nodes, probs_matmul)
+    return AttentionMatch(
+        probs_matmul=probs_matmul,
+        scores_matmul=scores_matmul,
+        q=q,
+        k=k,
+        v=v,
+        scale=scale * q.scale * k.scale,
+        mask=mask,
+        nodes=(scores_matmul, *nodes),
+    )
+
+
+def build_rewrite(view: GraphView, match: AttentionMatch) -> tuple[Rewrite, str]:
+    """The xdna::Attention node (and any layout nodes it needs) for a match, and the attention kind."""
+    helpers: list[NodeProto] = []
+    q_tensor = _emit_layout(view, match.q, helpers, swap_last_axes=False)
+    k_tensor = _emit_layout(view, match.k, helpers, swap_last_axes=True)
+    kind = _attention_kind(view, match)
+    out = match.probs_matmul.output[0]
+    name = view.fresh_name(f"{match.probs_matmul.name or out}/xdna_attention")
+    fused = xdna_ops.make_attention(
+        q_tensor, k_tensor, match.v, out, name, scale=match.scale, causal=match.mask is not None, kind=kind
+    )
+    # Nodes whose outputs the fused node or its helpers read stay; the rest of the pattern may go.
+    kept = {q_tensor, k_tensor, match.v} | {name for node in helpers for name in node.input}
+    walked = (*match.nodes, *match.q.walked, *match.k.walked)
+    matched = [node for node in walked if not (set(node.output) & kept)]
+    return Rewrite(fused=fused, anchor=match.probs_matmul, matched=_unique(matched), helpers=helpers), kind
+
+
+def trace_operand(view: GraphView, name: str) -> Operand:
+    """Walk back from ``name`` through scalar Mul/Div and Reshape/Transpose nodes."""
+    scale = 1.0
+    layout_reversed: list[NodeProto] = []
+    walked: list[NodeProto] = []
+    rebuild = False
+    while True:
+        node = view.producer(name)
+        if node is None or node.domain not in ("", "ai.onnx"):
+            break
+        if node.op_type in ("Mul", "Div"):
+            scalar_input = _scalar_operand(view, node)
+            if scalar_input is None:
+                break
+            value, other = scalar_input
+            scale = scale * value if node.op_type == "Mul" else scale / value
+            rebuild = rebuild or bool(layout_reversed)
+            walked.append(node)
+            name = other
+            continue
+        if node.op_type in LAYOUT_OPS:
+            layout_reversed.append(node)
+            walked.append(node)
+            name = node.input[0]
+            continue
+        break
+    return Operand(base=name, layout=tuple(reversed(layout_reversed)), scale=scale, walked=tuple(walked), rebuild=rebuild)
+
+
+def probe_masks(model: ModelProto, masks: list[str]) -> dict[str, str | None]:
+    """Evaluate each additive mask on probe inputs: None if it is exactly causal, else the reason.
+
+    Two probes: 3 new tokens after 2 past ones, and 2 new after 5 past (a decoder without past sees
+    only the new tokens). The mask subgraph is cut from the model and run with ONNX Runtime.
+    """
+    masks = sorted(set(masks))
+    if not masks:
+        return {}
+    reasons: dict[str, str | None] = {}
+    try:
+        probes = [_run_mask_probe(model, masks, n_new, n_past) for n_new, n_past in ((3, 2), (2, 5))]
+    except Exception as error:  # noqa: BLE001 - ORT raises its own types; the reason is what matters
+        return {mask: f"the attention mask could not be evaluated on probe inputs: {error}" for mask in masks}
+    for mask in masks:
+        reasons[mask] = None
+        for (n_new, n_past, values) in probes:
+            reason = _causal_mismatch(values[mask], n_new, n_past)
+            if reason:
+                reasons[mask] = f"the attention mask is not causal: {reason}"
+                break
+    return reasons
+
+
+def chain_nodes(view: GraphView, start: str, stop: str) -> list[NodeProto]:
+    """Nodes on the scores chain from ``stop`` (exclusive) to ``start`` (inclusive)."""
+    nodes = []
+    name = start
+    while name != stop:
+        node = view.producer(name)
+        nodes.append(node)
+        name = _chain_input(view, node)
+    return nodes
+
+
+# --- matching helpers ------------------------------------------------------------------------------
+
+
+def _skip_nan_guard(view: GraphView, softmax: NodeProto) -> tuple[str, list[NodeProto]]:
+    """P, or the output of Where(IsNaN(P), 0, P) when the exporter guards fully masked rows."""
+    probs = softmax.output[0]
+    consumers = view.consumers(probs)
+    is_nan = [node for node in consumers if node.op_type == "IsNaN"]
+    where = [node for node in consumers if node.op_type == "Where"]
+    if len(consumers) == 2 and len(is_nan) == 1 and len(where) == 1:
+        where_node, is_nan_node = where[0], is_nan[0]
+        zero = view.scalar(where_node.input[1])
+        if where_node.input[0] == is_nan_node.output[0] and zero == 0.0 and where_node.input[2] == probs:
+            return where_node.output[0], [is_nan_node, where_node]
+    return probs, []
+
+
+def _trace_scores(view: GraphView, name: str) -> tuple[str, float, str | None, str]:
+    """From the softmax input back to Q @ K^T: (scores tensor, scale, mask tensor or None, description)."""
+    scale = 1.0
+    mask = None
+    path = []
+    while True:
+        node = view.producer(name)
+        if node is None:
+            return name, scale, mask, " <- ".join(path) or "graph input"
+        path.append(node.op_type)
+        if node.op_type == "MatMul":
+            return name, scale, mask, " <- ".join(path)
+        if len(view.consumers(name)) != 1:
+            raise NoMatch(f"an intermediate of the scores ({name}) is also used elsewhere")
+        if node.op_type in ("Mul", "Div"):
+            scalar_input = _scalar_operand(view, node)
+            if scalar_input is None:
+                raise NoMatch(f"{node.op_type} on the scores is not by a scalar constant")
+            value, name = scalar_input
+            scale = scale * value if node.op_type == "Mul" else scale / value
+            continue
+        if node.op_type == "Add":
+            scores_side = [index for index in (0, 1) if _reaches_matmul(view, node.input[index])]
+            if len(scores_side) != 1:
+                raise NoMatch("cannot tell the scores from the mask in the Add before the softmax")
+            if mask is not None:
+                raise NoMatch("more than one mask is added to the scores")
+            mask = node.input[1 - scores_side[0]]
+            if view.constant(mask) is not None:
+                raise NoMatch("a constant is added to the scores (a bias, not a mask)")
+            name = node.input[scores_side[0]]
+            continue
+        raise NoMatch(f"the softmax input comes from {node.op_type}, not from Q @ K^T (scale, mask)")
+
+
+def _reaches_matmul(view: GraphView, name: str) -> bool:
+    """True when ``name`` is a MatMul output, possibly through scalar Mul/Div."""
+    for _ in range(4):
+        node = view.producer(name)
+        if node is None:
+            return False
+        if node.op_type == "MatMul":
+            return True
+        if node.op_type in ("Mul", "Div") and (scalar_input := _scalar_operand(view, node)) is not None:
+            name = scalar_input[1]
+            continue
+        return False
+    return False
+
+
+def _chain_input(view: GraphView, node: NodeProto) -> str:
+    """The scores-side input of a node on the scores chain (Mul/Div by scalar, Add of a mask)."""
+    if node.op_type == "Add":
+        return node.input[0] if _reaches_matmul(view, node.input[0]) else node.input[1]
+    scalar_input = _scalar_operand(view, node)
+    assert scalar_input is not None
+    return scalar_input[1]
+
+
+def _scalar_operand(view: GraphView, node: NodeProto) -> tuple[float, str] | None:
+    """(scalar value, other input) of a binary Mul/Div by a one-element constant, else None."""
+    if len(node.input) != 2:
+        return None
+    candidates = (1,) if node.op_type == "Div" else (1, 0)
+    for index in candidates:
+        value = view.scalar(node.input[index])
+        other = node.input[1 - index]
+        if value is not None and view.constant(other) is None:
+            if node.op_type == "Div" and value == 0.0:
+                return None
+            return value, other
+    return None
+
+
+def _emit_layout(view: GraphView, operand: Operand, helpers: list[NodeProto], *, swap_last_axes: bool) -> str:
+    """The operand as a (b, h, n, d) tensor without its scalars; new layout nodes go to ``helpers``.
+
+    For K, the operand is K^T: the last Transpose's perm is composed with the swap of the last two
+    axes (perm (0, 2, 3, 1) becomes (0, 2, 1, 3); (0, 1, 3, 2) becomes the identity and is dropped).
+    Existing equal nodes are reused (the decoder's ``present.*.key`` transpose, for one).
+    """
+    steps = [(node.op_type, node) for node in operand.layout]
+    changed = operand.rebuild
+    if swap_last_axes:
+        if not steps or steps[-1][0] != "Transpose":
+            raise NoMatch("K^T is not produced by a Transpose of K")
+        perm = list(_attribute(steps[-1][1], "perm", []))
+        if len(perm) != 4:
+            raise NoMatch(f"the Transpose giving K^T has perm {perm}, not a 4-D one")
+        perm[2], perm[3] = perm[3], perm[2]
+        steps = steps[:-1] + ([("Transpose", perm)] if perm != [0, 1, 2, 3] else [])
+        changed = True
+    if not changed:
+        return operand.layout[-1].output[0] if operand.layout else operand.base
+    tensor = operand.base
+    for op_type, spec in steps:
+        if op_type == "Transpose":
+            perm = spec if isinstance(spec, list) else list(_attribute(spec, "perm", []))
+            tensor = _reuse_or_add(view, helpers, "Transpose", [tensor], {"perm": perm})
+        else:
+            attrs = {"allowzero": _attribute(spec, "allowzero", 0)}
+            tensor = _reuse_or_add(view, helpers, "Reshape", [tensor, spec.input[1]], attrs)
+    return tensor
+
+
+def _reuse_or_add(view: GraphView, helpers: list[NodeProto], op_type: str, inputs: list[str], attrs: dict) -> str:
+    """Output of an existing node computing exactly op_type(inputs, attrs), or of a new helper node."""
+    for node in [*view.consumers(inputs[0]), *helpers]:
+        if node.op_type == op_type and list(node.input) == inputs and _attributes_equal(node, attrs):
+            return node.output[0]
+    name = view.fresh_name(f"{inputs[0]}/xdna_{op_type.lower()}")
+    helpers.append(helper.make_node(op_type, inputs, [name], name=name, **attrs))
+    return name
+
+
+def _attributes_equal(node: NodeProto, attrs: dict) -> bool:
+    for key, value in attrs.items():
+        default = 0 if key == "allowzero" else None
+        actual = _attribute(node, key, default)
+        if isinstance(actual, (list, tuple)):
+            actual = list(actual)
+        if actual != value:
+            return False
+    return True
+
+
+def _attention_kind(view: GraphView, match: AttentionMatch) -> str:
+    """causal_self (masked), self (Q and K projected from the same states) or cross."""
+    q_source = _projection_source(view, match.q.base)
+    k_source = _projection_source(view, match.k.base)
+    if match.mask is not None:
+        if q_source is not None and k_source is not None and q_source != k_source:
+            raise NoMatch("a causal mask on attention whose K does not come from the queries' states")
+        return "causal_self"
+    if q_source is not None and q_source == k_source:
+        return "self"
+    return "cross"
+
+
+def _projection_source(view: GraphView, name: str) -> str | None:
+    """The states a Q/K tensor was projected from: walks back through layout ops, Concat (new part),
+    scalar Mul/Div and bias Add to MatMul(states, W). A graph input (a past) is its own source."""
+    for _ in range(16):
+        node = view.producer(name)
+        if node is None:
+            return name
+        if node.op_type in LAYOUT_OPS:
+            name = node.input[0]
+        elif node.op_type == "Concat":
+            name = node.input[-1]
+        elif node.op_type in ("Mul", "Div") and (scalar_input := _scalar_operand(view, node)) is not None:
+            name = scalar_input[1]
+        elif node.op_type == "Add" and len(node.input) == 2:
+            constant_side = [i for i in (0, 1) if view.constant(node.input[i]) is not None]
+            if len(constant_side) != 1:
+                return None
+            name = node.input[1 - constant_side[0]]
+        elif node.op_type == "MatMul" and view.constant(node.input[1]) is not None:
+            return view.resolve_identity(node.input[0])
+        else:
+            return None
+    return None
+
+
+def _run_mask_probe(model: ModelProto, masks: list[str], n_new: int, n_past: int):
+    """Run the subgraph computing ``masks`` with n_new tokens after n_past; returns (n_new, n_past, values)."""
+    import onnxruntime as ort
+
+    from xdna_ep.graph_passes.graph import MAX_IR_VERSION
+
+    graph = model.graph
+    view = GraphView(graph)
+    needed_nodes: list[NodeProto] = []
+    seen: set[int] = set()
+    stack = list(masks)
+    needed_inputs: set[str] = set()
+    needed_inits: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if name in view.initializers:
+            needed_inits.add(name)
+            continue
+        if name in view.inputs:
+            needed_inputs.add(name)
+            continue
+        node = view.producer(name)
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        needed_nodes.append(node)
+        stack.extend(inp for inp in node.input if inp)
+    needed_nodes.sort(key=lambda node: view.position[id(node)])
+    dims = {"batch_size": 1, "decoder_sequence_length": n_new, "past_decoder_sequence_length": n_past}
+    feeds = {}
+    inputs = []
+    for value_info in graph.input:
+        if value_info.name not in needed_inputs:
+            continue
+        tensor_type = value_info.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else dims.get(d.dim_param, 2) for d in tensor_type.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        feeds[value_info.name] = np.zeros(shape, dtype=dtype)
+        inputs.append(value_info)
+    inits = []
+    for init in graph.initializer:
+        if init.name not in needed_inits:
+            continue
+        if int(np.prod(init.dims)) <= _PROBE_INITIALIZER_ELEMENTS:
+            inits.append(init)
+        else:  # a large weight only reaches the mask through a Shape: feed zeros, do not copy it
+            inputs.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+            feeds[init.name] = np.zeros(list(init.dims), dtype=helper.tensor_dtype_to_np_dtype(init.data_type))
+    outputs = [helper.make_tensor_value_info(mask, 1, None) for mask in masks]  # 1 = FLOAT
+    probe_graph = helper.make_graph(needed_nodes, "mask_probe", inputs, outputs, inits)
+    probe = helper.make_model(probe_graph, opset_imports=[o for o in model.opset_import if o.domain != xdna_ops.DOMAIN])
+    probe.ir_version = min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    values = session.run(masks, feeds)
+    return n_new, n_past, dict(zip(masks, values))
+
+
+def _causal_mismatch(values: np.ndarray, n_new: int, n_past: int) -> str | None:
+    """None if the additive mask is causal for n_new queries after n_past keys, else what differs."""
+    if values.ndim < 2:
+        return f"mask has rank {values.ndim}"
+    n_q, n_kv = values.shape[-2:]
+    if n_q != n_new or n_kv not in (n_new, n_new + n_past):
+        return f"mask shape {values.shape} does not cover {n_new} queries x {n_new + n_past} keys"
+    rows = np.arange(n_q)[:, None]
+    cols = np.arange(n_kv)[None, :]
+    visible = cols <= n_kv - n_q + rows
+    planes = values.reshape(-1, n_q, n_kv)
+    for plane in planes:
+        if not (np.all(plane[visible] == 0.0) and np.all(plane[~visible] <= MASKED_AT_MOST)):
+            return f"probe with {n_new} new and {n_past} past positions gives {plane.tolist()}"
+    return None
+
+
+def _attribute(node: NodeProto, name: str, default):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
+
+
+def _unique(nodes: list[NodeProto]) -> list[NodeProto]:
+    seen: set[int] = set()
+    unique = []
+    for node in nodes:
+        if id(node) not in seen:
+            seen.add(id(node))
+            unique.append(node)
+    return unique
