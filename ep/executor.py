@@ -49,3 +49,54 @@ class Executor(ABC):
     @abstractmethod
     def softmax(self, node: str, x: np.ndarray, axis: int) -> np.ndarray:
         """Softmax of float32 ``x`` along ``axis`` (ONNX opset >= 13 semantics)."""
+
+
+class ReferenceExecutor(Executor):
+    """fp32 NumPy: the math of each fused node as ONNX Runtime's CPU kernels do it.
+
+    GELU and softmax come from the kernels' references (``kernels/matmul/reference.py`` erf GELU,
+    ``kernels/softmax/reference.py`` fp32 row softmax); the products are plain fp32 NumPy matmuls.
+    Used for ``device="cpu"`` runs of fused graphs, and by every op as its CPU fallback.
+    """
+
+    name = "reference"
+
+    def __init__(self) -> None:
+        self._weights: dict[str, np.ndarray] = {}
+
+    def add_weight(self, key: str, array: np.ndarray) -> None:
+        self._weights[key] = np.ascontiguousarray(array, dtype=np.float32)
+
+    def has_weight(self, key: str) -> bool:
+        return key in self._weights
+
+    def matmul(self, node: str, x: np.ndarray, weight_key: str, bias_key: str, activation: str) -> np.ndarray:
+        from xdna_ep.kernels.matmul.reference import gelu
+
+        y = np.matmul(x, self._weights[weight_key])
+        if bias_key:
+            y += self._weights[bias_key]
+        if activation == "gelu":
+            y = gelu(y)
+        elif activation:
+            raise ValueError(f"{node}: unknown activation {activation!r}")
+        return y
+
+    def attention(
+        self, node: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal: bool
+    ) -> np.ndarray:
+        from xdna_ep.kernels.softmax.reference import softmax_rows
+
+        scores = np.matmul(q, np.swapaxes(k, -1, -2))  # (batch, n_head, n_q, n_kv)
+        scores *= np.float32(scale)
+        if causal:
+            n_q, n_kv = scores.shape[-2:]
+            hidden = np.arange(n_kv)[None, :] > (n_kv - n_q + np.arange(n_q))[:, None]
+            scores[..., hidden] = -np.inf
+        return np.matmul(softmax_rows(scores), v)
+
+    def softmax(self, node: str, x: np.ndarray, axis: int) -> np.ndarray:
+        from xdna_ep.kernels.softmax.reference import softmax_rows
+
+        moved = np.moveaxis(x, axis, -1)
+        return np.moveaxis(softmax_rows(moved), -1, axis)

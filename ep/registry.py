@@ -1,0 +1,91 @@
+"""The process-wide registry of compiled models: how an xdna op body finds its executor and weights.
+
+``xdna_ep.compile`` takes the weights of the nodes it placed on the NPU out of the graph and registers
+them here under a fresh key; every xdna node of that model carries the key in its ``model_key``
+attribute. The executor is created on first use, for the model's device (or, when compile was not
+given one, the device of the last ``xdna_ep.session_options``), and the weights are made resident on
+it once. A ``ReferenceExecutor`` over the same host arrays is the CPU fallback of every op.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from xdna_ep.ep.executor import Executor, ReferenceExecutor
+
+
+@dataclass
+class CompiledModel:
+    """One compiled model: its weights (host, fp32), device choice, counters and the pass report."""
+
+    key: str
+    weights: dict[str, np.ndarray]  # initializer name -> fp32 array
+    device: str | None  # None: the device of the last session_options()
+    profile: str
+    precision: str
+    report: object = None  # graph_passes.orchestrator.PassReport
+    fallbacks: int = 0  # op calls recomputed on the CPU (strict sessions raise on any)
+    _executor: Executor | None = field(default=None, repr=False)
+    _reference: ReferenceExecutor | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def device_key(self, name: str) -> str:
+        """The executor-side key of weight ``name`` (unique across compiled models)."""
+        return f"{self.key}/{name}" if name else ""
+
+    def executor(self) -> Executor:
+        """The executor of this model's device, with the weights resident (created on first call)."""
+        if self._executor is None:
+            from xdna_ep.ep.session import current_device, make_executor
+
+            with self._lock:
+                if self._executor is None:
+                    executor = make_executor(self.device or current_device(), self.profile, self.precision)
+                    for name, array in self.weights.items():
+                        executor.add_weight(self.device_key(name), array)
+                    self._executor = executor
+        return self._executor
+
+    def use_executor(self, executor: Executor) -> None:
+        """Bind ``executor`` instead of the device's (tests, benchmarks); the weights are added to it."""
+        with self._lock:
+            for name, array in self.weights.items():
+                executor.add_weight(self.device_key(name), array)
+            self._executor = executor
+
+    def reference(self) -> ReferenceExecutor:
+        """fp32 NumPy executor over the same weights: the CPU fallback."""
+        if self._reference is None:
+            with self._lock:
+                if self._reference is None:
+                    reference = ReferenceExecutor()
+                    for name, array in self.weights.items():
+                        reference.add_weight(self.device_key(name), array)
+                    self._reference = reference
+        return self._reference
+
+
+_MODELS: dict[str, CompiledModel] = {}
+
+
+def register(weights: dict[str, np.ndarray], *, device: str | None, profile: str, precision: str, report=None) -> CompiledModel:
+    """Register a compiled model under a fresh key and return it."""
+    model = CompiledModel(
+        key=uuid.uuid4().hex[:12], weights=weights, device=device, profile=profile, precision=precision, report=report
+    )
+    _MODELS[model.key] = model
+    return model
+
+
+def lookup(key: str) -> CompiledModel:
+    """The compiled model registered under ``key`` (KeyError when this process did not compile it)."""
+    return _MODELS[key]
+
+
+def release(key: str) -> None:
+    """Forget a compiled model (its sessions must be gone)."""
+    _MODELS.pop(key, None)

@@ -1,0 +1,251 @@
+"""The session factory: compile a Whisper ONNX model for the NPU and open ONNX Runtime sessions on it.
+
+    so = xdna_ep.session_options(device="sim")
+    model = xdna_ep.compile("encoder_model.onnx", profile="npu1")
+    session = onnxruntime.InferenceSession(model.SerializeToString(), so)
+
+or in one call ``xdna_ep.InferenceSession("encoder_model.onnx", device="sim")``.
+
+``device`` says where the xdna ops run: ``npu`` (the real NPU; an error if there is none), ``sim`` (the
+simulated NPU), ``cpu`` (no offload: the stock graph on ONNX Runtime's CPU EP), ``auto`` (``npu``
+when present, else ``cpu``, and it says which). ``profile`` says which NPU the cost model plans for
+(``npu1`` by default). ``make_executor`` is the one place that maps a device to an executor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import ModelProto, numpy_helper
+
+from xdna_ep.ep.executor import Executor, ReferenceExecutor
+from xdna_ep.errors import DeviceError, FallbackError, ModelError
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("cpu", "sim", "npu", "auto")
+DEFAULT_DEVICE = "auto"
+DEFAULT_PRECISION = "bf16"
+PLACEMENT_ENV = "XDNA_EP_PLACEMENT"  # placement of InferenceSession when none is given ("auto" if unset)
+NPU_DEVICE_NODE = Path("/dev/accel/accel0")
+
+_executors: dict[tuple[str, str, str], Executor] = {}
+_executors_lock = threading.Lock()
+_current_device = "cpu"
+_warned_reference = False
+
+
+def check_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}: valid devices are {', '.join(DEVICES)}")
+    return device
+
+
+def npu_present() -> bool:
+    """True when an XDNA NPU is usable here: the accel device node exists and pyxrt imports."""
+    import importlib.util
+
+    return NPU_DEVICE_NODE.exists() and importlib.util.find_spec("pyxrt") is not None
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``npu`` or ``cpu`` (logged with the reason); other devices are checked and returned."""
+    check_device(device)
+    if device != "auto":
+        return device
+    if npu_present():
+        logger.warning("device auto: using the NPU (%s and pyxrt found)", NPU_DEVICE_NODE)
+        return "npu"
+    logger.warning("device auto: no NPU here (%s or pyxrt missing), running on the cpu", NPU_DEVICE_NODE)
+    return "cpu"
+
+
+def resolve_profile(profile: str | None, device: str) -> str:
+    """The NPU profile to plan for: the given one (checked), else npu1 (detection comes with the device layer)."""
+    from xdna_ep.ep.device import DEFAULT_PROFILE, get_profile
+
+    return get_profile(profile or DEFAULT_PROFILE).name
+
+
+def make_executor(device: str, profile: str, precision: str) -> Executor:
+    """The executor the xdna ops of ``device`` compute with (one per device, profile and precision).
+
+    ``cpu``: the fp32 NumPy reference. ``sim`` / ``npu``: ``ep/npu_executor.py``'s NpuExecutor against
+    the simulated or the real NPU; while that device layer is not installed, ``sim`` computes with the
+    reference (warned once) and ``npu`` is an error.
+    """
+    global _warned_reference
+    device = resolve_device(device)
+    key = (device, profile, precision)
+    with _executors_lock:
+        if key in _executors:
+            return _executors[key]
+        if device == "cpu":
+            executor: Executor = ReferenceExecutor()
+        else:
+            try:
+                from xdna_ep.ep.npu_executor import NpuExecutor
+            except ImportError as error:
+                if device == "npu":
+                    raise DeviceError(f"device npu needs the NPU device layer, which is not available: {error}") from error
+                if not _warned_reference:
+                    logger.warning("device sim: the NPU device layer is not available (%s); xdna ops compute with the NumPy reference", error)
+                    _warned_reference = True
+                executor = ReferenceExecutor()
+            else:
+                executor = NpuExecutor(device=device, profile=profile, precision=precision)
+        _executors[key] = executor
+        return executor
+
+
+def current_device() -> str:
+    """The device of the last ``session_options()``: used by models compiled without a device."""
+    return _current_device
+
+
+def session_options(device: str = DEFAULT_DEVICE, *, base: ort.SessionOptions | None = None) -> ort.SessionOptions:
+    """SessionOptions with the xdna custom-op library registered (``base`` is updated when given).
+
+    The xdna ops of models compiled without a device run on ``device``.
+    """
+    global _current_device
+    from xdna_ep.ep import ops
+
+    _current_device = resolve_device(device)
+    options = base if base is not None else ort.SessionOptions()
+    options.register_custom_ops_library(ops.library_path())
+    return options
+
+
+def load_model(model: str | os.PathLike | ModelProto) -> ModelProto:
+    """A ModelProto from a path (loaded) or a ModelProto (copied: compile rewrites in place)."""
+    if isinstance(model, ModelProto):
+        return ModelProto.FromString(model.SerializeToString())
+    path = Path(model)
+    if not path.is_file():
+        raise ModelError(f"ONNX model not found: {path}")
+    try:
+        return onnx.load(str(path))
+    except Exception as error:  # noqa: BLE001 - protobuf decode errors have no common type
+        raise ModelError(f"{path} is not a readable ONNX model: {error}") from error
+
+
+def compile(
+    model: str | os.PathLike | ModelProto,
+    *,
+    profile: str | None = None,
+    placement: str | object = "auto",
+    precision: str = DEFAULT_PRECISION,
+    device: str | None = None,
+) -> ModelProto:
+    """Fuse, partition and bind a Whisper ONNX model; returns the rewritten ModelProto.
+
+    The weights of the nodes placed on the NPU leave the graph and are registered in this process
+    under a fresh ``model_key`` (the returned model only runs here). ``placement``: "auto" (cost
+    model), "npu", "cpu", or per op kind ("npu,softmax=cpu"). ``device`` binds the ops to a device;
+    None means the device of the session options the session is created with.
+    """
+    from xdna_ep.ep import registry
+    from xdna_ep.ep.cost_model import check_precision
+    from xdna_ep.graph_passes import xdna_ops
+    from xdna_ep.graph_passes.graph import remove_unused_initializers
+    from xdna_ep.graph_passes.orchestrator import run_passes
+
+    check_precision(precision)
+    if device is not None:
+        device = resolve_device(device)
+    profile = resolve_profile(profile, device or _current_device)
+    proto = load_model(model)
+    proto, report = run_passes(proto, profile=profile, placement=placement, precision=precision)
+    initializers = {init.name: init for init in proto.graph.initializer}
+    weights: dict[str, np.ndarray] = {}
+    xdna_nodes = [node for node in proto.graph.node if xdna_ops.is_xdna(node)]
+    for node in xdna_nodes:
+        if node.op_type == xdna_ops.MATMUL:
+            attrs = xdna_ops.attributes(node)
+            for name in (attrs["weight_key"], attrs["bias_key"]):
+                if name and name not in weights:
+                    weights[name] = numpy_helper.to_array(initializers[name]).astype(np.float32, copy=False)
+    compiled = registry.register(weights, device=device, profile=profile, precision=precision, report=report)
+    for node in xdna_nodes:
+        xdna_ops.set_string_attribute(node, "model_key", compiled.key)
+    remove_unused_initializers(proto)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "xdna.model_key", compiled.key
+    return proto
+
+
+def model_key(model: ModelProto) -> str | None:
+    """The registry key ``compile`` stamped on a model, or None."""
+    return next((entry.value for entry in model.metadata_props if entry.key == "xdna.model_key"), None)
+
+
+class InferenceSession(ort.InferenceSession):
+    """An ``onnxruntime.InferenceSession`` whose heavy ops run on ``device`` (see the module docstring).
+
+    ``device="cpu"`` opens the stock graph on the CPU EP, untouched. Otherwise the model is compiled
+    (``profile``, ``placement``, ``precision``) and its xdna ops run on the device's executor;
+    ``strict=True`` turns any CPU fallback of an NPU-placed op into a FallbackError after the run.
+    ``placement`` defaults to ``$XDNA_EP_PLACEMENT``, else "auto".
+    ``report`` holds the pass report (counts, placements, reasons); ``device`` the resolved device.
+    """
+
+    def __init__(
+        self,
+        path_or_model: str | os.PathLike | ModelProto,
+        device: str = DEFAULT_DEVICE,
+        profile: str | None = None,
+        precision: str = DEFAULT_PRECISION,
+        strict: bool = False,
+        placement: str | object | None = None,
+        sess_options: ort.SessionOptions | None = None,
+        **kwargs,
+    ):
+        self.device = resolve_device(device)
+        self.strict = strict
+        self.compiled = None
+        providers = kwargs.pop("providers", ["CPUExecutionProvider"])
+        if self.device == "cpu":
+            if isinstance(path_or_model, ModelProto):
+                source = path_or_model.SerializeToString()
+            else:
+                source = str(load_model_path(path_or_model))
+            super().__init__(source, sess_options, providers=providers, **kwargs)
+            return
+        from xdna_ep.ep import registry
+
+        if placement is None:
+            placement = os.environ.get(PLACEMENT_ENV) or "auto"
+        model = compile(path_or_model, profile=profile, placement=placement, precision=precision, device=self.device)
+        self.compiled = registry.lookup(model_key(model))
+        options = session_options(self.device, base=sess_options)
+        super().__init__(model.SerializeToString(), options, providers=providers, **kwargs)
+
+    @property
+    def report(self):
+        return self.compiled.report if self.compiled is not None else None
+
+    def run(self, output_names, input_feed, run_options=None):
+        before = self.compiled.fallbacks if self.compiled is not None else 0
+        outputs = super().run(output_names, input_feed, run_options)
+        if self.strict and self.compiled is not None and self.compiled.fallbacks > before:
+            from xdna_ep.ep.ops import fallback_counts
+
+            causes = ", ".join(f"{op}: {cause} x{count}" for (op, cause), count in fallback_counts().items())
+            raise FallbackError(
+                f"strict: {self.compiled.fallbacks - before} NPU op call(s) were recomputed on the CPU ({causes})"
+            )
+        return outputs
+
+
+def load_model_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"ONNX model not found: {path}")
+    return path
