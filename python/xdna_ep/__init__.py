@@ -13,6 +13,8 @@ from xdna_ep import transcribe as _transcribe_module  # noqa: F401  (light: nump
 
 if TYPE_CHECKING:
     import numpy as np
+    import onnx
+    import onnxruntime
 
     from xdna_ep.model import WhisperModel
     from xdna_ep.transcribe import Transcription
@@ -56,3 +58,33 @@ def transcribe(
     else:
         model = load_model(model, device=device or "cpu")
     return transcribe_recording(model, audio, transcribe_options)
+
+
+def compile(  # noqa: A001 - the public name of the graph compiler
+    model: str | os.PathLike | onnx.ModelProto,
+    profile: str | None = None,
+    placement: str = "auto",
+    precision: str = "bf16",
+    device: str | None = None,
+) -> onnx.ModelProto:
+    """Fuse and partition a Whisper ONNX model for the NPU; weights of NPU nodes are bound in this
+    process. ``placement``: ``auto`` (cost model), ``npu``, ``cpu`` or per kind (``npu,softmax=cpu``)."""
+    from xdna_ep.ep.session import compile as compile_model
+
+    return compile_model(model, profile=profile, placement=placement, precision=precision, device=device)
+
+
+def session_options(device: str = "auto") -> onnxruntime.SessionOptions:
+    """``onnxruntime.SessionOptions`` with the xdna custom ops registered, running on ``device``."""
+    from xdna_ep.ep.session import session_options as make_session_options
+
+    return make_session_options(device)
+
+
+def __getattr__(name: str) -> Any:
+    # InferenceSession subclasses onnxruntime's: imported on first use, not with the package.
+    if name == "InferenceSession":
+        from xdna_ep.ep.session import InferenceSession
+
+        return InferenceSession
+    raise AttributeError(f"module 'xdna_ep' has no attribute {name!r}")

@@ -16,6 +16,7 @@ from xdna_ep.errors import XdnaError
 COMMANDS: dict[str, tuple[str, str]] = {
     "transcribe": ("xdna_ep.transcribe", "transcribe audio files"),
     "models": ("xdna_ep.models.cli", "export and list Whisper ONNX models"),
+    "inspect": ("xdna_ep.inspect_model", "show the fused nodes of a model, their placement and why"),
     "serve": ("xdna_ep.server", "HTTP transcription server (OpenAI audio API, whisper.cpp /inference)"),
 }
 
