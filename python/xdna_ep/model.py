@@ -18,7 +18,6 @@ cross-attention KV of the first step is reused for the whole window.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,12 @@ import numpy as np
 
 from xdna_ep.audio import N_FRAMES
 from xdna_ep.audio import log_mel_spectrogram as log_mel
-from xdna_ep.errors import DeviceError, ModelError
+from xdna_ep.errors import ModelError
 from xdna_ep.tokenizer import Tokenizer
 
 __all__ = ["DEVICES", "DecoderState", "ModelDims", "WhisperModel", "create_session", "log_mel"]
 
+# the names xdna_ep.ep.session.DEVICES checks, spelled here so the CLI lists them without importing onnxruntime
 DEVICES = ("cpu", "sim", "npu", "auto")
 
 _PAST_PREFIX = "past_key_values."
@@ -89,16 +89,8 @@ def create_session(
             return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except load_errors as error:
             raise ModelError(f"ONNX Runtime cannot load {path}: {error}") from None
-    try:
-        from xdna_ep import InferenceSession
-    except ImportError:
-        if device == "auto":
-            warnings.warn("device 'auto': this build has no NPU session, running on the cpu", stacklevel=2)
-            return create_session(path, "cpu")
-        raise DeviceError(
-            f"device {device!r} needs xdna_ep.InferenceSession (the NPU execution provider), "
-            "which this build does not provide yet; use --device cpu"
-        ) from None
+    from xdna_ep import InferenceSession
+
     options = {"profile": profile, "precision": precision}
     return InferenceSession(
         str(path), device=device, strict=strict, **{key: value for key, value in options.items() if value is not None}
@@ -155,6 +147,7 @@ class WhisperModel:
         self.encoder = session(registry.ENCODER_FILE)
         self.decoder = session(registry.DECODER_FILE)
         self.decoder_with_past = session(registry.DECODER_WITH_PAST_FILE)
+        self.device = getattr(self.encoder, "device", device)  # "auto" resolved by the NPU session
         self._check_io()
 
     def _check_io(self) -> None:

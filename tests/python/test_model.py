@@ -1,0 +1,54 @@
+"""The model context: loading by name or folder, dimensions, session creation and its errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from xdna_ep.errors import ModelError
+from xdna_ep.model import DEVICES, ModelDims, WhisperModel, create_session
+from xdna_ep.models import registry
+
+
+def test_device_names_are_the_sessions():
+    from xdna_ep.ep.session import DEVICES as SESSION_DEVICES
+
+    assert DEVICES == SESSION_DEVICES
+
+
+def test_dims_and_sessions_of_tiny_en(tiny_en_model):
+    dims = tiny_en_model.dims
+    assert (dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_text_layer, dims.n_vocab) == (80, 1500, 384, 4, 51864)
+    assert not tiny_en_model.is_multilingual and tiny_en_model.device == "cpu"
+    assert tiny_en_model.encoder.get_providers() == ["CPUExecutionProvider"]
+    features = tiny_en_model.encode(np.zeros((80, 3000), dtype=np.float32))
+    assert features.shape == (1, 1500, 384) and features.dtype == np.float32
+    with pytest.raises(ValueError, match=r"encoder input must be \(batch, 80, 3000\)"):
+        tiny_en_model.encode(np.zeros((80, 2999), dtype=np.float32))
+
+
+def test_a_model_folder_loads_and_an_incomplete_one_is_named(tmp_path):
+    folder = registry.ensure_model("tiny.en")
+    model = WhisperModel(folder)
+    assert model.folder == folder and model.name == "tiny.en"
+    incomplete = tmp_path / "partial"
+    incomplete.mkdir()
+    shutil.copy(folder / registry.CONFIG_FILE, incomplete)
+    with pytest.raises(ModelError, match="lacks encoder_model.onnx"):
+        WhisperModel(incomplete)
+
+
+def test_config_without_dimensions(tmp_path):
+    with pytest.raises(ModelError, match="lacks the model dimensions n_audio_ctx, .*n_text_ctx"):
+        ModelDims.from_config({"n_mels": 80}, tmp_path / "whisper_config.json")
+
+
+def test_unknown_device_and_corrupt_onnx(tmp_path):
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        WhisperModel("tiny.en", device="gpu")
+    corrupt = tmp_path / "encoder_model.onnx"
+    corrupt.write_bytes(b"not a protobuf")
+    with pytest.raises(ModelError, match="ONNX Runtime cannot load"):
+        create_session(corrupt, "cpu")
