@@ -143,8 +143,11 @@ def compile(
     placement: str | object = "auto",
     precision: str = DEFAULT_PRECISION,
     device: str | None = None,
+    any_model: bool = False,
 ) -> ModelProto:
     """Fuse, partition and bind a Whisper ONNX model; returns the rewritten ModelProto.
+
+    ``any_model=True`` rewrites non-Whisper models too (the ONNX conformance run uses it).
 
     The weights of the nodes placed on the NPU leave the graph and are registered in this process
     under a fresh ``model_key`` (the returned model only runs here). ``placement``: "auto" (cost
@@ -162,7 +165,7 @@ def compile(
         device = resolve_device(device)
     profile = resolve_profile(profile, device or _current_device)
     proto = load_model(model)
-    proto, report = run_passes(proto, profile=profile, placement=placement, precision=precision)
+    proto, report = run_passes(proto, profile=profile, placement=placement, precision=precision, any_model=any_model)
     initializers = {init.name: init for init in proto.graph.initializer}
     weights: dict[str, np.ndarray] = {}
     xdna_nodes = [node for node in proto.graph.node if xdna_ops.is_xdna(node)]

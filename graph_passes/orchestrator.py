@@ -64,10 +64,12 @@ def run_passes(
     placement: PlacementOptions | str | None = None,
     precision: str = "bf16",
     partition_nodes: bool = True,
+    any_model: bool = False,
 ) -> tuple[ModelProto, PassReport]:
     """Fuse and partition ``model`` in place; returns it with the report.
 
     ``partition_nodes=False`` stops after the fusions (every fused node kept, originals still recorded).
+    ``any_model=True`` rewrites models that are not Whisper sessions too (the ONNX conformance run).
     """
     options = PlacementOptions.parse(placement)
     if has_subgraph_ops(model, ("MatMul", "Softmax")) or any(i.name == "use_cache_branch" for i in model.graph.input):
@@ -76,7 +78,7 @@ def run_passes(
             "which xdna-ep does not rewrite; use decoder_model.onnx and decoder_with_past_model.onnx"
         )
     role = session_role(model)
-    if role == OTHER:
+    if role == OTHER and not any_model:
         names = ", ".join(i.name for i in model.graph.input)
         return model, PassReport(
             role=role,

@@ -92,7 +92,10 @@ def representative_shapes(model: ModelProto) -> ShapeTable:
     try:
         inferred = SymbolicShapeInference.infer_shapes(skeleton, auto_merge=True, guess_output_rank=False)
     except Exception as error:  # noqa: BLE001 - third-party inference fails in many ways; report it
-        raise ModelError(f"shape inference failed on {model.graph.name or 'the model'}: {error}") from error
+        try:  # ORT's symbolic inference fails on some opset-18 reductions; ONNX's own copes with static dims
+            inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=True)
+        except Exception:  # noqa: BLE001
+            raise ModelError(f"shape inference failed on {model.graph.name or 'the model'}: {error}") from error
     shapes: dict[str, tuple[int, ...]] = {}
     elem_types: dict[str, int] = {}
     value_infos = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
