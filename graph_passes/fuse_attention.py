@@ -107,6 +107,8 @@ def match_attention(view: GraphView, softmax: NodeProto, shapes: ShapeTable | No
         raise NoMatch(f"Softmax axis {axis} is not the last axis")
     probs, guard_nodes = _skip_nan_guard(view, softmax)
     consumers = view.consumers(probs)
+    if view.is_graph_output(softmax.output[0]) or view.is_graph_output(probs):
+        raise NoMatch("the attention probabilities are a graph output")
     if len(consumers) != 1 or consumers[0].op_type != "MatMul" or consumers[0].input[0] != probs:
         raise NoMatch("the probabilities are not consumed by exactly one MatMul P @ V")
     probs_matmul = consumers[0]

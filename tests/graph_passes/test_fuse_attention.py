@@ -1,0 +1,155 @@
+"""fuse_attention: exporter variants on small graphs (numerics checked with ONNX Runtime before and
+after, its optimizations off), rejected candidates with their reasons, and the counts on real models."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from real_sessions import model_folder, plain_options, whisper_config
+
+from xdna_ep.ep.session import bind, session_options
+from xdna_ep.graph_passes import xdna_ops
+from xdna_ep.graph_passes.fuse_attention import fuse_attention
+from xdna_ep.graph_passes.match_log import MatchLog
+from xdna_ep.graph_passes.orchestrator import run_passes
+from xdna_ep.graph_passes.shapes import representative_shapes
+
+N_HEAD, HEAD_DIM = 2, 4
+D = N_HEAD * HEAD_DIM
+
+
+def attention_block(variant: str, mask: str | None = None) -> onnx.ModelProto:
+    """x (1, n, D) -> multi-head self-attention -> (1, n, D), written the way ``variant`` says."""
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.standard_normal((D, D)).astype(np.float32), f"w{c}") for c in "qkv"]
+    scale = 1.0 / math.sqrt(HEAD_DIM)
+    nodes = []
+
+    def node(op, inputs, **attrs):
+        out = f"t{len(nodes)}"
+        nodes.append(helper.make_node(op, inputs, [out], **attrs))
+        return out
+
+    def const(value, dtype=np.float32):
+        return node("Constant", [], value=numpy_helper.from_array(np.array(value, dtype=dtype)))
+
+    heads = const([1, -1, N_HEAD, HEAD_DIM], np.int64)
+    q, k, v = (node("MatMul", ["x", f"w{c}"]) for c in "qkv")
+    v4 = node("Transpose", [node("Reshape", [v, heads])], perm=[0, 2, 1, 3])
+    if variant == "scale_on_q_before_reshape":  # optimum's Whisper export (plus SDPA's * 1.0)
+        q4 = node("Transpose", [node("Reshape", [node("Mul", [q, const(scale)]), heads])], perm=[0, 2, 1, 3])
+        k_t = node("Transpose", [node("Reshape", [k, heads])], perm=[0, 2, 3, 1])
+        scores = node("MatMul", [node("Mul", [q4, const(1.0)]), node("Mul", [k_t, const(1.0)])])
+    elif variant == "div_on_scores":
+        q4 = node("Transpose", [node("Reshape", [q, heads])], perm=[0, 2, 1, 3])
+        k4 = node("Transpose", [node("Reshape", [k, heads])], perm=[0, 2, 1, 3])
+        k_t = node("Transpose", [k4], perm=[0, 1, 3, 2])
+        scores = node("Div", [node("MatMul", [q4, k_t]), const(math.sqrt(HEAD_DIM))])
+    elif variant == "sqrt_scale_on_both":  # PyTorch SDPA with a scale
+        q4 = node("Transpose", [node("Reshape", [q, heads])], perm=[0, 2, 1, 3])
+        k_t = node("Transpose", [node("Reshape", [k, heads])], perm=[0, 2, 3, 1])
+        root = math.sqrt(scale)
+        scores = node("MatMul", [node("Mul", [const(root), q4]), node("Mul", [k_t, const(root)])])
+    elif variant == "scale_on_k":
+        q4 = node("Transpose", [node("Reshape", [q, heads])], perm=[0, 2, 1, 3])
+        k_t = node("Transpose", [node("Reshape", [node("Mul", [k, const(scale)]), heads])], perm=[0, 2, 3, 1])
+        scores = node("MatMul", [q4, k_t])
+    else:
+        raise ValueError(variant)
+    if mask is not None:
+        n = node("Gather", [node("Shape", ["x"]), const(1, np.int64)], axis=0)
+        positions = node("Range", [const(0, np.int64), n, const(1, np.int64)])
+        rows = node("Unsqueeze", [positions, const([1], np.int64)])
+        cols = node("Unsqueeze", [positions, const([0], np.int64)])
+        visible = node("LessOrEqual" if mask == "causal" else "GreaterOrEqual", [cols, rows])
+        bias = node("Where", [visible, const(0.0), const(-np.inf)])
+        scores = node("Add", [scores, bias])
+    probs = node("Softmax", [scores], axis=-1)
+    out = node("MatMul", [probs, v4])
+    merged = node("Reshape", [node("Transpose", [out], perm=[0, 2, 1, 3]), const([1, -1, D], np.int64)])
+    nodes.append(helper.make_node("Identity", [merged], ["y"]))
+    graph = helper.make_graph(
+        nodes, variant,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "decoder_sequence_length", D])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "decoder_sequence_length", D])], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    return model
+
+
+def run(model: onnx.ModelProto, x: np.ndarray, options: ort.SessionOptions | None = None) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), options or plain_options(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def fuse_and_run(model: onnx.ModelProto, x: np.ndarray) -> tuple[onnx.ModelProto, MatchLog, np.ndarray]:
+    log = MatchLog()
+    fused, _ = fuse_attention(onnx.ModelProto.FromString(model.SerializeToString()), representative_shapes(model), log)
+    onnx.checker.check_model(fused)
+    bound = bind(fused, device="cpu")
+    return fused, log, run(bound, x, session_options("cpu", base=plain_options()))
+
+
+@pytest.mark.parametrize("variant", ["scale_on_q_before_reshape", "div_on_scores", "sqrt_scale_on_both", "scale_on_k"])
+@pytest.mark.parametrize("mask", [None, "causal"])
+def test_variants_fuse_and_compute_the_same(variant, mask):
+    model = attention_block(variant, mask)
+    x = np.random.default_rng(2).standard_normal((1, 5, D)).astype(np.float32)
+    expected = run(model, x)
+    fused, log, actual = fuse_and_run(model, x)
+    attention = [n for n in fused.graph.node if n.domain == xdna_ops.DOMAIN and n.op_type == xdna_ops.ATTENTION]
+    assert len(attention) == 1, log.rejections
+    attrs = xdna_ops.attributes(attention[0])
+    assert float(attrs["scale"]) == pytest.approx(1.0 / math.sqrt(HEAD_DIM), rel=1e-7)
+    assert attrs["causal"] == (1 if mask else 0)
+    assert attrs["kind"] == ("causal_self" if mask else "self")
+    assert not [n for n in fused.graph.node if n.op_type == "Softmax" and n.domain == ""]
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5)
+
+
+def test_a_mask_that_is_not_causal_is_rejected_with_the_reason():
+    model = attention_block("scale_on_q_before_reshape", mask="anti_causal")
+    x = np.random.default_rng(3).standard_normal((1, 4, D)).astype(np.float32)
+    fused, log, actual = fuse_and_run(model, x)
+    assert not [n for n in fused.graph.node if n.domain == xdna_ops.DOMAIN]
+    assert len(log.rejections) == 1 and "not causal" in log.rejections[0].reason
+    np.testing.assert_allclose(actual, run(model, x), rtol=0, atol=0)
+
+
+def test_probabilities_as_a_graph_output_are_rejected_with_the_reason():
+    model = attention_block("div_on_scores")
+    softmax = next(n for n in model.graph.node if n.op_type == "Softmax")
+    model.graph.output.append(helper.make_tensor_value_info(softmax.output[0], TensorProto.FLOAT, None))
+    log = MatchLog()
+    _, modified = fuse_attention(model, representative_shapes(model), log)
+    assert not modified
+    assert "graph output" in log.rejections[0].reason
+
+
+@pytest.mark.parametrize("name", ["tiny.en", "base"])
+def test_real_models_fuse_every_attention(name):
+    folder = model_folder(name)
+    config = whisper_config(folder)
+    expected = {
+        "encoder_model": {"attention.self": config["n_audio_layer"]},
+        "decoder_model": {"attention.causal_self": config["n_text_layer"], "attention.cross": config["n_text_layer"]},
+        "decoder_with_past_model": {
+            "attention.causal_self": config["n_text_layer"],
+            "attention.cross": config["n_text_layer"],
+        },
+    }
+    for session, kinds in expected.items():
+        model = onnx.load(str(folder / f"{session}.onnx"))
+        fused, report = run_passes(model, partition_nodes=False)
+        found = {kind: count for kind, count in report.kinds.items() if kind.startswith("attention.")}
+        assert found == kinds, (session, report.rejections)
+        assert not [r for r in report.rejections if r.pass_name == "fuse_attention"]
+        # decoder self-attention with past: the Concat of past and new K/V stays, present.* still produced
+        produced = {out for node in fused.graph.node for out in node.output}
+        assert {out.name for out in fused.graph.output} <= produced
