@@ -34,6 +34,7 @@ DEFAULT_DEVICE = "auto"
 DEFAULT_PRECISION = "bf16"
 PLACEMENT_ENV = "XDNA_EP_PLACEMENT"  # placement of InferenceSession when none is given ("auto" if unset)
 NPU_DEVICE_NODE = Path("/dev/accel/accel0")
+MODEL_KEY_METADATA = "xdna.model_key"  # metadata_props entry naming a compiled model's registry key
 
 _executors: dict[tuple[str, str, str], Executor] = {}
 _executors_lock = threading.Lock()
@@ -154,10 +155,7 @@ def compile(
     model), "npu", "cpu", or per op kind ("npu,softmax=cpu"). ``device`` binds the ops to a device;
     None means the device of the session options the session is created with.
     """
-    from xdna_ep.ep import registry
     from xdna_ep.ep.cost_model import check_precision
-    from xdna_ep.graph_passes import xdna_ops
-    from xdna_ep.graph_passes.graph import remove_unused_initializers
     from xdna_ep.graph_passes.orchestrator import run_passes
 
     check_precision(precision)
@@ -166,9 +164,28 @@ def compile(
     profile = resolve_profile(profile, device or _current_device)
     proto = load_model(model)
     proto, report = run_passes(proto, profile=profile, placement=placement, precision=precision, any_model=any_model)
-    initializers = {init.name: init for init in proto.graph.initializer}
+    return bind(proto, device=device, profile=profile, precision=precision, report=report)
+
+
+def bind(
+    model: ModelProto,
+    *,
+    device: str | None = None,
+    profile: str = "npu1",
+    precision: str = DEFAULT_PRECISION,
+    report: object = None,
+) -> ModelProto:
+    """Register the weights of the model's xdna nodes under a fresh key and stamp the key on the nodes.
+
+    The weights leave the graph (in place); the model then only runs in this process.
+    """
+    from xdna_ep.ep import registry
+    from xdna_ep.graph_passes import xdna_ops
+    from xdna_ep.graph_passes.graph import remove_unused_initializers
+
+    initializers = {init.name: init for init in model.graph.initializer}
     weights: dict[str, np.ndarray] = {}
-    xdna_nodes = [node for node in proto.graph.node if xdna_ops.is_xdna(node)]
+    xdna_nodes = [node for node in model.graph.node if xdna_ops.is_xdna(node)]
     for node in xdna_nodes:
         if node.op_type == xdna_ops.MATMUL:
             attrs = xdna_ops.attributes(node)
@@ -178,15 +195,15 @@ def compile(
     compiled = registry.register(weights, device=device, profile=profile, precision=precision, report=report)
     for node in xdna_nodes:
         xdna_ops.set_string_attribute(node, "model_key", compiled.key)
-    remove_unused_initializers(proto)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "xdna.model_key", compiled.key
-    return proto
+    remove_unused_initializers(model)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = MODEL_KEY_METADATA, compiled.key
+    return model
 
 
 def model_key(model: ModelProto) -> str | None:
     """The registry key ``compile`` stamped on a model, or None."""
-    return next((entry.value for entry in model.metadata_props if entry.key == "xdna.model_key"), None)
+    return next((entry.value for entry in model.metadata_props if entry.key == MODEL_KEY_METADATA), None)
 
 
 class InferenceSession(ort.InferenceSession):
