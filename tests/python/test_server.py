@@ -1,0 +1,524 @@
+"""The HTTP server, tested over HTTP: the real ``xdna-ep serve`` in a subprocess on a free loopback port.
+
+Clients: the official ``openai`` package (unchanged, base_url pointed at the server), plain httpx
+multipart requests, and raw sockets for clients that leave. tiny.en on the CPU device, short clips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from xdna_ep.server import ServerOptions, TranscriptionRequest, _temperatures  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+AUDIO = ROOT.parent / "shared" / "audio"
+GOLDENS = json.loads((AUDIO / "goldens.json").read_text())
+API_KEY = "test-key-0123"
+STARTUP_TIMEOUT_S = 300  # the first start may export tiny.en (about a minute)
+REQUEST_TIMEOUT_S = 120
+
+# the clips the tests send, all under the main server's 12-s duration and 0.6-MiB size limits
+CLIPS = ("jfk.wav", "librispeech-1995-1837-0001.wav", "espeak_device.wav")
+
+
+def normalise(text: str) -> str:
+    """Lower case, punctuation dropped, single spaces: compares transcripts with and without timestamps."""
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+
+def golden_text(clip: str) -> str:
+    return normalise(GOLDENS[clip]["tiny.en"]["text"])
+
+
+@dataclass
+class RunningServer:
+    url: str
+    process: subprocess.Popen
+    temp_root: Path  # the server's TMPDIR: its private upload folder is created inside
+    log_path: Path
+
+    def headers(self, key: str | None = API_KEY) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def stats(self, key: str | None = None) -> dict:
+        return httpx.get(f"{self.url}/stats", headers=self.headers(key), timeout=10).json()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(folder: Path, *arguments: str, api_key: str | None = None) -> RunningServer:
+    """``python -m xdna_ep serve`` with ``arguments``; returns once /health answers."""
+    temp_root = folder / "tmp"
+    temp_root.mkdir(parents=True)
+    log_path = folder / "server.log"
+    env = {**os.environ, "TMPDIR": str(temp_root)}
+    env.pop("XDNA_EP_API_KEY", None)
+    if api_key:
+        env["XDNA_EP_API_KEY"] = api_key  # through the environment, as an operator keeps it out of `ps`
+    port = free_port()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "xdna_ep", "serve", "--port", str(port), "--log-level", "warning", *arguments],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+    server = RunningServer(f"http://127.0.0.1:{port}", process, temp_root, log_path)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            httpx.get(f"{server.url}/health", timeout=1)
+            return server
+        except httpx.TransportError:
+            time.sleep(0.1)
+    server.stop()
+    pytest.fail(f"the server did not answer within {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """Bearer key required; 0.6-MiB uploads, 12-s recordings, 8 waiting requests at most."""
+    running = start_server(
+        tmp_path_factory.mktemp("server"), "--max-upload-mb", "0.6", "--max-audio-seconds", "12",
+        "--max-queue", "8", api_key=API_KEY,
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def busy_server(tmp_path_factory):
+    """No key; one request runs and one waits, the rest are refused."""
+    running = start_server(tmp_path_factory.mktemp("busy"), "--max-queue", "1")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def long_recording(tmp_path_factory) -> Path:
+    """About 40 s of real speech (four clips joined), 16 kHz mono: a transcription of a few seconds."""
+    import soundfile
+
+    pieces = [soundfile.read(AUDIO / name, dtype="float32")[0] for name in
+              ("jfk.wav", "libri-1088-134315-0000.wav", "librispeech-1995-1837-0001.wav", "jfk.wav")]
+    path = tmp_path_factory.mktemp("audio") / "long.wav"
+    soundfile.write(path, np.concatenate(pieces), 16000)
+    return path
+
+
+def post(server: RunningServer, path: str, clip: str | Path, key: str | None = API_KEY, **fields) -> httpx.Response:
+    clip_path = clip if isinstance(clip, Path) else AUDIO / clip
+    with open(clip_path, "rb") as audio:
+        return httpx.post(
+            f"{server.url}{path}", headers=server.headers(key), data=fields,
+            files={"file": (clip_path.name, audio)}, timeout=REQUEST_TIMEOUT_S,
+        )
+
+
+def openai_client(server: RunningServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=REQUEST_TIMEOUT_S)
+
+
+# --- options ------------------------------------------------------------------------------------------------
+
+
+def test_temperature_schedule_follows_openai_whisper():
+    assert _temperatures(TranscriptionRequest(temperature=0.0)) == (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    assert _temperatures(TranscriptionRequest(temperature=0.5, temperature_increment=0.2)) == (0.5, 0.7, 0.9)
+    assert _temperatures(TranscriptionRequest(temperature=0.3, temperature_increment=0.0)) == (0.3,)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"device": "gpu"}, "device"),
+        ({"port": 70000}, "port"),
+        ({"api_key": " "}, "api_key"),
+        ({"max_upload_bytes": 0}, "max_upload_bytes"),
+        ({"max_audio_seconds": 0}, "max_audio_seconds"),
+        ({"max_queue": -1}, "max_queue"),
+    ],
+)
+def test_server_options_name_the_bad_value(bad, message):
+    with pytest.raises(ValueError, match=message):
+        ServerOptions(**bad)
+
+
+def test_serve_rejects_a_bad_option_without_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", "xdna_ep", "serve", "--max-queue", "-1"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "max_queue must be >= 0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- contracts ----------------------------------------------------------------------------------------------
+
+
+def test_health_needs_the_key_and_names_model_and_device(server):
+    missing = httpx.get(f"{server.url}/health", timeout=10)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert "API key" in missing.json()["error"]["message"]
+    wrong = httpx.get(f"{server.url}/health", headers=server.headers("not-the-key"), timeout=10)
+    assert wrong.status_code == 401
+    health = httpx.get(f"{server.url}/health", headers=server.headers(), timeout=10)
+    assert health.status_code == 200
+    body = health.json()
+    assert (body["model"], body["device"], body["ready"], body["multilingual"]) == ("tiny.en", "cpu", True, False)
+
+
+def test_transcription_without_key_is_refused_before_the_upload(server):
+    response = post(server, "/v1/audio/transcriptions", "jfk.wav", key=None)
+    assert response.status_code == 401
+    assert response.json()["error"]["type"] == "authentication_error"
+
+
+def test_openai_client_json_and_text_formats(server):
+    client = openai_client(server)
+    with open(AUDIO / "jfk.wav", "rb") as audio:
+        result = client.audio.transcriptions.create(model="whisper-1", file=audio)
+    assert normalise(result.text) == golden_text("jfk.wav")
+    assert result.usage.seconds == pytest.approx(11.0, abs=1.0)
+
+    with open(AUDIO / "jfk.wav", "rb") as audio:
+        text = client.audio.transcriptions.create(model="whisper-1", file=audio, response_format="text")
+    assert normalise(text) == golden_text("jfk.wav")
+
+    with open(AUDIO / "jfk.wav", "rb") as audio:
+        srt = client.audio.transcriptions.create(model="whisper-1", file=audio, response_format="srt")
+    cues = srt.strip().split("\n\n")
+    assert cues[0].startswith("1\n00:00:00,000 --> ")
+    assert all(re.fullmatch(r"\d+\n\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}\n.+", cue) for cue in cues)
+
+    with open(AUDIO / "jfk.wav", "rb") as audio:
+        vtt = client.audio.transcriptions.create(model="tiny.en", file=audio, response_format="vtt")
+    assert vtt.startswith("WEBVTT\n\n")
+    assert normalise(" ".join(line for line in vtt.splitlines()[2:] if "-->" not in line)) == golden_text("jfk.wav")
+
+
+def test_openai_client_verbose_json_with_segments(server):
+    client = openai_client(server)
+    with open(AUDIO / "librispeech-1995-1837-0001.wav", "rb") as audio:
+        result = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="verbose_json", timestamp_granularities=["segment"],
+            language="en", temperature=0.0,
+        )
+    assert result.duration == pytest.approx(8.73, abs=0.01)
+    assert result.language in ("en", "english")
+    segments = result.segments
+    assert len(segments) >= 1
+    assert [segment.id for segment in segments] == list(range(len(segments)))
+    starts = [segment.start for segment in segments]
+    assert starts == sorted(starts)
+    assert all(0 <= segment.start < segment.end <= result.duration + 0.01 for segment in segments)
+    assert all(segment.tokens and segment.temperature == 0.0 for segment in segments)
+    assert normalise(" ".join(segment.text for segment in segments)) == normalise(result.text)
+    # with timestamps tiny.en hears "cotton" where the golden (without timestamps) has "carton"
+    assert normalise(result.text).replace("cotton", "carton") == golden_text("librispeech-1995-1837-0001.wav")
+
+
+def test_openai_translation_needs_a_multilingual_model(server):
+    client = openai_client(server)
+    with open(AUDIO / "jfk.wav", "rb") as audio, pytest.raises(openai.BadRequestError, match="multilingual"):
+        client.audio.translations.create(model="whisper-1", file=audio)
+
+
+def test_whisper_cpp_inference_formats(server):
+    plain = post(server, "/inference", "jfk.wav", response_format="json", temperature="0.0", temperature_inc="0.2")
+    assert plain.status_code == 200
+    assert set(plain.json()) == {"text"}
+    assert normalise(plain.json()["text"]) == golden_text("jfk.wav")
+
+    verbose = post(server, "/inference", "jfk.wav", response_format="verbose_json", language="auto")
+    body = verbose.json()
+    assert (body["task"], body["duration"]) == ("transcribe", pytest.approx(11.0, abs=0.01))
+    assert len(body["segments"]) >= 1 and body["segments"][0]["start"] == 0.0
+
+    text = post(server, "/inference", "jfk.wav", response_format="text", no_timestamps="true")
+    assert text.headers["content-type"].startswith("text/plain")
+    assert normalise(text.text) == golden_text("jfk.wav")
+
+
+def test_transcribe_endpoint_reports_timing_and_device(server):
+    response = post(server, "/transcribe", "jfk.wav", language="en")
+    assert response.status_code == 200
+    body = response.json()
+    assert normalise(body["text"]) == golden_text("jfk.wav")
+    assert body["language"] == "en"
+    assert body["duration"] == pytest.approx(11.0, abs=0.01)
+    assert len(body["segments"]) >= 1
+    assert body["timing"]["transcribe_s"] > 0
+    assert body["timing"]["pipeline"]["encode"] > 0
+    assert body["stats"]["windows"] == 1
+    assert body["device"]["device"] == "cpu"
+    assert body["device"]["launches"] == 0  # the cpu device runs the stock graph: nothing goes to an NPU
+
+
+def test_stats_count_requests_audio_and_real_time_factor(server):
+    before = server.stats(API_KEY)
+    assert post(server, "/transcribe", "espeak_device.wav").status_code == 200
+    after = server.stats(API_KEY)
+    assert after["transcriptions"] == before["transcriptions"] + 1
+    assert after["audio_seconds"] > before["audio_seconds"]
+    assert after["requests"]["/transcribe"] == before["requests"].get("/transcribe", 0) + 1
+    assert 0 < after["real_time_factor"] < 10
+    assert after["device"] == {"device": "cpu", "profile": None, "launches": 0, "fallbacks": {}, "placement": {}}
+
+
+# --- bad input ----------------------------------------------------------------------------------------------
+
+
+def multipart_request(server: RunningServer, path: str, content: bytes, content_type: str) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}{path}", content=content, timeout=REQUEST_TIMEOUT_S,
+        headers={**server.headers(), "Content-Type": content_type},
+    )
+
+
+@pytest.mark.parametrize(
+    "path, fields, file, status, param, words",
+    [
+        ("/v1/audio/transcriptions", {"response_format": "xml"}, "jfk.wav", 400, "response_format", "one of"),
+        ("/v1/audio/transcriptions", {"temperature": "hot"}, "jfk.wav", 400, "temperature", "number"),
+        ("/v1/audio/transcriptions", {"temperature": "1.5"}, "jfk.wav", 400, "temperature", "between"),
+        ("/v1/audio/transcriptions", {"language": "xx"}, "jfk.wav", 400, "language", "unknown language"),
+        ("/v1/audio/transcriptions", {"language": "de"}, "jfk.wav", 400, "language", "English-only"),
+        ("/v1/audio/transcriptions", {"model": "gpt-4o-transcribe"}, "jfk.wav", 400, "model", "not served"),
+        ("/v1/audio/transcriptions", {"stream": "true"}, "jfk.wav", 400, "stream", "not supported"),
+        ("/v1/audio/transcriptions", {"colour": "blue"}, "jfk.wav", 400, "colour", "unknown field"),
+        (
+            "/v1/audio/transcriptions", {"response_format": "verbose_json", "timestamp_granularities[]": "word"},
+            "jfk.wav", 400, "timestamp_granularities", "word timestamps",
+        ),
+        ("/inference", {"beam_size": "5"}, "jfk.wav", 400, "beam_size", "not supported"),
+        ("/inference", {"translate": "maybe"}, "jfk.wav", 400, "translate", "true or false"),
+        ("/transcribe", {"task": "summarise"}, "jfk.wav", 400, "task", "one of"),
+        ("/transcribe", {"language": "en"}, None, 400, "file", "no audio"),
+    ],
+)
+def test_bad_field_values_get_400_naming_the_field(server, path, fields, file, status, param, words):
+    if file is None:  # a multipart form of text fields only
+        parts = "".join(f'--b\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in fields.items())
+        response = multipart_request(server, path, (parts + "--b--\r\n").encode(), "multipart/form-data; boundary=b")
+    else:
+        response = post(server, path, file, **fields)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert words in error["message"]
+
+
+def zero_length_wav() -> bytes:
+    import io
+
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros(0, dtype=np.float32), 16000, format="WAV")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name, content, words",
+    [
+        ("empty.wav", b"", "empty"),
+        ("notes.txt", b"these are not audio samples " * 40, "cannot decode"),
+        ("cut.wav", (AUDIO / "jfk.wav").read_bytes()[:1000], "truncated"),
+        ("zero.wav", zero_length_wav(), "no audio samples"),
+    ],
+    ids=["empty-file", "not-audio", "truncated", "zero-length"],
+)
+def test_unusable_audio_gets_400_with_a_message(server, name, content, words):
+    response = httpx.post(
+        f"{server.url}/v1/audio/transcriptions", headers=server.headers(), files={"file": (name, content)},
+        data={"model": "whisper-1"}, timeout=30,
+    )
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert words in message
+    assert str(server.temp_root) not in message  # the private path is not shown
+
+
+def test_malformed_bodies(server):
+    not_multipart = httpx.post(
+        f"{server.url}/inference", headers=server.headers(), json={"file": "jfk.wav"}, timeout=30
+    )
+    assert not_multipart.status_code == 415
+    assert "multipart/form-data" in not_multipart.json()["error"]["message"]
+
+    no_boundary = multipart_request(server, "/inference", b"x", "multipart/form-data")
+    assert no_boundary.status_code == 400
+    assert "boundary" in no_boundary.json()["error"]["message"]
+
+    cut_off = multipart_request(
+        server, "/inference",
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF',
+        "multipart/form-data; boundary=b",
+    )
+    assert cut_off.status_code == 400
+    assert "malformed" in cut_off.json()["error"]["message"]
+
+    jfk = (AUDIO / "jfk.wav").read_bytes()
+    two_files = httpx.post(
+        f"{server.url}/inference", headers=server.headers(), timeout=30,
+        files=[("file", ("a.wav", jfk)), ("file", ("b.wav", jfk))],
+    )
+    assert two_files.status_code == 400
+    assert "more than one" in two_files.json()["error"]["message"]
+
+    assert httpx.get(f"{server.url}/inference", headers=server.headers(), timeout=10).status_code == 405
+    missing = httpx.get(f"{server.url}/v2/nothing", headers=server.headers(), timeout=10)
+    assert missing.status_code == 404 and "error" in missing.json()
+
+
+def test_upload_over_the_size_limit_gets_413(server):
+    assert (AUDIO / "jfk.flac").stat().st_size > 0.6 * 2**20
+    response = post(server, "/v1/audio/transcriptions", "jfk.flac")
+    assert response.status_code == 413
+    assert "at most 629145 bytes" in response.json()["error"]["message"]
+
+
+def test_recording_over_the_duration_limit_gets_413(server):
+    response = post(server, "/inference", "libri-1088-134315-0000.wav")  # 16 s, limit 12 s
+    assert response.status_code == 413
+    assert "16.0 s" in response.json()["error"]["message"]
+
+
+# --- load ---------------------------------------------------------------------------------------------------
+
+
+def test_concurrent_requests_each_get_their_own_transcript(server):
+    jobs = [CLIPS[i % len(CLIPS)] for i in range(6)]
+    endpoints = ("/v1/audio/transcriptions", "/inference", "/transcribe")
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        responses = list(pool.map(lambda i: post(server, endpoints[i % 3], jobs[i]), range(len(jobs))))
+    assert [response.status_code for response in responses] == [200] * len(jobs)
+    for clip, response in zip(jobs, responses):
+        text = normalise(response.json()["text"])
+        if clip.startswith("espeak"):  # synthetic speech: keywords, not the exact text
+            assert "small device" in text and "real time" in text
+        else:
+            assert text.replace("cotton", "carton") == golden_text(clip)
+    assert server.stats(API_KEY)["queue"]["admitted"] == 0
+
+
+def test_full_queue_answers_503_with_retry_after(busy_server):
+    def send(_: int) -> httpx.Response:
+        return post(busy_server, "/inference", "jfk.wav", key=None)
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        responses = list(pool.map(send, range(5)))
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses.count(200) >= 1 and statuses.count(503) >= 1, statuses
+    assert set(statuses) <= {200, 503}
+    for response in responses:
+        if response.status_code == 503:
+            assert int(response.headers["retry-after"]) >= 1
+            assert "busy" in response.json()["error"]["message"]
+        else:
+            assert "my fellow americans" in normalise(response.json()["text"])
+
+
+def raw_request(server: RunningServer, path: str, clip: Path) -> socket.socket:
+    """Send a whole multipart request on a socket of its own and return the socket (unread)."""
+    request = httpx.Request("POST", f"{server.url}{path}", files={"file": (clip.name, clip.read_bytes())})
+    body = request.read()
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+    head += f"Content-Type: {request.headers['content-type']}\r\nConnection: close\r\n\r\n"
+    port = int(server.url.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def wait_for(condition, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the server"
+        time.sleep(0.05)
+
+
+def test_client_that_leaves_while_queued_is_skipped(busy_server, long_recording):
+    before = busy_server.stats()
+    running = threading.Thread(target=post, args=(busy_server, "/inference", long_recording), kwargs={"key": None})
+    running.start()
+    wait_for(lambda: busy_server.stats()["queue"]["admitted"] == 1)
+    queued = raw_request(busy_server, "/inference", AUDIO / "jfk.wav")
+    wait_for(lambda: busy_server.stats()["queue"]["admitted"] == 2)
+    queued.close()
+    running.join(timeout=REQUEST_TIMEOUT_S)
+    wait_for(lambda: busy_server.stats()["queue"]["admitted"] == 0)
+    after = busy_server.stats()
+    assert after["skipped_client_gone"] == before["skipped_client_gone"] + 1
+    assert after["transcriptions"] == before["transcriptions"] + 1  # only the request whose client stayed
+
+
+def test_client_that_leaves_while_running_stops_its_work(busy_server, long_recording):
+    before = busy_server.stats()
+    leaving = raw_request(busy_server, "/inference", long_recording)
+    wait_for(lambda: busy_server.stats()["queue"]["admitted"] == 1)
+    time.sleep(0.3)  # let the transcription start
+    leaving.close()
+    wait_for(lambda: busy_server.stats()["queue"]["admitted"] == 0)
+    after = busy_server.stats()
+    assert after["stopped_client_gone"] == before["stopped_client_gone"] + 1
+    assert after["transcriptions"] == before["transcriptions"]
+    # the device is free again for the next client
+    assert post(busy_server, "/inference", "jfk.wav", key=None).status_code == 200
+
+
+def test_uploads_stay_in_a_private_folder_that_is_removed(tmp_path):
+    running = start_server(tmp_path)
+    try:
+        folders = list(running.temp_root.glob("xdna-ep-serve-*"))
+        assert len(folders) == 1
+        assert folders[0].stat().st_mode & 0o777 == 0o700
+        clip = (AUDIO / "espeak_fox.wav").read_bytes()
+        for hostile_name in ("../../escape.wav", str(tmp_path / "absolute.wav"), "a/b/../../c.wav"):
+            response = httpx.post(
+                f"{running.url}/transcribe", files={"file": (hostile_name, clip)}, timeout=REQUEST_TIMEOUT_S
+            )
+            assert response.status_code == 200
+        assert list(folders[0].iterdir()) == []  # each upload is deleted after its request
+        created = {path.name for path in tmp_path.rglob("*")}
+        assert not created & {"escape.wav", "absolute.wav", "c.wav"}
+    finally:
+        running.stop()
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells how it ended
+    assert running.process.returncode in (0, -signal.SIGTERM)
+    assert "Traceback" not in running.log_path.read_text()
+    assert list(running.temp_root.glob("xdna-ep-serve-*")) == []  # the folder goes with the server
