@@ -1,0 +1,251 @@
+"""``xdna-ep bench``: what one 30-s encoder pass costs on the NPU, per model, and where the time goes.
+
+    xdna-ep bench --device sim [--profile npu1] [--precision bf16] [--model tiny.en --model base]
+
+For each model the encoder is compiled for the NPU, run once to load its designs, then run on a real
+30-s window (jfk.wav's log-mel padded to 3000 frames, as the pipeline feeds it) with the counters
+reset. Printed per model: NPU nodes, launches, design switches, hardware contexts, bytes each way,
+the modelled device time on the profile's NPU split into compute, design switches, launches and
+transfers (the cost model of ``ep/cost_model.py``, calibrated on npu.md's measurements), the host time
+measured here, and ONNX Runtime's CPU encoder on the same input for scale. Also the host overhead of
+one xdna op at the Python boundary (``ep/ops.py``'s measurement).
+
+On ``--device sim`` the device time is modelled (the simulator's wall time is NumPy's, not the NPU's);
+on ``--device npu`` the measured wall time of the launches is printed next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_MODELS = ("tiny.en", "base")
+# whisper-xdna (Hawk Point, Ryzen 7 PRO 8845HS), tiny encoder at the full 1500-position context (npu.md)
+WHISPER_XDNA_TINY_MS = 484.0
+PUBLISHED_GEMM_TFLOPS = (1.5, 1.8)  # whisper-xdna's whole-array bf16 GEMM rates (npu.md)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What ``bench`` measures."""
+
+    device: str = "sim"  # where the xdna ops run: "sim" or "npu"
+    profile: str = "npu1"
+    precision: str = "bf16"
+    models: tuple[str, ...] = DEFAULT_MODELS
+    audio: str = ""  # a clip for the encoder input; "" = jfk.wav shipped with xdna-ep
+    cpu_repeats: int = 3  # ONNX Runtime CPU encoder runs (median)
+
+    def __post_init__(self) -> None:
+        from xdna_ep.ep.cost_model import check_precision
+        from xdna_ep.ep.device import get_profile
+
+        if self.device not in ("sim", "npu"):
+            raise ValueError(f"bench measures an NPU device, 'sim' or 'npu', not {self.device!r}")
+        check_precision(self.precision)
+        get_profile(self.profile)
+        if not self.models:
+            raise ValueError("bench needs at least one model")
+        if self.cpu_repeats < 1:
+            raise ValueError(f"cpu_repeats must be >= 1, got {self.cpu_repeats}")
+
+
+@dataclass
+class EncoderBench:
+    """One model's encoder pass."""
+
+    model: str
+    npu_nodes: int
+    node_kinds: dict[str, int]
+    launches: int
+    design_switches: int
+    designs: list[str]
+    hw_contexts: int  # designs this model's encoder needs (one hardware context each)
+    bytes_to_device: int
+    bytes_from_device: int
+    weight_bytes: int
+    modelled_s: float
+    compute_s: float
+    switch_s: float
+    launch_s: float
+    transfer_s: float
+    npu_flops: int
+    executor_host_s: float
+    device_wall_s: float
+    session_s: float  # wall time of the whole session.run here
+    cpu_encoder_s: float  # ONNX Runtime CPU encoder, same input, median
+    host_per_kind_s: dict[str, float] = field(default_factory=dict)  # mean executor host time per call
+    switches_one_gemm_design: int | None = None  # if all GEMMs shared one dynamic-K design (sim only)
+
+    @property
+    def rest_s(self) -> float:
+        """Session time outside the executor: ONNX Runtime's CPU nodes and the op boundary."""
+        return max(0.0, self.session_s - self.executor_host_s - self.device_wall_s)
+
+
+def encoder_input(audio: str = "") -> np.ndarray:
+    """(1, 80, 3000) log-mel of a clip padded to one 30-s window, as the pipeline feeds the encoder."""
+    from xdna_ep.audio import N_FRAMES, load_audio, log_mel_spectrogram, pad_or_trim
+
+    path = Path(audio) if audio else Path(__file__).resolve().parent / "data" / "jfk.wav"
+    mel = pad_or_trim(log_mel_spectrogram(load_audio(path)), N_FRAMES)
+    return np.asarray(mel, dtype=np.float32)[None]
+
+
+def _switches_with_one_gemm_design(designs: list[str]) -> int:
+    """Design switches of the same launch sequence (steady state) if every GEMM used one design."""
+    merged = ["gemm" if name.startswith("xdna_matmul_") else name for name in designs]
+    return sum(merged[i] != merged[i - 1] for i in range(len(merged)))  # i = 0 compares with the last
+
+
+def bench_encoder(model_name: str, options: BenchOptions, features: np.ndarray) -> EncoderBench:
+    import onnxruntime as ort
+
+    import xdna_ep
+    from xdna_ep.ep import cost_model
+    from xdna_ep.models.registry import ENCODER_FILE, ensure_model
+
+    folder = ensure_model(model_name)
+    path = folder / ENCODER_FILE
+    session = xdna_ep.InferenceSession(path, device=options.device, profile=options.profile, precision=options.precision)
+    placed = session.report.placed("npu")
+    feed = {"input_features": features}
+    session.run(None, feed)  # loads the designs and instruction streams
+    executor = session.compiled.executor()
+    device = executor.device
+    ledger = None
+    if device.simulated:
+        ledger = device.binding.simulated_npu()
+        ledger.reset_ledger()
+    executor.statistics.reset()
+    start = time.perf_counter()
+    session.run(None, feed)
+    session_s = time.perf_counter() - start
+    data = executor.stats()
+    totals = data["totals"]
+    profile = executor.profile
+    launch_s = totals["launches"] * profile.launch_s
+    switch_s = totals["design_switches"] * profile.design_switch_s
+    transfer_s = cost_model.transfer_s(profile, totals["bytes_to_device"] + totals["bytes_from_device"])
+    per_kind: dict[str, list[float]] = {}
+    for node in data["nodes"].values():
+        per_kind.setdefault(node["kind"], []).append(node["host_s"] / max(1, node["calls"]))
+    kinds: dict[str, int] = {}
+    for placement in placed:
+        kind = placement.kind.split("+")[0].split(".")[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    switches_one_gemm = None
+    if ledger is not None:
+        switches_one_gemm = _switches_with_one_gemm_design([record.design for record in ledger.ledger.records])
+    cpu = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    cpu.run(None, feed)
+    cpu_times = []
+    for _ in range(options.cpu_repeats):
+        start = time.perf_counter()
+        cpu.run(None, feed)
+        cpu_times.append(time.perf_counter() - start)
+    return EncoderBench(
+        model=model_name,
+        npu_nodes=len(placed),
+        node_kinds=kinds,
+        launches=totals["launches"],
+        design_switches=totals["design_switches"],
+        designs=sorted({node["design"] for node in data["nodes"].values()}),
+        hw_contexts=len({node["design"] for node in data["nodes"].values()}),
+        bytes_to_device=totals["bytes_to_device"],
+        bytes_from_device=totals["bytes_from_device"],
+        weight_bytes=data["weight_bytes_to_device"],
+        modelled_s=totals["modelled_device_s"],
+        compute_s=totals["modelled_device_s"] - launch_s - switch_s - transfer_s,
+        switch_s=switch_s,
+        launch_s=launch_s,
+        transfer_s=transfer_s,
+        npu_flops=sum(p.flops for p in placed),
+        executor_host_s=totals["host_s"],
+        device_wall_s=totals["device_wall_s"],
+        session_s=session_s,
+        cpu_encoder_s=float(np.median(cpu_times)),
+        host_per_kind_s={kind: float(np.mean(values)) for kind, values in per_kind.items()},
+        switches_one_gemm_design=switches_one_gemm,
+    )
+
+
+def format_encoder(result: EncoderBench, options: BenchOptions) -> list[str]:
+    from xdna_ep.ep.device import get_profile
+
+    profile = get_profile(options.profile)
+    ms = 1e3
+    kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(result.node_kinds.items()))
+    low, high = (result.npu_flops / (rate * 1e12) * ms for rate in reversed(PUBLISHED_GEMM_TFLOPS))
+    lines = [
+        f"{result.model} encoder, one 30-s window, {options.device} {profile.name} {options.precision}:",
+        f"  NPU nodes {result.npu_nodes} ({kinds}); launches {result.launches}; design switches "
+        f"{result.design_switches}; hardware contexts {result.hw_contexts} of {profile.hw_contexts} "
+        f"({', '.join(result.designs)})",
+        f"  bytes per pass: {result.bytes_to_device / 1e6:.1f} MB to the device, "
+        f"{result.bytes_from_device / 1e6:.1f} MB from it; weights {result.weight_bytes / 1e6:.1f} MB once per session",
+        f"  modelled {profile.name} device time: {result.modelled_s * ms:.1f} ms = compute {result.compute_s * ms:.1f} "
+        f"+ design switches {result.switch_s * ms:.1f} + launches {result.launch_s * ms:.1f} "
+        f"+ transfers {result.transfer_s * ms:.1f}",
+        f"  the NPU nodes' {result.npu_flops / 1e9:.1f} GFLOP alone at {PUBLISHED_GEMM_TFLOPS[0]}-"
+        f"{PUBLISHED_GEMM_TFLOPS[1]} TFLOPS: {low:.1f}-{high:.1f} ms; the rest of the compute is padding, "
+        f"per-output drain (skinny K) and the attention's softmax",
+    ]
+    if result.switches_one_gemm_design is not None:
+        saved = (result.design_switches - result.switches_one_gemm_design) * profile.design_switch_s
+        lines.append(
+            f"  what if every GEMM shared one dynamic-K design (mlir-aie whole_array_dyn, not built here): "
+            f"{result.switches_one_gemm_design} switches, {(result.modelled_s - saved) * ms:.1f} ms modelled"
+        )
+    host = ", ".join(f"{kind} {seconds * ms:.2f} ms" for kind, seconds in sorted(result.host_per_kind_s.items()))
+    lines += [
+        f"  host, measured here: executor {result.executor_host_s * ms:.1f} ms per pass (per call: {host}; "
+        f"bf16 conversion and copies); rest of the session (ONNX Runtime CPU nodes: convolutions, layer norms, "
+        f"residual adds; op boundary) {result.rest_s * ms:.1f} ms",
+    ]
+    if options.device == "npu":
+        lines.append(f"  measured device wall time (kernel() + wait()): {result.device_wall_s * ms:.1f} ms")
+    lines.append(f"  ONNX Runtime CPU encoder, same input, measured here: {result.cpu_encoder_s * ms:.1f} ms")
+    if result.model.startswith("tiny"):
+        lines.append(f"  for scale: whisper-xdna's tiny encoder measured {WHISPER_XDNA_TINY_MS:.0f} ms on Hawk Point")
+    return lines
+
+
+def run_bench(options: BenchOptions) -> list[str]:
+    """Run the benchmark; returns the report lines."""
+    from xdna_ep.ep.ops import measure_op_overhead
+
+    lines = [f"xdna-ep bench --device {options.device} --profile {options.profile} --precision {options.precision}"]
+    overhead = measure_op_overhead()
+    lines.append(
+        f"per-op host overhead at the Python boundary (1 x 384 row, 384 x 384 weight, reference executor): "
+        f"{overhead['xdna_boundary_overhead_us']:.1f} us per xdna op; an ONNX Runtime MatMul node of the same "
+        f"shape {overhead['ort_node_us']:.1f} us"
+    )
+    features = encoder_input(options.audio)
+    for model_name in options.models:
+        lines += format_encoder(bench_encoder(model_name, options, features), options)
+    return lines
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    defaults = BenchOptions()
+    parser.add_argument("--device", choices=("sim", "npu"), default=defaults.device, help="where the xdna ops run")
+    parser.add_argument("--profile", choices=("npu1", "npu2"), default=defaults.profile)
+    parser.add_argument("--precision", choices=("bf16", "accurate"), default=defaults.precision)
+    parser.add_argument("--model", action="append", help=f"model(s) to bench (default: {', '.join(DEFAULT_MODELS)})")
+    parser.add_argument("--audio", default="", help="clip whose log-mel feeds the encoder (default: jfk.wav)")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    options = BenchOptions(
+        device=args.device, profile=args.profile, precision=args.precision,
+        models=tuple(args.model) if args.model else DEFAULT_MODELS, audio=args.audio,
+    )  # fmt: skip
+    for line in run_bench(options):
+        print(line, flush=True)
+    return 0
