@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("xdna_ep.models.cli", "export and list Whisper ONNX models"),
     "inspect": ("xdna_ep.inspect_model", "show the fused nodes of a model, their placement and why"),
     "serve": ("xdna_ep.server", "HTTP transcription server (OpenAI audio API, whisper.cpp /inference)"),
+    "bench-serve": ("xdna_ep.serve_bench", "load the HTTP server with concurrent clients; check every answer"),
     "bench": ("xdna_ep.bench", "modelled NPU time of a 30-s encoder pass per model, and where it goes"),
     "conformance": ("xdna_ep.conformance", "run ONNX's backend node tests (MatMul, Gemm, Softmax, Attention) through xdna-ep"),
 }
