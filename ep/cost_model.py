@@ -141,7 +141,7 @@ def _design_name(kind: str, profile: DeviceProfile, **params) -> str:
         return AttentionSpec(profile=profile.name, **params).name
     from xdna_ep.kernels.softmax.spec import SoftmaxSpec
 
-    return SoftmaxSpec(profile=profile.name).name
+    return SoftmaxSpec(profile=profile.name, **params).name
 
 
 def check_precision(precision: str) -> str:
@@ -353,5 +353,5 @@ def estimate_softmax(
         launch_s=launch,
         transfer_s=transfer,
         compute_s=compute,
-        design=_design_name("softmax", profile),
+        design=_design_name("softmax", profile, cols=cp),
     )

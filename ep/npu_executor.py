@@ -248,14 +248,14 @@ class NpuExecutor(Executor):
             return np.empty_like(x)
         if cols > MAX_COLS:
             raise ValueError(f"{node}: softmax over {cols} columns: the NPU design handles at most {MAX_COLS}")
-        spec = SoftmaxSpec(profile=self.profile.name)
+        cols_pad = cost_model.round_up(cols, cost_model.SOFTMAX_COL_MULTIPLE)
+        spec = SoftmaxSpec(cols=cols_pad, profile=self.profile.name)
         rows_pad = cost_model.round_up(rows, spec.row_multiple)
-        cols_pad = cost_model.round_up(cols, spec.col_multiple)
         counters = _CallCounters()
         with self.device.lock:
             design = self.device.design(spec)
             params = self._constant_buffer(design, ("params", cols), lambda: softmax_reference.prepare_params(cols))
-            sizes = spec.arg_bytes(rows_pad, cols_pad)
+            sizes = spec.arg_bytes(rows_pad)
             xb = self._scratch_buffer(design, "x", sizes["x"])
             yb = self._scratch_buffer(design, "y", sizes["y"])
             xb.view(np.float32, (rows_pad, cols_pad))[:rows, :cols] = moved.reshape(rows, cols)

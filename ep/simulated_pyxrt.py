@@ -394,7 +394,7 @@ def _spec_of(image: xclbin):
     if kind == "attention":
         return AttentionSpec(head_dim=params["head_dim"], precision=params["precision"], profile=params["profile"])
     if kind == "softmax":
-        return SoftmaxSpec(profile=params["profile"])
+        return SoftmaxSpec(cols=params["cols"], profile=params["profile"])
     raise RuntimeError(f"xclbin {image.path.name}: unknown design kind {kind!r}")
 
 
@@ -605,7 +605,10 @@ class kernel:  # noqa: N801 - pyxrt's spelling
                     LaunchRecord(design, spec.kind, shape, modelled, switched, "TIMEOUT")
                 )
                 return ert_cmd_state.ERT_CMD_STATE_TIMEOUT
-            outputs = _execute(spec, shape, buffers)
+            try:
+                outputs = _execute(spec, shape, buffers)
+            except ValueError as error:  # the kernel's params contradict the launch: a hang or garbage on the device
+                raise RuntimeError(f"kernel {self.name}: {error}") from None
             for name, values in outputs.items():
                 buffer = buffers[name]
                 raw = np.ascontiguousarray(values).reshape(-1).view(np.uint8)

@@ -2,8 +2,9 @@
 
 Rows are spread over all cores; each row is processed in fp32 throughout (max subtracted, exp by
 range reduction + polynomial, fp32 sum, one reciprocal), so both precisions use the same design.
-Padded rows and shape live in the instruction stream, the true column count in the params buffer
-(padding columns are ignored and written as 0).
+The padded row length is baked into the xclbin (the cores' row buffers: one design per column
+bucket); the padded number of rows lives in the instruction stream, the true column count in the
+params buffer (padding columns are ignored and written as 0).
 
 Device buffers, in runtime-sequence order (group ids 3, 4, 5):
 - ``x``: f32 [rows_pad, cols_pad]
@@ -22,7 +23,7 @@ from xdna_ep.kernels.artifacts import ArgSpec, sim_instruction_words, sim_xclbin
 
 KIND = "softmax"
 PARAMS_WORDS = 16
-MAX_COLS = 4096  # a row (fp32 in and out, double-buffered) must fit a core's 64 KB data memory
+MAX_COLS = 2048  # a row in and out, fp32, double-buffered (32 KB) must fit a core's 64 KB data memory
 
 ARGS = (
     ArgSpec("x", 3, "f32", "in"),
@@ -33,13 +34,19 @@ ARGS = (
 
 @dataclass(frozen=True)
 class SoftmaxSpec:
-    """The compiled softmax design (one xclbin) for one NPU."""
+    """One compiled softmax design (one xclbin): its padded row length and the NPU it is built for."""
 
+    cols: int  # padded row length baked into the xclbin
     profile: str = "npu1"
     kind: ClassVar[str] = KIND
 
     def __post_init__(self) -> None:
         get_profile(self.profile)
+        if self.cols <= 0 or self.cols % SOFTMAX_COL_MULTIPLE or self.cols > MAX_COLS:
+            raise ValueError(
+                f"softmax design cols={self.cols} must be a positive multiple of {SOFTMAX_COL_MULTIPLE}, "
+                f"at most {MAX_COLS}"
+            )
 
     @property
     def device_profile(self) -> DeviceProfile:
@@ -50,19 +57,15 @@ class SoftmaxSpec:
         return self.device_profile.cores
 
     @property
-    def col_multiple(self) -> int:
-        return SOFTMAX_COL_MULTIPLE
-
-    @property
     def name(self) -> str:
-        return f"xdna_softmax_{self.profile}"
+        return f"xdna_softmax_c{self.cols}_{self.profile}"
 
     @property
     def xclbin_name(self) -> str:
         return f"{self.name}.xclbin"
 
-    def insts_name(self, rows: int, cols: int) -> str:
-        return f"{self.name}_r{rows}_c{cols}.insts.bin"
+    def insts_name(self, rows: int) -> str:
+        return f"{self.name}_r{rows}.insts.bin"
 
     @property
     def c_symbol(self) -> str:
@@ -76,25 +79,23 @@ class SoftmaxSpec:
     def args(self) -> tuple[ArgSpec, ...]:
         return ARGS
 
-    def check_shape(self, rows: int, cols: int) -> None:
+    def check_shape(self, rows: int) -> None:
         if rows <= 0 or rows % self.row_multiple:
             raise ValueError(f"{self.name}: rows={rows} must be a positive multiple of {self.row_multiple}")
-        if cols <= 0 or cols % self.col_multiple or cols > MAX_COLS:
-            raise ValueError(
-                f"{self.name}: cols={cols} must be a positive multiple of {self.col_multiple}, at most {MAX_COLS}"
-            )
 
-    def design_shape(self, insts_shape: tuple[int, ...]) -> tuple[int, int]:
-        """(rows, cols) of an instruction stream."""
+    def design_shape(self, insts_shape: tuple[int, ...]) -> tuple[int]:
+        """(rows,) of an instruction stream's (rows, cols); ValueError if its cols is not this design's."""
         rows, cols = insts_shape
-        return rows, cols
+        if cols != self.cols:
+            raise ValueError(f"instruction stream for rows of {cols} on {self.name}, built for {self.cols}")
+        return (rows,)
 
-    def arg_bytes(self, rows: int, cols: int) -> dict[str, int]:
-        return {"x": rows * cols * 4, "params": PARAMS_WORDS * 4, "y": rows * cols * 4}
+    def arg_bytes(self, rows: int) -> dict[str, int]:
+        return {"x": rows * self.cols * 4, "params": PARAMS_WORDS * 4, "y": rows * self.cols * 4}
 
-    def instruction_words(self, rows: int, cols: int):
-        self.check_shape(rows, cols)
-        return sim_instruction_words(KIND, (rows, cols))
+    def instruction_words(self, rows: int):
+        self.check_shape(rows)
+        return sim_instruction_words(KIND, (rows, self.cols))
 
     def sim_manifest(self) -> dict:
-        return sim_xclbin_manifest(KIND, self.name, ARGS, {"profile": self.profile, "max_cols": MAX_COLS})
+        return sim_xclbin_manifest(KIND, self.name, ARGS, {"profile": self.profile, "cols": self.cols})
