@@ -499,7 +499,7 @@ class Outcome:
     decode_seconds: float  # upload -> samples
     queue_seconds: float  # waiting for the device
     transcribe_seconds: float  # on the device thread
-    device: dict[str, Any]  # device_statistics() after the transcription
+    device: dict[str, Any]  # what this transcription did on the device (run_transcription)
 
 
 def transcribe_options(request: TranscriptionRequest) -> TranscribeOptions:
@@ -517,11 +517,12 @@ def transcribe_options(request: TranscriptionRequest) -> TranscribeOptions:
 
 def run_transcription(
     model: WhisperModel, samples: np.ndarray, options: TranscribeOptions, cancelled: threading.Event
-) -> tuple[Transcription, float]:
+) -> tuple[Transcription, float, dict[str, Any]]:
     """Transcribe (n_samples,) float32 16-kHz ``samples`` on the calling (device) thread.
 
-    Returns (Transcription, seconds it took). Raises ClientGone at the next segment once
-    ``cancelled`` is set.
+    Returns (Transcription, seconds it took, what it did on the device: the change of the device
+    counters over the call, which are this call's alone since the device runs one at a time).
+    Raises ClientGone at the next segment once ``cancelled`` is set.
     """
     from xdna_ep.transcribe import transcribe
 
@@ -529,42 +530,63 @@ def run_transcription(
         if cancelled.is_set():
             raise ClientGone()
 
+    before = device_totals(model)
     start = time.perf_counter()
     result = transcribe(model, samples, options, on_segment=stop_if_cancelled)
-    return result, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return result, seconds, _counter_change(before, device_totals(model))
 
 
-def device_statistics(model: WhisperModel) -> dict[str, Any]:
-    """What the device layer reports about the model's sessions: launches, fallbacks, placement.
+def effective_device(model: WhisperModel) -> tuple[str, str | None]:
+    """(device, profile) the sessions run with: ``auto`` and the default profile resolved by the session."""
+    report = getattr(model.encoder, "report", None)  # an xdna_ep.InferenceSession's pass report
+    return getattr(model.encoder, "device", model.device), report.profile if report is not None else model.profile
 
-    A model on the ``cpu`` device runs the stock graph, so no NPU launch happens; for ``sim``/``npu``
-    the numbers come from ``xdna_ep.ep.stats`` when this build has it, and are reported as
-    unavailable (not invented) when it does not.
+
+def device_totals(model: WhisperModel) -> dict[str, Any]:
+    """The device layer's counters so far: calls, launches, bytes, modelled device time, fallbacks
+    and their causes (``xdna_ep.ep.stats``). On the ``cpu`` device the stock graph runs on ONNX
+    Runtime's CPU EP: no launch, no fallback, nothing else to count.
     """
-    report: dict[str, Any] = {"device": model.device, "profile": getattr(model, "profile", None)}
-    if model.device == "cpu":
-        report.update({"launches": 0, "fallbacks": {}, "placement": {}})
-        return report
-    try:
-        from xdna_ep.ep import stats as ep_stats
-    except ImportError:
-        report["available"] = False
-        return report
-    report.update(ep_stats.snapshot())
-    return report
+    if effective_device(model)[0] == "cpu":
+        return {"launches": 0, "fallbacks": 0, "fallback_causes": {}}
+    from xdna_ep.ep import stats as ep_stats
+
+    return ep_stats.snapshot()["totals"]
+
+
+def _counter_change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    change: dict[str, Any] = {}
+    for name, value in after.items():
+        if isinstance(value, dict):
+            causes = Counter(value)
+            causes.subtract(before.get(name, {}))
+            change[name] = {cause: count for cause, count in causes.items() if count}
+        else:
+            change[name] = value - before.get(name, 0)
+    return change
+
+
+def node_placement(model: WhisperModel) -> dict[str, list[dict[str, Any]]]:
+    """Per session, each fused node: where the partitioner placed it (npu or cpu) and why.
+
+    Empty on the ``cpu`` device, whose sessions run the stock graph with no fused node.
+    """
+    sessions = {"encoder": model.encoder, "decoder": model.decoder, "decoder_with_past": model.decoder_with_past}
+    placement = {}
+    for role, session in sessions.items():
+        report = getattr(session, "report", None)
+        if report is not None:
+            placement[role] = [
+                {"node": node.node, "kind": node.kind, "shape": node.shape, "placement": node.placement,
+                 "reason": node.reason}
+                for node in report.placements
+            ]
+    return placement
 
 
 # ---------------------------------------------------------------------------------------------------
 # answers
-
-
-def _language_name(code: str) -> str:
-    """OpenAI's and whisper.cpp's verbose_json name the language in English words ("english")."""
-    try:
-        from xdna_ep.tokenizer import LANGUAGES
-    except ImportError:
-        return code
-    return LANGUAGES.get(code, code)
 
 
 def _segment_json(segment: Segment) -> dict[str, Any]:
@@ -593,7 +615,7 @@ def _verbose_json(request: TranscriptionRequest, outcome: Outcome) -> dict[str, 
     transcription = outcome.transcription
     return {
         "task": request.task,
-        "language": _language_name(transcription.language),
+        "language": transcription.language,
         "duration": round(outcome.audio_seconds, 3),
         "text": transcription.text,
         "segments": [_segment_json(segment) for segment in transcription.segments],
@@ -848,6 +870,8 @@ def create_app(options: ServerOptions, model: WhisperModel) -> FastAPI:
     from xdna_ep.audio import SAMPLE_RATE, load_audio
 
     upload_folder = Path(tempfile.mkdtemp(prefix="xdna-ep-serve-"))
+    device, profile = effective_device(model)
+    placement = node_placement(model)  # fixed when the sessions were built
     queue = DeviceQueue(options.max_queue)
     stats = ServerStats()
 
@@ -923,7 +947,7 @@ def create_app(options: ServerOptions, model: WhisperModel) -> FastAPI:
                     "file",
                 )
             queued = time.perf_counter()
-            transcription, transcribe_seconds = await queue.run(
+            transcription, transcribe_seconds, device_work = await queue.run(
                 lambda cancelled: run_transcription(model, samples, pipeline_options, cancelled), request
             )
             queue_seconds = time.perf_counter() - queued - transcribe_seconds
@@ -931,9 +955,8 @@ def create_app(options: ServerOptions, model: WhisperModel) -> FastAPI:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         finally:
             queue.release()
-        outcome = Outcome(
-            transcription, audio_seconds, decode_seconds, queue_seconds, transcribe_seconds, device_statistics(model)
-        )
+        device_work = {"device": device, "profile": profile, **device_work}
+        outcome = Outcome(transcription, audio_seconds, decode_seconds, queue_seconds, transcribe_seconds, device_work)
         stats.record(outcome)
         return answer(wanted, outcome)
 
@@ -960,8 +983,8 @@ def create_app(options: ServerOptions, model: WhisperModel) -> FastAPI:
             "ready": True,
             "model": model.name,
             "multilingual": model.is_multilingual,
-            "device": model.device,
-            "profile": getattr(model, "profile", None),
+            "device": device,
+            "profile": profile,
             "version": __version__,
         }
 
@@ -978,7 +1001,9 @@ def create_app(options: ServerOptions, model: WhisperModel) -> FastAPI:
             "transcribe_seconds": round(stats.transcribe_seconds, 3),
             "real_time_factor": round(stats.transcribe_seconds / stats.audio_seconds, 4) if stats.audio_seconds else None,
             "queue": {"admitted": queue.admitted, "capacity": queue.capacity},
-            "device": _json_safe(device_statistics(model)),
+            "device": _json_safe(
+                {"device": device, "profile": profile, **device_totals(model), "placement": placement}
+            ),
         }
 
     return app

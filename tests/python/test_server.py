@@ -284,8 +284,8 @@ def test_transcribe_endpoint_reports_timing_and_device(server):
     assert body["timing"]["transcribe_s"] > 0
     assert body["timing"]["pipeline"]["encode"] > 0
     assert body["stats"]["windows"] == 1
-    assert body["device"]["device"] == "cpu"
-    assert body["device"]["launches"] == 0  # the cpu device runs the stock graph: nothing goes to an NPU
+    # the cpu device runs the stock graph: nothing goes to an NPU
+    assert body["device"] == {"device": "cpu", "profile": None, "launches": 0, "fallbacks": 0, "fallback_causes": {}}
 
 
 def test_stats_count_requests_audio_and_real_time_factor(server):
@@ -296,7 +296,9 @@ def test_stats_count_requests_audio_and_real_time_factor(server):
     assert after["audio_seconds"] > before["audio_seconds"]
     assert after["requests"]["/transcribe"] == before["requests"].get("/transcribe", 0) + 1
     assert 0 < after["real_time_factor"] < 10
-    assert after["device"] == {"device": "cpu", "profile": None, "launches": 0, "fallbacks": {}, "placement": {}}
+    assert after["device"] == {
+        "device": "cpu", "profile": None, "launches": 0, "fallbacks": 0, "fallback_causes": {}, "placement": {}
+    }
 
 
 # --- bad input ----------------------------------------------------------------------------------------------
@@ -522,3 +524,26 @@ def test_uploads_stay_in_a_private_folder_that_is_removed(tmp_path):
     assert running.process.returncode in (0, -signal.SIGTERM)
     assert "Traceback" not in running.log_path.read_text()
     assert list(running.temp_root.glob("xdna-ep-serve-*")) == []  # the folder goes with the server
+
+
+@pytest.mark.slow
+def test_simulated_npu_reports_launches_and_placement(tmp_path):
+    """The same server on the simulated NPU: the device statistics are the device layer's real counters."""
+    running = start_server(tmp_path, "--device", "sim")
+    try:
+        health = httpx.get(f"{running.url}/health", timeout=10).json()
+        assert (health["device"], health["profile"]) == ("sim", "npu1")
+        response = post(running, "/transcribe", "jfk.wav", key=None)
+        assert response.status_code == 200
+        body = response.json()
+        assert normalise(body["text"]) == golden_text("jfk.wav")
+        work = body["device"]
+        assert work["device"] == "sim" and work["launches"] > 0 and work["calls"] >= work["nodes"] > 0
+        stats = running.stats()["device"]
+        assert stats["launches"] == work["launches"]  # the only transcription so far
+        assert stats["fallbacks"] == work["fallbacks"]
+        encoder = stats["placement"]["encoder"]
+        assert any(node["placement"] == "npu" for node in encoder)
+        assert all(node["reason"] for node in encoder)
+    finally:
+        running.stop()
