@@ -24,7 +24,6 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,121 +90,145 @@ def _record_fallback(op_type: str, node: str, model: CompiledModel | None, error
 # --- the ops ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class _Node:
-    """A node's attributes parsed once (they arrive as strings on every call)."""
+    """One xdna node of one compiled model: its attributes parsed once (they arrive as strings on
+    every call), its model resolved once. ``__call__`` is the hot path and never raises."""
 
-    model: CompiledModel | None
-    name: str
-    attrs: dict
+    op_type = ""
+    __slots__ = ("name", "model", "stats")
 
-
-_nodes: dict[tuple[str, str], _Node] = {}
-
-
-def _node(attributes: dict) -> _Node:
-    key = (attributes["model_key"], attributes["node"])
-    node = _nodes.get(key)
-    if node is None:
+    def __init__(self, attributes: dict) -> None:
+        self.name = attributes.get("node", "")
         try:
-            model = lookup(key[0])
+            self.model: CompiledModel | None = lookup(attributes.get("model_key", ""))
         except KeyError:
-            model = None
-        node = _Node(model=model, name=key[1], attrs=dict(attributes))
-        _nodes[key] = node
-    return node
+            self.model = None
+        self.stats = STATS[self.op_type]
 
+    def compute(self, executor: Executor, inputs: list) -> np.ndarray:
+        raise NotImplementedError
 
-def _run(
-    op_type: str,
-    attributes: dict,
-    compute: Callable[[Executor, _Node], np.ndarray],
-    expected_shape: Callable[[_Node], tuple[int, ...]],
-) -> np.ndarray:
-    """Run ``compute`` on the model's executor; on any failure, on the reference; never raise."""
-    stats = STATS[op_type]
-    stats.calls += 1
-    node = None
-    try:
-        node = _node(attributes)
-        if node.model is None:
-            raise LookupError(f"model_key {attributes.get('model_key')!r} was not compiled in this process")
-        start = time.perf_counter()
-        output = compute(node.model.executor(), node)
-        stats.executor_s += time.perf_counter() - start
-        return _checked(output, expected_shape(node))
-    except BaseException as error:  # noqa: BLE001 - anything escaping aborts the process
-        name = node.name if node is not None else str(attributes.get("node"))
-        _record_fallback(op_type, name, node.model if node is not None else None, error)
-    try:
-        if node is None or node.model is None:
-            raise LookupError("no weights to recompute with")
-        return _checked(compute(node.model.reference(), node), expected_shape(node))
-    except BaseException as error:  # noqa: BLE001
-        logger.error("xdna::%s %s could not be computed at all (%s): output is NaN", op_type, attributes.get("node"), error)
+    def output_shape(self, inputs: list) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def __call__(self, inputs: list) -> np.ndarray:
+        stats = self.stats
+        stats.calls += 1
         try:
-            return np.full(expected_shape(node or _Node(None, "", dict(attributes))), np.nan, dtype=np.float32)
-        except BaseException:  # noqa: BLE001
-            return np.full((1,), np.nan, dtype=np.float32)
+            model = self.model
+            if model is None:
+                raise LookupError("its model_key was not compiled in this process")
+            executor = model._executor or model.executor()
+            start = time.perf_counter()
+            output = self.compute(executor, inputs)
+            stats.executor_s += time.perf_counter() - start
+            if (
+                output.__class__ is np.ndarray
+                and output.dtype == np.float32
+                and output.shape == self.output_shape(inputs)
+                and output.flags.c_contiguous
+            ):
+                return output
+            raise ValueError(f"executor returned {getattr(output, 'shape', output)!r}, not C-contiguous float32 "
+                             f"{self.output_shape(inputs)}")
+        except BaseException as error:  # noqa: BLE001 - anything escaping aborts the process
+            return self.fallback(inputs, error)
+
+    def fallback(self, inputs: list, error: BaseException) -> np.ndarray:
+        """Recompute on the reference (counted, warned once per cause); NaN if even that fails."""
+        _record_fallback(self.op_type, self.name, self.model, error)
+        try:
+            if self.model is None:
+                raise LookupError("no weights to recompute with") from error
+            output = self.compute(self.model.reference(), inputs)
+            if output.shape != self.output_shape(inputs):
+                raise ValueError(f"reference returned shape {output.shape}")
+            return np.ascontiguousarray(output, dtype=np.float32)
+        except BaseException as final:  # noqa: BLE001
+            logger.error("xdna::%s %s could not be computed at all (%s): output is NaN", self.op_type, self.name, final)
+            try:
+                return np.full(self.output_shape(inputs), np.nan, dtype=np.float32)
+            except BaseException:  # noqa: BLE001 - inputs too broken to know the shape
+                return np.full((1,), np.nan, dtype=np.float32)
 
 
-def _checked(output: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if not isinstance(output, np.ndarray) or output.dtype != np.float32 or output.shape != tuple(shape):
-        got = getattr(output, "shape", type(output).__name__), getattr(output, "dtype", "")
-        raise ValueError(f"executor returned {got}, expected float32 {tuple(shape)}")
-    return output if output.flags.c_contiguous else np.ascontiguousarray(output)
+class _MatMul(_Node):
+    op_type = xdna_ops.MATMUL
+    __slots__ = ("weight", "bias", "activation", "k", "n")
+
+    def __init__(self, attributes: dict) -> None:
+        super().__init__(attributes)
+        device_key = self.model.device_key if self.model is not None else (lambda name: name)
+        self.weight = device_key(attributes["weight_key"])
+        self.bias = device_key(attributes["bias_key"])
+        self.activation = attributes["activation"]
+        self.k, self.n = int(attributes["k"]), int(attributes["n"])
+
+    def compute(self, executor: Executor, inputs: list) -> np.ndarray:
+        x = inputs[0]
+        if x.shape[-1] != self.k:
+            raise ValueError(f"x has shape {x.shape}, the weight has {self.k} rows")
+        return executor.matmul(self.name, x, self.weight, self.bias, self.activation)
+
+    def output_shape(self, inputs: list) -> tuple[int, ...]:
+        return (*inputs[0].shape[:-1], self.n)
 
 
-def _matmul(inputs: list[np.ndarray], attributes: dict) -> np.ndarray:
-    x = inputs[0]
+class _Attention(_Node):
+    op_type = xdna_ops.ATTENTION
+    __slots__ = ("scale", "causal")
 
-    def compute(executor: Executor, node: _Node) -> np.ndarray:
-        if x.shape[-1:] != (int(node.attrs["k"]),):
-            raise ValueError(f"x has shape {x.shape}, the weight has {node.attrs['k']} rows")
-        model = node.model
-        return executor.matmul(
-            node.name, x, model.device_key(node.attrs["weight_key"]), model.device_key(node.attrs["bias_key"]),
-            node.attrs["activation"],
-        )  # fmt: skip
+    def __init__(self, attributes: dict) -> None:
+        super().__init__(attributes)
+        self.scale = float(attributes["scale"])
+        self.causal = attributes["causal"] == "1"
 
-    return _run(xdna_ops.MATMUL, attributes, compute, lambda node: (*x.shape[:-1], int(node.attrs["n"])))
-
-
-def _attention(inputs: list[np.ndarray], attributes: dict) -> np.ndarray:
-    q, k, v = inputs
-
-    def compute(executor: Executor, node: _Node) -> np.ndarray:
+    def compute(self, executor: Executor, inputs: list) -> np.ndarray:
+        q, k, v = inputs
         if q.ndim != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
             raise ValueError(f"q {q.shape}, k {k.shape}, v {v.shape} are not (b, h, n, d) attention operands")
-        return executor.attention(node.name, q, k, v, float(node.attrs["scale"]), node.attrs["causal"] == "1")
+        return executor.attention(self.name, q, k, v, self.scale, self.causal)
 
-    return _run(xdna_ops.ATTENTION, attributes, compute, lambda node: (*q.shape[:3], v.shape[-1]))
-
-
-def _softmax(inputs: list[np.ndarray], attributes: dict) -> np.ndarray:
-    x = inputs[0]
-
-    def compute(executor: Executor, node: _Node) -> np.ndarray:
-        return executor.softmax(node.name, x, int(node.attrs["axis"]))
-
-    return _run(xdna_ops.SOFTMAX, attributes, compute, lambda node: x.shape)
+    def output_shape(self, inputs: list) -> tuple[int, ...]:
+        q, _, v = inputs
+        return (*q.shape[:3], v.shape[-1])
 
 
-_BODIES = {xdna_ops.MATMUL: _matmul, xdna_ops.ATTENTION: _attention, xdna_ops.SOFTMAX: _softmax}
-_OPS_BY_ID: dict[int, Callable[[list[np.ndarray], dict], np.ndarray]] = {}
+class _Softmax(_Node):
+    op_type = xdna_ops.SOFTMAX
+    __slots__ = ("axis",)
+
+    def __init__(self, attributes: dict) -> None:
+        super().__init__(attributes)
+        self.axis = int(attributes["axis"])
+
+    def compute(self, executor: Executor, inputs: list) -> np.ndarray:
+        return executor.softmax(self.name, inputs[0], self.axis)
+
+    def output_shape(self, inputs: list) -> tuple[int, ...]:
+        return inputs[0].shape
+
+
+_NODE_TYPES = {xdna_ops.MATMUL: _MatMul, xdna_ops.ATTENTION: _Attention, xdna_ops.SOFTMAX: _Softmax}
+_NODE_TYPE_BY_ID: dict[int, type[_Node]] = {}
+_nodes: dict[tuple[int, str, str], _Node] = {}
 
 
 def _declare_all() -> None:
     """Define the xdna ops with onnxruntime-extensions (once per process, before any session)."""
-    for op_type, body in _BODIES.items():
+
+    def never_called(*inputs, **attributes):  # the invocation hook below dispatches instead
+        raise AssertionError("xdna ops are dispatched by ops._invoke")
+
+    for op_type, node_type in _NODE_TYPES.items():
         attrs = {name: _ATTRIBUTE_TYPES[kind] for name, kind in xdna_ops.ATTRIBUTES[op_type].items()}
         opdef = onnxruntime_extensions.onnx_op(
             op_type=f"{xdna_ops.DOMAIN}::{op_type}",
             inputs=[PyCustomOpDef.dt_float] * xdna_ops.N_INPUTS[op_type],
             outputs=[PyCustomOpDef.dt_float],
             attrs=attrs,
-        )(body)
-        _OPS_BY_ID[opdef._id] = body
+        )(never_called)
+        _NODE_TYPE_BY_ID[opdef._id] = node_type
 
 
 _stock_invocation = _ocos._on_pyop_invocation
@@ -213,10 +236,20 @@ _stock_invocation = _ocos._on_pyop_invocation
 
 def _invoke(op_id: int, inputs: list, attributes: dict) -> tuple:
     """The invocation hook: (op id, output shape, output ndarray); other Python ops go the stock way."""
-    body = _OPS_BY_ID.get(op_id)
-    if body is None:
+    node_type = _NODE_TYPE_BY_ID.get(op_id)
+    if node_type is None:
         return _stock_invocation(op_id, inputs, attributes)
-    output = body(inputs, attributes)
+    key = (op_id, attributes.get("model_key", ""), attributes.get("node", ""))
+    node = _nodes.get(key)
+    if node is None:
+        try:
+            node = node_type(attributes)
+        except BaseException as error:  # noqa: BLE001 - a malformed node must not abort the process
+            logger.error("xdna::%s: bad attributes %s (%s)", node_type.op_type, attributes, error)
+            output = np.full((1,), np.nan, dtype=np.float32)
+            return op_id, output.shape, output
+        _nodes[key] = node
+    output = node(inputs)
     return op_id, output.shape, output
 
 

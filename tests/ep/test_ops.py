@@ -1,0 +1,129 @@
+"""The xdna custom ops: outputs cross as ndarrays (never lists), op bodies never raise (CPU fallback,
+counted, warned once), and strict sessions turn a fallback into an error."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from xdna_ep.ep import ops
+from xdna_ep.ep.executor import ReferenceExecutor
+from xdna_ep.ep.registry import register, release
+from xdna_ep.errors import FallbackError
+from xdna_ep.graph_passes import xdna_ops
+
+K, N = 8, 6
+
+
+@pytest.fixture()
+def linear_model():
+    rng = np.random.default_rng(7)
+    weights = {"W": rng.standard_normal((K, N)).astype(np.float32), "b": rng.standard_normal(N).astype(np.float32)}
+    compiled = register(weights, device="cpu", profile="npu1", precision="bf16")
+    yield compiled
+    release(compiled.key)
+
+
+def matmul_attributes(model_key: str) -> dict[str, str]:
+    """Attributes as onnxruntime-extensions hands them to Python: every value a string."""
+    return {"model_key": model_key, "node": "mm", "weight_key": "W", "bias_key": "b", "activation": "", "k": str(K), "n": str(N)}
+
+
+def op_id(op_type: str) -> int:
+    return next(key for key, node_type in ops._NODE_TYPE_BY_ID.items() if node_type.op_type == op_type)
+
+
+def test_the_output_crosses_as_the_array_itself_not_a_list(linear_model):
+    x = np.random.default_rng(8).standard_normal((3, K)).astype(np.float32)
+    returned_id, shape, output = ops._invoke(op_id(xdna_ops.MATMUL), [x], matmul_attributes(linear_model.key))
+    assert returned_id == op_id(xdna_ops.MATMUL)
+    assert isinstance(output, np.ndarray) and output.dtype == np.float32 and output.flags.c_contiguous
+    assert shape == (3, N)
+    np.testing.assert_allclose(output, x @ linear_model.weights["W"] + linear_model.weights["b"], rtol=1e-6, atol=1e-6)
+
+
+class DeviceLost(RuntimeError):
+    """Raised only by this file's failing executor, so its warning is this file's to count."""
+
+
+class FailingExecutor(ReferenceExecutor):
+    name = "failing"
+
+    def matmul(self, node, x, weight_key, bias_key, activation):
+        raise DeviceLost("device lost")
+
+
+def test_a_failing_executor_falls_back_to_the_reference_counted_and_warned_once(linear_model, caplog):
+    linear_model.use_executor(FailingExecutor())
+    x = np.ones((2, K), np.float32)
+    before = dict(ops.fallback_counts())
+    with caplog.at_level(logging.WARNING, logger="xdna_ep.ep.ops"):
+        outputs = [ops._invoke(op_id(xdna_ops.MATMUL), [x], matmul_attributes(linear_model.key))[2] for _ in range(3)]
+    for output in outputs:
+        np.testing.assert_allclose(output, x @ linear_model.weights["W"] + linear_model.weights["b"], rtol=1e-6, atol=1e-6)
+    assert linear_model.fallbacks == 3
+    key = (xdna_ops.MATMUL, "DeviceLost")
+    assert ops.fallback_counts()[key] - before.get(key, 0) == 3
+    warnings = [r for r in caplog.records if "fell back to the CPU" in r.getMessage()]
+    assert len(warnings) == 1 and "device lost" in warnings[0].getMessage()  # once per cause
+
+
+def test_an_unknown_model_key_gives_nan_of_the_right_shape_not_a_crash():
+    x = np.ones((4, K), np.float32)
+    _, shape, output = ops._invoke(op_id(xdna_ops.MATMUL), [x], matmul_attributes("not-compiled-here"))
+    assert shape == (4, N) and np.isnan(output).all()
+
+
+def test_a_wrong_input_width_is_recomputed_and_still_never_raises(linear_model):
+    x = np.ones((2, K + 1), np.float32)  # the reference cannot compute it either: NaN, no exception
+    _, shape, output = ops._invoke(op_id(xdna_ops.MATMUL), [x], matmul_attributes(linear_model.key))
+    assert shape == (2, N) and np.isnan(output).all()
+
+
+def _softmax_session(model_key: str) -> ort.InferenceSession:
+    node = xdna_ops.make_softmax("x", "y", "sm", axis=-1)
+    xdna_ops.set_string_attribute(node, "model_key", model_key)
+    graph = helper.make_graph(
+        [node], "sm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(xdna_ops.DOMAIN, 1)])
+    model.ir_version = 10
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(ops.library_path())
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def test_ops_run_inside_onnx_runtime(linear_model):
+    x = np.array([[1, 2, 3, 4, 5], [0, 0, 0, 0, 0]], np.float32)
+    y = _softmax_session(linear_model.key).run(None, {"x": x})[0]
+    expected = np.exp(x - x.max(1, keepdims=True))
+    np.testing.assert_allclose(y, expected / expected.sum(1, keepdims=True), rtol=1e-6, atol=1e-7)
+
+
+def test_strict_session_raises_on_a_fallback(monkeypatch):
+    from real_sessions import model_folder
+
+    import xdna_ep
+    from xdna_ep.ep import session as session_module
+
+    folder = model_folder("tiny.en")
+    monkeypatch.setattr(session_module, "make_executor", lambda device, profile, precision: FailingExecutor())
+    strict = xdna_ep.InferenceSession(folder / "decoder_with_past_model.onnx", device="sim", placement="npu", strict=True)
+    feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.int64 if "ids" in i.name else np.float32) for i in strict.get_inputs()}
+    with pytest.raises(FallbackError, match="recomputed on the CPU"):
+        strict.run(None, feeds)
+    lenient = xdna_ep.InferenceSession(folder / "decoder_with_past_model.onnx", device="sim", placement="npu")
+    assert np.isfinite(lenient.run(None, feeds)[0]).all()
+    assert lenient.compiled.fallbacks > 0
+
+
+def test_measure_op_overhead_reports_the_boundary_cost():
+    result = ops.measure_op_overhead(n_ops=4, repeats=3)
+    assert set(result) == {"xdna_node_us", "xdna_executor_us", "ort_node_us", "xdna_boundary_overhead_us"}
+    assert result["xdna_node_us"] > 0 and result["ort_node_us"] > 0

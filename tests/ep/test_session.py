@@ -1,0 +1,110 @@
+"""The session API: device words, the two ways a user opens a session, and transcription through the
+fused graphs reproducing the golden tokens."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import AUDIO_DIR
+from real_sessions import model_folder, plain_options, real_inputs
+
+import xdna_ep
+from xdna_ep.ep import session as session_module
+from xdna_ep.ep.executor import ReferenceExecutor
+from xdna_ep.errors import ModelError
+from xdna_ep.graph_passes import xdna_ops
+
+GOLDEN_CLIPS = [
+    "jfk.wav",
+    "jfk.flac",
+    "librispeech-1995-1837-0001.wav",
+    "2412-153948-0000.flac",
+    "libri-1088-134315-0000.wav",
+    "espeak_fox.wav",
+    "espeak_stella.wav",
+    "espeak_device.wav",
+]
+
+
+def test_an_unknown_device_names_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown device 'gpu': valid devices are cpu, sim, npu, auto"):
+        xdna_ep.InferenceSession("whatever.onnx", device="gpu")
+
+
+@pytest.mark.skipif(session_module.npu_present(), reason="an NPU is present: auto picks it")
+def test_auto_without_an_npu_says_it_runs_on_the_cpu(caplog):
+    with caplog.at_level(logging.WARNING, logger="xdna_ep.ep.session"):
+        assert session_module.resolve_device("auto") == "cpu"
+    assert any("no NPU here" in record.getMessage() for record in caplog.records)
+
+
+def test_a_missing_model_is_a_model_error():
+    with pytest.raises(ModelError, match="ONNX model not found"):
+        xdna_ep.compile("/nonexistent/encoder_model.onnx")
+
+
+@pytest.fixture(scope="module")
+def tiny_en():
+    folder = model_folder("tiny.en")
+    return folder, real_inputs(folder)
+
+
+def test_session_options_plus_compile_plus_a_plain_onnxruntime_session(tiny_en):
+    folder, feeds = tiny_en
+    path = folder / "decoder_with_past_model.onnx"
+    options = xdna_ep.session_options(device="cpu")
+    model = xdna_ep.compile(path, profile="npu1", placement="npu")
+    assert any(node.domain == xdna_ops.DOMAIN for node in model.graph.node)
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    expected = ort.InferenceSession(str(path), plain_options(), providers=["CPUExecutionProvider"])
+    feed = feeds["decoder_with_past_model"]
+    for want, got in zip(expected.run(None, feed), session.run(None, feed)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+def test_device_cpu_opens_the_stock_graph(tiny_en):
+    folder, feeds = tiny_en
+    session = xdna_ep.InferenceSession(folder / "encoder_model.onnx", device="cpu")
+    assert session.compiled is None and session.report is None
+    assert isinstance(session, ort.InferenceSession)
+
+
+def test_device_sim_runs_the_fused_graph_and_reports_placements(tiny_en):
+    folder, feeds = tiny_en
+    session = xdna_ep.InferenceSession(folder / "decoder_with_past_model.onnx", device="sim", profile="npu1")
+    report = session.report
+    assert report.role == "decoder_with_past" and report.fused_total > 0
+    assert all(p.placement == "cpu" for p in report.placements)  # one token per step: the CPU wins
+    stock = onnx.load(str(folder / "decoder_with_past_model.onnx"))
+    want = ort.InferenceSession(stock.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds["decoder_with_past_model"])
+    got = session.run(None, feeds["decoder_with_past_model"])
+    np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "model_name, clip",
+    [("tiny.en", "jfk.wav")]
+    + [pytest.param("tiny.en", clip, marks=pytest.mark.slow) for clip in GOLDEN_CLIPS[1:]]
+    + [pytest.param("base", clip, marks=pytest.mark.slow) for clip in GOLDEN_CLIPS],
+)
+def test_transcription_through_the_fused_graphs_reproduces_the_golden_tokens(model_name, clip, goldens, monkeypatch):
+    """Every fusable node of the three sessions fused and placed on the "NPU", computed by the fp32
+    NumPy reference: the pipeline's tokens equal faster-whisper's fp32 goldens."""
+    from xdna_ep.transcribe import TranscribeOptions, transcribe
+
+    monkeypatch.setenv(session_module.PLACEMENT_ENV, "npu")
+    monkeypatch.setattr(session_module, "make_executor", lambda device, profile, precision: ReferenceExecutor())
+    model = _fused_models.get(model_name) or _fused_models.setdefault(model_name, xdna_ep.load_model(model_name, device="sim"))
+    options = TranscribeOptions.from_kwargs(
+        temperature=0.0, without_timestamps=True, condition_on_previous_text=False, language="en"
+    )
+    result = transcribe(model, AUDIO_DIR / clip, options)
+    tokens = [token for segment in result.segments for token in segment.tokens]
+    assert tokens == goldens[clip][model_name]["tokens"]
+
+
+_fused_models: dict = {}
