@@ -42,10 +42,13 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Collection, TypeVar
 
 # FastAPI reads the handlers' annotations (strings, with the __future__ import) in this module's
 # namespace, so Request and Response are imported here; starlette is light, fastapi is imported where used
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from xdna_ep.errors import AudioError
+from xdna_ep.models.registry import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     import numpy as np
@@ -92,7 +95,7 @@ class ServerOptions:
     """
 
     # a model name the registry knows (tiny.en, base) or an exported model folder
-    model: str = "tiny.en"
+    model: str = DEFAULT_MODEL
     # where the xdna ops run: cpu, sim, npu or auto (xdna_ep.model.DEVICES)
     device: str = "cpu"
     # NPU profile the cost model and simulator describe (npu1, npu2); None: the device's own, else npu1
@@ -166,11 +169,12 @@ def error_body(status: int, message: str, param: str | None = None) -> dict[str,
 class Upload:
     """A multipart form: its text fields, and its ``file`` part as a private file (or None)."""
 
-    fields: dict[str, list[str]]
-    audio_path: Path | None
-    audio_bytes: int
+    fields: dict[str, list[str]] = field(default_factory=dict)
+    audio_path: Path | None = None
+    audio_bytes: int = 0
 
     def discard(self) -> None:
+        """Delete the file (each request does, whatever its outcome)."""
         if self.audio_path is not None:
             self.audio_path.unlink(missing_ok=True)
             self.audio_path = None
@@ -185,9 +189,7 @@ class _FormReader:
     def __init__(self, folder: Path, max_file_bytes: int) -> None:
         self.folder = folder
         self.max_file_bytes = max_file_bytes
-        self.fields: dict[str, list[str]] = {}
-        self.audio_path: Path | None = None
-        self.audio_bytes = 0
+        self.upload = Upload()
         self.too_large = False
         self._file: IO[bytes] | None = None
         self._headers: dict[bytes, bytes] = {}
@@ -224,8 +226,6 @@ class _FormReader:
         self._header_name = self._header_value = b""
 
     def _headers_finished(self) -> None:
-        from python_multipart.multipart import parse_options_header
-
         _, options = parse_options_header(self._headers.get(b"content-disposition"))
         if b"name" not in options:
             raise RequestError(400, "a multipart part has no name in its Content-Disposition header")
@@ -234,10 +234,10 @@ class _FormReader:
         if self._is_file:
             if self._name != "file":
                 raise RequestError(400, f"unexpected file part {self._name!r}: the audio goes in 'file'", self._name)
-            if self.audio_path is not None:
+            if self.upload.audio_path is not None:
                 raise RequestError(400, "more than one 'file' part: send one recording per request", "file")
-            self.audio_path = self.folder / f"{uuid.uuid4().hex}.upload"
-            descriptor = os.open(self.audio_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self.upload.audio_path = self.folder / f"{uuid.uuid4().hex}.upload"
+            descriptor = os.open(self.upload.audio_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             self._file = os.fdopen(descriptor, "wb")
         else:
             self._n_fields += 1
@@ -250,8 +250,8 @@ class _FormReader:
                 raise RequestError(400, f"form field {self._name!r} is over {MAX_FIELD_BYTES} bytes", self._name)
             self._value += data[start:end]
             return
-        self.audio_bytes += end - start
-        if self.audio_bytes > self.max_file_bytes:
+        self.upload.audio_bytes += end - start
+        if self.upload.audio_bytes > self.max_file_bytes:
             self.too_large = True
             self.close_file()
             return
@@ -262,7 +262,11 @@ class _FormReader:
         if self._is_file:
             self.close_file()
         else:
-            self.fields.setdefault(self._name, []).append(self._value.decode("utf-8", "replace"))
+            self.upload.fields.setdefault(self._name, []).append(self._value.decode("utf-8", "replace"))
+
+    @property
+    def inside_file_part(self) -> bool:
+        return self._file is not None
 
     def close_file(self) -> None:
         if self._file is not None:
@@ -271,9 +275,7 @@ class _FormReader:
 
     def discard(self) -> None:
         self.close_file()
-        if self.audio_path is not None:
-            self.audio_path.unlink(missing_ok=True)
-            self.audio_path = None
+        self.upload.discard()
 
 
 def _too_large(max_bytes: int) -> RequestError:
@@ -286,9 +288,6 @@ async def read_upload(request: Request, folder: Path, max_file_bytes: int) -> Up
     RequestError 415 for another content type, 400 for a malformed body, 413 for a file over
     ``max_file_bytes`` (checked while the bytes arrive, and against Content-Length up front).
     """
-    from python_multipart.exceptions import FormParserError
-    from python_multipart.multipart import MultipartParser, parse_options_header
-
     content_type, parameters = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data":
         shown = content_type.decode("latin-1") or "none"
@@ -323,10 +322,10 @@ async def read_upload(request: Request, folder: Path, max_file_bytes: int) -> Up
     if reader.too_large:
         reader.discard()
         raise _too_large(max_file_bytes)
-    if reader._file is not None:  # the body ended inside the file part
+    if reader.inside_file_part:  # the body ended before the file part did
         reader.discard()
         raise RequestError(400, "malformed multipart/form-data body: it ends inside the 'file' part")
-    return Upload(fields=reader.fields, audio_path=reader.audio_path, audio_bytes=reader.audio_bytes)
+    return reader.upload
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -421,8 +420,8 @@ class DeviceQueue:
     """Runs transcriptions one at a time on a worker thread; admits at most ``max_waiting + 1`` requests.
 
     A request is admitted before its upload is read, so a full server answers 503 at once, with a
-    ``Retry-After`` estimated from recent transcription times. Every counter here changes on the
-    event loop's thread only.
+    ``Retry-After`` estimated from recent transcription times. The admission counters change on the
+    event loop's thread only; the worker thread only appends its timings.
     """
 
     def __init__(self, max_waiting: int) -> None:
@@ -447,7 +446,8 @@ class DeviceQueue:
         self.admitted -= 1
 
     def retry_after_seconds(self) -> int:
-        per_request = statistics.median(self._recent_seconds) if self._recent_seconds else RETRY_AFTER_DEFAULT_SECONDS
+        recent = list(self._recent_seconds)  # a copy: the worker thread appends to the deque
+        per_request = statistics.median(recent) if recent else RETRY_AFTER_DEFAULT_SECONDS
         return max(1, math.ceil(per_request * self.admitted))
 
     async def run(self, work: Callable[[threading.Event], T], request: Request) -> T:
@@ -471,6 +471,7 @@ class DeviceQueue:
                     raise ClientGone()
                 cancelled.set()
                 await asyncio.wait({waiter})
+                waiter.exception()  # retrieved (ClientGone, or None if it finished first): nobody reads it
                 self.stopped_client_gone += 1
                 raise ClientGone()
 
@@ -896,7 +897,6 @@ def create_app(options: ServerOptions, model: WhisperModel) -> FastAPI:
 
     app = FastAPI(title="xdna-ep", version=__version__, lifespan=lifespan, dependencies=[Depends(require_key)])
     app.add_middleware(_CountResponses, stats=stats)
-    app.state.upload_folder = upload_folder
 
     @app.exception_handler(RequestError)
     async def refuse(request: Request, error: RequestError) -> Response:
@@ -909,6 +909,11 @@ def create_app(options: ServerOptions, model: WhisperModel) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> Response:
         return JSONResponse(error_body(422, f"invalid request: {error.errors()}"), 422)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, error: Exception) -> Response:
+        # the traceback still goes to the server's log; the client gets the cause in one line
+        return JSONResponse(error_body(500, f"transcription failed: {type(error).__name__}: {error}"), 500)
 
     def decode_upload(upload: Upload) -> np.ndarray:
         if upload.audio_path is None:
