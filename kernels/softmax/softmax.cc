@@ -46,9 +46,12 @@ static inline aie::vector<float, 16> exp_f32(aie::vector<float, 16> x) {
 
 extern "C" {
 
-// y[0:cols_pad] = softmax(x[0:cols]) with zeros in the padding; cols_pad is a multiple of 16.
-void xdna_softmax_row_f32(const float *__restrict x, float *__restrict y, int32_t cols, int32_t cols_pad) {
+// y[0:cols_pad] = softmax(x[0:cols]) with zeros in the padding; cols = params[0] (the launch's true
+// row length), cols_pad (the design's row length) a multiple of 16.
+void xdna_softmax_row_f32(const float *__restrict x, float *__restrict y, const float *__restrict params,
+                          int32_t cols_pad) {
   aie::set_rounding(aie::rounding_mode::conv_even);
+  const int32_t cols = (int32_t)params[0];
   const float neg_inf = -__builtin_inff();
   float row_max = neg_inf;
   for (int32_t c = 0; c < cols; ++c)

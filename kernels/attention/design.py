@@ -1,0 +1,180 @@
+"""IRON (MLIR-AIE Python) dataflow design of the fused attention: softmax(q @ k^T * scale) @ v for a
+group of heads in one launch, scores never leaving the cores.
+
+Work unit = (head, query tile of ``ATTENTION_Q_ROWS_PER_CORE`` rows). In each round all 16 (npu1) or
+32 (npu2) cores take consecutive query tiles of the same head; the head's keys and values stream past
+them in tiles of ``ATTENTION_KV_TILE`` (each column's shim reads them and its memtile broadcasts them
+to the column's cores), and each core runs ``attention.cc``'s online-softmax step per key tile, then
+writes its query tile's output. The loop counts (heads, rounds per head, key tiles) are runtime
+parameters written by the instruction stream (``kernels/iron_util.py``): one xclbin per head
+dimension and precision. Per launch each core first takes one params object (scale, true n_q, n_kv,
+causal). Names come from ``kernels/attention/spec.py``.
+
+Device buffers: q [parts, heads, n_q, d], k and v [parts, heads, n_kv, d] (bf16), params (f32),
+o [heads, n_q, d] (f32).
+
+Needs the MLIR-AIE toolchain (not on this project's machines: it has not been compiled here);
+CMakeLists.txt runs it as
+``python3 design.py --profile npu1 --head-dim 64 --precision bf16 --heads 6 --n-q 1536 --n-kv 1536``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def build(profile_name: str, head_dim: int, precision: str, heads: int, n_q: int, n_kv: int):
+    """The MLIR module of the attention design, with the runtime sequence of one (heads, n_q, n_kv) bucket."""
+    from aie.dialects.arith import AddIOp, MulIOp
+    from aie.extras.dialects.arith import constant
+    from aie.iron import Buffer, Kernel, ObjectFifo, Program, Runtime, Worker
+    from aie.iron.controlflow import range_
+    from aie.iron.device import NPU1Col4, NPU2, Tile
+    from aie.iron.placers import SequentialPlacer
+    from aie.helpers.taplib import TensorAccessPattern
+    from ml_dtypes import bfloat16
+
+    from xdna_ep.ep.cost_model import ATTENTION_KV_TILE, ATTENTION_Q_ROWS_PER_CORE
+    from xdna_ep.kernels.attention.spec import PARAMS_WORDS, AttentionSpec
+    from xdna_ep.kernels.iron_util import rtp_buffer, rtp_index, while_range
+
+    spec = AttentionSpec(head_dim=head_dim, precision=precision, profile=profile_name)
+    spec.check_shape(heads, n_q, n_kv)
+    profile = spec.device_profile
+    n_cols, n_rows, cores = profile.columns, profile.rows, profile.cores
+    parts, d = spec.parts, head_dim
+    q_rows, kv_tile = ATTENTION_Q_ROWS_PER_CORE, ATTENTION_KV_TILE
+    rounds = n_q // (cores * q_rows)
+    kv_tiles = n_kv // kv_tile
+    state_words = q_rows * d + 2 * q_rows + 2
+
+    q_ty = np.ndarray[(parts * heads * n_q * d,), np.dtype[bfloat16]]
+    kv_ty = np.ndarray[(parts * heads * n_kv * d,), np.dtype[bfloat16]]
+    params_ty = np.ndarray[(PARAMS_WORDS,), np.dtype[np.float32]]
+    o_ty = np.ndarray[(heads * n_q * d,), np.dtype[np.float32]]
+    q_tile_ty = np.ndarray[(parts * q_rows * d,), np.dtype[bfloat16]]
+    q_column_ty = np.ndarray[(parts * q_rows * d * n_rows,), np.dtype[bfloat16]]
+    kv_tile_ty = np.ndarray[(parts * kv_tile * d,), np.dtype[bfloat16]]
+    o_tile_ty = np.ndarray[(q_rows * d,), np.dtype[np.float32]]
+    o_column_ty = np.ndarray[(q_rows * d * n_rows,), np.dtype[np.float32]]
+    state_ty = np.ndarray[(state_words,), np.dtype[np.float32]]
+
+    init = Kernel(spec.init_symbol, spec.object_name, [state_ty, np.int32])
+    step = Kernel(spec.c_symbol, spec.object_name, [q_tile_ty, kv_tile_ty, kv_tile_ty, params_ty, state_ty])
+    finish = Kernel(spec.finish_symbol, spec.object_name, [state_ty, o_tile_ty])
+
+    q_fifos, q_l1, k_fifos, k_l1, v_fifos, v_l1, p_fifos, o_fifos, o_l1 = ([] for _ in range(9))
+    for col in range(n_cols):
+        q_fifos.append(ObjectFifo(q_column_ty, name=f"Q_{col}", depth=2))
+        q_l1.append(q_fifos[col].cons().split(
+            [parts * q_rows * d * i for i in range(n_rows)], obj_types=[q_tile_ty] * n_rows,
+            names=[f"Q_L1_{col}_{row}" for row in range(n_rows)], placement=Tile(col, 1),
+        ))  # fmt: skip
+        k_fifos.append(ObjectFifo(kv_tile_ty, name=f"K_{col}", depth=2))
+        k_l1.append(k_fifos[col].cons().forward(name=f"K_L1_{col}", placement=Tile(col, 1)))
+        v_fifos.append(ObjectFifo(kv_tile_ty, name=f"V_{col}", depth=2))
+        v_l1.append(v_fifos[col].cons().forward(name=f"V_L1_{col}", placement=Tile(col, 1)))
+        p_fifos.append(ObjectFifo(params_ty, name=f"P_{col}", depth=1))
+        o_fifos.append(ObjectFifo(o_column_ty, name=f"O_{col}", depth=2))
+        o_l1.append(o_fifos[col].prod().join(
+            [q_rows * d * i for i in range(n_rows)], obj_types=[o_tile_ty] * n_rows,
+            names=[f"O_L1_{col}_{row}" for row in range(n_rows)], placement=Tile(col, 1),
+        ))  # fmt: skip
+
+    def core_fn(q_in, k_in, v_in, params_in, o_out, state, init_k, step_k, finish_k, rtp, core_index):
+        for _ in range_(sys.maxsize):  # one iteration per launch
+            params = params_in.acquire(1)
+
+            def one_head(_):
+                def one_round(round_index):
+                    q = q_in.acquire(1)
+                    first_row = MulIOp(AddIOp(MulIOp(round_index, constant(cores, index=True)).result,
+                                              constant(core_index, index=True)).result,
+                                       constant(q_rows, index=True)).result  # fmt: skip
+                    init_k(state, first_row)
+
+                    def one_key_tile(_):
+                        k = k_in.acquire(1)
+                        v = v_in.acquire(1)
+                        step_k(q, k, v, params, state)
+                        k_in.release(1)
+                        v_in.release(1)
+
+                    while_range(rtp_index(rtp, 2), one_key_tile)
+                    o = o_out.acquire(1)
+                    finish_k(state, o)
+                    o_out.release(1)
+                    q_in.release(1)
+
+                while_range(rtp_index(rtp, 1), one_round)
+
+            while_range(rtp_index(rtp, 0), one_head)
+            params_in.release(1)
+
+    rtps, workers = [], []
+    for row in range(n_rows):
+        for col in range(n_cols):
+            rtp = rtp_buffer(f"rtp_{col}_{row}")
+            rtps.append(rtp)
+            state = Buffer(type=state_ty, name=f"state_{col}_{row}")
+            workers.append(Worker(
+                core_fn,
+                [q_l1[col][row].cons(), k_l1[col].cons(), v_l1[col].cons(), p_fifos[col].cons(),
+                 o_l1[col][row].prod(), state, init, step, finish, rtp, row * n_cols + col],
+                placement=Tile(col, 2 + row), dynamic_objfifo_lowering=True, stack_size=0x800,
+            ))  # fmt: skip
+
+    rt = Runtime()
+    with rt.sequence(q_ty, kv_ty, kv_ty, params_ty, o_ty) as (Q, K, V, P, O):
+        for rtp in rtps:
+            rt.write_rtp(rtp, 0, heads)
+            rt.write_rtp(rtp, 1, rounds)
+            rt.write_rtp(rtp, 2, kv_tiles)
+        rt.start(*workers)
+        for col in range(n_cols):
+            rt.fill(p_fifos[col].prod(), P, placement=Tile(col, 0))
+        for head in range(heads):
+            tg = rt.task_group()
+            for col in range(n_cols):
+                # query tiles of this column's cores, round after round: parts stay together per tile
+                q_tap = TensorAccessPattern(
+                    (parts, heads * n_q * d), head * n_q * d + col * n_rows * q_rows * d,
+                    [rounds, n_rows, parts, q_rows * d], [cores * q_rows * d, q_rows * d, heads * n_q * d, 1],
+                )  # fmt: skip
+                rt.fill(q_fifos[col].prod(), Q, tap=q_tap, task_group=tg, placement=Tile(col, 0))
+                # the head's key and value tiles, once per round (every core of the column sees them)
+                kv_tap = TensorAccessPattern(
+                    (parts, heads * n_kv * d), head * n_kv * d,
+                    [rounds, kv_tiles, parts, kv_tile * d], [0, kv_tile * d, heads * n_kv * d, 1],
+                )  # fmt: skip
+                rt.fill(k_fifos[col].prod(), K, tap=kv_tap, task_group=tg, placement=Tile(col, 0))
+                rt.fill(v_fifos[col].prod(), V, tap=kv_tap, task_group=tg, placement=Tile(col, 0))
+                o_tap = TensorAccessPattern(
+                    (heads * n_q, d), (head * n_q + col * n_rows * q_rows) * d,
+                    [1, rounds, n_rows * q_rows, d], [0, cores * q_rows * d, d, 1],
+                )  # fmt: skip
+                rt.drain(o_fifos[col].cons(), O, tap=o_tap, wait=True, task_group=tg, placement=Tile(col, 0))
+            rt.finish_task_group(tg)
+
+    device = {"npu1": NPU1Col4, "npu2": NPU2}[profile_name]()
+    return Program(device, rt).resolve_program(SequentialPlacer())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="npu1", choices=("npu1", "npu2"))
+    parser.add_argument("--head-dim", type=int, required=True)
+    parser.add_argument("--precision", default="bf16", choices=("bf16", "accurate"))
+    parser.add_argument("--heads", type=int, required=True)
+    parser.add_argument("--n-q", type=int, required=True)
+    parser.add_argument("--n-kv", type=int, required=True)
+    args = parser.parse_args(argv)
+    print(build(args.profile, args.head_dim, args.precision, args.heads, args.n_q, args.n_kv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
