@@ -236,16 +236,18 @@ def decode(
     logit_filter = LogitFilter(tokenizer, options, sample_begin)
     tokens = np.tile(np.array(prompt, dtype=np.int64), (n_group, 1))  # (n_group, n)
     sum_logprobs = np.zeros(n_group, dtype=np.float64)
-    state = model.new_decoder_state(np.repeat(audio_features, n_group, axis=0))
-    no_speech_prob = float("nan")
+    state = model.new_decoder_state(audio_features)
 
-    new_tokens = tokens
-    for _ in range(sample_len):
-        logits = model.decode_step(state, new_tokens)  # (n_group, n_new, n_vocab)
-        if new_tokens is tokens:  # first step: the whole prompt
-            probs_at_sot = np.exp(log_softmax(logits[0, sot_index].astype(np.float64)))
-            no_speech_prob = float(probs_at_sot[tokenizer.no_speech])
-        logits = logits[:, -1].astype(np.float32, copy=True)  # (n_group, n_vocab)
+    # first step: the prompt, the same for every candidate, runs once; the cache is then repeated
+    logits = model.decode_step(state, tokens[:1])  # (1, len(prompt), n_vocab)
+    probs_at_sot = np.exp(log_softmax(logits[0, sot_index].astype(np.float64)))
+    no_speech_prob = float(probs_at_sot[tokenizer.no_speech])
+    logits = np.repeat(logits[:, -1], n_group, axis=0)  # (n_group, n_vocab)
+    state.repeat(n_group)
+    for step in range(sample_len):
+        if step > 0:
+            logits = model.decode_step(state, tokens[:, -1:])[:, -1]  # (n_group, n_vocab)
+        logits = logits.astype(np.float32, copy=True)
         logit_filter.apply(logits, tokens)
 
         if options.temperature == 0:
@@ -258,7 +260,6 @@ def decode(
         sum_logprobs += np.where(finished, 0.0, logprobs[np.arange(n_group), next_tokens])
         next_tokens[finished] = tokenizer.eot
         tokens = np.concatenate([tokens, next_tokens[:, None]], axis=1)
-        new_tokens = tokens[:, -1:]
         if (next_tokens == tokenizer.eot).all() or tokens.shape[1] > n_text_ctx:
             break
 

@@ -112,6 +112,15 @@ class DecoderState:
     past: dict[str, np.ndarray]
     n_tokens: int = 0
 
+    def repeat(self, n: int) -> None:
+        """Repeat a batch-1 state ``n`` times along the batch axis (candidates sharing one prompt)."""
+        if n == 1:
+            return
+        if self.audio_features.shape[0] != 1:
+            raise ValueError(f"only a batch-1 state can be repeated, this one has {self.audio_features.shape[0]}")
+        self.audio_features = np.repeat(self.audio_features, n, axis=0)
+        self.past = {name: np.repeat(value, n, axis=0) for name, value in self.past.items()}
+
 
 class WhisperModel:
     """A loaded Whisper model: encoder and decoder sessions, tokenizer, dimensions, device.

@@ -202,3 +202,19 @@ def test_english_only_model_rejects_other_languages_and_translation(tiny_en_mode
 def test_invalid_decoding_options(options, message):
     with pytest.raises(ValueError, match=message):
         DecodingOptions(**options)
+
+
+def test_a_repeated_prompt_state_equals_a_batched_first_step(tiny_en_model):
+    features = _first_window_features(tiny_en_model, "jfk.wav")
+    prompt = np.array([tiny_en_model.tokenizer.sot_sequence("en")])
+    repeated = tiny_en_model.new_decoder_state(features)
+    tiny_en_model.decode_step(repeated, prompt)
+    repeated.repeat(3)
+    batched = tiny_en_model.new_decoder_state(np.repeat(features, 3, axis=0))
+    tiny_en_model.decode_step(batched, np.repeat(prompt, 3, axis=0))
+    assert repeated.past.keys() == batched.past.keys() and repeated.n_tokens == batched.n_tokens
+    for name, value in batched.past.items():
+        np.testing.assert_allclose(repeated.past[name], value, rtol=0, atol=1e-4, err_msg=name)
+    next_tokens = np.array([[400], [500], [600]])
+    np.testing.assert_allclose(tiny_en_model.decode_step(repeated, next_tokens),
+                               tiny_en_model.decode_step(batched, next_tokens), rtol=0, atol=1e-3)
