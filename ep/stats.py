@@ -169,6 +169,25 @@ def snapshot() -> dict:
     return {"executors": executors, "totals": total}
 
 
+def since(before: dict) -> dict:
+    """Totals of the work done since ``before`` (an earlier ``snapshot()``): a JSON-ready dict.
+
+    Per-transcription numbers without resetting counters other callers may be reading.
+    """
+    now = snapshot()
+    totals = {}
+    for name, value in now["totals"].items():
+        earlier = before["totals"].get(name)
+        if isinstance(value, (int, float)):
+            totals[name] = value - (earlier or 0)
+        elif isinstance(value, dict):
+            earlier = earlier or {}
+            totals[name] = {key: count - earlier.get(key, 0) for key, count in value.items() if count != earlier.get(key, 0)}
+    first = now["executors"][0] if now["executors"] else {}
+    label = {key: first.get(key) for key in ("device", "profile", "precision")}
+    return {**label, "totals": totals, "executors": []}
+
+
 def reset() -> None:
     """Zero the per-call counters of every live executor."""
     for stats in list(_LIVE):
@@ -179,9 +198,9 @@ def summary(data: dict | None = None) -> str:
     """One line: launches, fallbacks, bytes, modelled device time, host overhead."""
     data = snapshot() if data is None else data
     total = data["totals"]
-    if not data["executors"]:
+    first = data["executors"][0] if data["executors"] else data
+    if not first.get("device") or not total.get("calls"):
         return "npu: no xdna node ran on an NPU executor"
-    first = data["executors"][0]
     label = f"{first['device']} {first['profile']} {first['precision']}"
     causes = ", ".join(f"{cause} x{count}" for cause, count in total["fallback_causes"].items())
     return (

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from xdna_ep.decoding import DecodingOptions, DecodingResult
+from xdna_ep.ep import stats as npu_stats
 
 if TYPE_CHECKING:
     import numpy as np
@@ -154,6 +155,7 @@ def transcribe(
         timing["encode"] += time.perf_counter() - clock
         return features, segment_size
 
+    npu_before = npu_stats.snapshot() if model.device in ("sim", "npu") else None
     stats: dict[str, Any] = {
         "model": model.name,
         "device": model.device,
@@ -292,6 +294,8 @@ def transcribe(
         progress.close()
     timing["total"] = time.perf_counter() - started
     stats["real_time_factor"] = timing["total"] / duration if duration > 0 else 0.0
+    if npu_before is not None:
+        stats["npu"] = npu_stats.since(npu_before)  # launches, bytes, modelled device time, fallbacks
     return Transcription(
         text="".join(segment.text for segment in segments).strip(),
         segments=segments,
@@ -389,6 +393,8 @@ def run_command(args: argparse.Namespace) -> int:
         if len(args.files) > 1:
             print(f"==> {file} <==")
         print(result.text)
+        if "npu" in result.stats:
+            print(npu_stats.summary(result.stats["npu"]), file=sys.stderr)
         if args.verbose:
             timing = ", ".join(f"{name} {seconds:.3f} s" for name, seconds in result.timing.items())
             print(f"{file}: {result.duration:.1f} s of audio, language {result.language}; {timing}", file=sys.stderr)

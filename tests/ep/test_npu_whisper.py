@@ -103,7 +103,7 @@ def _transcribe_tokens(model_name: str, clip: str, precision: str):
         temperature=0.0, without_timestamps=True, condition_on_previous_text=False, language="en"
     )
     result = transcribe(_loaded(model_name, precision), AUDIO_DIR / clip, options)
-    return [token for segment in result.segments for token in segment.tokens], result.text
+    return [token for segment in result.segments for token in segment.tokens], result
 
 
 _MODELS: dict = {}
@@ -125,8 +125,12 @@ def _loaded(model_name: str, precision: str):
     + [pytest.param("base", clip, marks=pytest.mark.slow) for clip in GOLDEN_CLIPS],
 )
 def test_accurate_precision_reproduces_the_golden_tokens(model_name, clip, goldens):
-    tokens, text = _transcribe_tokens(model_name, clip, "accurate")
+    tokens, result = _transcribe_tokens(model_name, clip, "accurate")
     assert tokens == goldens[clip][model_name]["tokens"]
+    npu = result.stats["npu"]  # what the transcription did on the (simulated) NPU, for the json output
+    assert npu["device"] == "sim" and npu["precision"] == "accurate"
+    assert npu["totals"]["launches"] >= 4 * 7  # at least the encoder pass: 6 GEMMs + attention per layer
+    assert npu["totals"]["fallbacks"] == 0
 
 
 @pytest.mark.slow
@@ -139,8 +143,8 @@ def test_bf16_transcripts_stay_close_to_the_cpu_transcripts(model_name, goldens)
 
     references, hypotheses = [], []
     for clip in GOLDEN_CLIPS:
-        _, text = _transcribe_tokens(model_name, clip, "bf16")
+        _, result = _transcribe_tokens(model_name, clip, "bf16")
         references.append(normalise(goldens[clip][model_name]["text"]))  # the fp32 CPU transcript
-        hypotheses.append(normalise(text))
+        hypotheses.append(normalise(result.text))
     word_error_rate = jiwer.wer(references, hypotheses)
     assert word_error_rate <= 0.05, (word_error_rate, list(zip(references, hypotheses)))
