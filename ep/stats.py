@@ -13,6 +13,7 @@ one); ``host_s`` is the rest of the executor's wall time (conversion to bf16, co
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from collections import Counter
@@ -152,8 +153,20 @@ class ExecutorStats:
 _LIVE: weakref.WeakSet[ExecutorStats] = weakref.WeakSet()
 
 
+def _op_fallbacks() -> dict[str, int]:
+    """Fallbacks the xdna ops counted ("<op>: <cause>" -> calls), if the op library is loaded."""
+    ops = sys.modules.get("xdna_ep.ep.ops")  # never import it here: it pulls in onnxruntime-extensions
+    if ops is None:
+        return {}
+    return {f"{op_type}: {cause}": count for (op_type, cause), count in ops.fallback_counts().items()}
+
+
 def snapshot() -> dict:
-    """Every live executor's statistics, and their sum: a JSON-ready dict."""
+    """Every live executor's statistics, and their sum: a JSON-ready dict.
+
+    The totals' fallbacks include the op calls the xdna ops recomputed on the CPU (``ep/ops.py``
+    counts them: an executor that failed cannot).
+    """
     executors = [stats.as_dict() for stats in list(_LIVE)]
     total = {name: 0 for name in _TOTAL_FIELDS}
     total.update(fallbacks=0, nodes=0, weight_bytes_to_device=0)
@@ -165,6 +178,9 @@ def snapshot() -> dict:
         total["nodes"] += entry["totals"]["nodes"]
         total["weight_bytes_to_device"] += entry["weight_bytes_to_device"]
         causes.update(entry["totals"]["fallback_causes"])
+    op_fallbacks = _op_fallbacks()
+    causes.update(op_fallbacks)
+    total["fallbacks"] += sum(op_fallbacks.values())
     total["fallback_causes"] = dict(causes)
     return {"executors": executors, "totals": total}
 

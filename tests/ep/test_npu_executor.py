@@ -142,3 +142,30 @@ def test_stats_snapshot_and_summary_cover_live_executors():
     assert data["totals"]["fallback_causes"].get("DeviceError", 0) >= 1
     line = stats.summary(data)
     assert "launches" in line and "modelled device time" in line and "DeviceError x1" in line
+
+
+def test_snapshot_counts_the_fallbacks_the_ops_recorded(monkeypatch):
+    from xdna_ep.ep import ops
+
+    monkeypatch.setattr(ops, "fallback_counts", lambda: {("MatMul", "DeviceError"): 2})
+    before = stats.snapshot()
+    assert before["totals"]["fallback_causes"]["MatMul: DeviceError"] == 2
+    assert before["totals"]["fallbacks"] >= 2
+    monkeypatch.setattr(ops, "fallback_counts", lambda: {("MatMul", "DeviceError"): 5})
+    assert stats.since(before)["totals"]["fallbacks"] == 3
+
+
+def test_designs_past_the_context_budget_drain_every_context_and_still_compute():
+    from xdna_ep.ep.xrt_backend import XrtDevice
+
+    with xrt.separate_machine("npu1"):
+        executor = NpuExecutor(device="sim", profile="npu1", precision="bf16")
+        executor.device = XrtDevice("sim", "npu1", context_budget=2)
+        weights = {k: _weights(executor, k, 128, seed=k)[0] for k in (64, 128, 192)}  # three GEMM designs
+        x = {k: np.ones((4, k), np.float32) for k in weights}
+        for k, w in weights.items():
+            got = executor.matmul(f"mm{k}", x[k], f"w{k}x128", "", "")
+            np.testing.assert_allclose(got, matmul_reference(x[k], w), rtol=1e-6, atol=1e-6)  # fp32 sum order
+        counters = executor.device.stats.as_dict()
+        assert counters["context_evictions"] >= 2  # the third design drained both open contexts
+        assert len(executor.device.designs) <= 2
