@@ -88,6 +88,7 @@ def run_passes(
             profile=profile,
         )
     shapes: ShapeTable = representative_shapes(model)
+    original_order = {node.output[0]: index for index, node in enumerate(model.graph.node) if node.output}
     log = MatchLog()
     counts: dict[str, int] = {}
     for name, fusion in FUSION_PASSES:
@@ -96,7 +97,10 @@ def run_passes(
         counts[name] = sum(log.fused.values()) - before
     decisions: list[NodePlacement] = []
     if partition_nodes:
-        model, _ = partition(model, shapes, profile=profile, placement=options, precision=precision, decisions=decisions)
+        model, _ = partition(
+            model, shapes, profile=profile, placement=options, precision=precision, decisions=decisions,
+            original_order=original_order,
+        )  # fmt: skip
     ensure_xdna_opset(model)
     return model, PassReport(
         role=role,

@@ -90,8 +90,13 @@ def partition(
     placement: PlacementOptions | str | None = None,
     precision: str = "bf16",
     decisions: list[NodePlacement] | None = None,
+    original_order: dict[str, int] | None = None,
 ) -> tuple[ModelProto, bool]:
-    """Place every xdna node on the NPU or write it back as its original nodes (in place)."""
+    """Place every xdna node on the NPU or write it back as its original nodes (in place).
+
+    ``original_order`` (first output name -> position in the model before the fusions) puts the
+    nodes back in their original order, so that a graph with everything on the CPU is the original.
+    """
     options = PlacementOptions.parse(placement)
     decisions = decisions if decisions is not None else []
     new_nodes: list[NodeProto] = []
@@ -108,12 +113,28 @@ def partition(
         else:
             new_nodes.extend(original_nodes)
             written_back += 1
+    if original_order:
+        new_nodes = _in_original_order(new_nodes, original_order)
     replace_nodes(model.graph, new_nodes)
     drop_original_records(model)
     removed = remove_dead_nodes(model)
     topological_sort(model.graph)
     ensure_xdna_opset(model)
     return model, bool(written_back or removed)
+
+
+def _in_original_order(nodes: list[NodeProto], original_order: dict[str, int]) -> list[NodeProto]:
+    """Stable sort by original position; a new node (helper) takes the position of the node after it."""
+    keys: list[float] = [0.0] * len(nodes)
+    following = float(len(original_order))
+    for index in range(len(nodes) - 1, -1, -1):
+        position = original_order.get(nodes[index].output[0]) if nodes[index].output else None
+        if position is None:
+            keys[index] = following - 0.5
+        else:
+            keys[index] = following = float(position)
+    order = sorted(range(len(nodes)), key=lambda index: (keys[index], index))
+    return [nodes[index] for index in order]
 
 
 def place_node(

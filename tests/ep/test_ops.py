@@ -125,5 +125,5 @@ def test_strict_session_raises_on_a_fallback(monkeypatch):
 
 def test_measure_op_overhead_reports_the_boundary_cost():
     result = ops.measure_op_overhead(n_ops=4, repeats=3)
-    assert set(result) == {"xdna_node_us", "xdna_executor_us", "ort_node_us", "xdna_boundary_overhead_us"}
+    assert {"xdna_node_us", "xdna_executor_us", "ort_node_us", "xdna_boundary_overhead_us"} <= set(result)
     assert result["xdna_node_us"] > 0 and result["ort_node_us"] > 0
