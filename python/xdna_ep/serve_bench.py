@@ -57,11 +57,16 @@ class LoadResult:
         return len(self.latencies)
 
 
+class RequestFailed(Exception):
+    """The server answered with an error status."""
+
+
 async def _request(client: Any, url: str, clip: Clip) -> str:
-    """POST one clip and return its text; raises RuntimeError('HTTP <status>') on an error status."""
-    response = await client.post(url, files={"file": (clip.name, clip.content)}, data={"model": "whisper-1"})
+    """POST one clip (json answer) and return its text; RequestFailed('HTTP <status>: <message>') on an error."""
+    fields = {"model": "whisper-1"} if url.endswith(DEFAULT_ENDPOINT) else {}
+    response = await client.post(url, files={"file": (clip.name, clip.content)}, data=fields)
     if response.status_code != 200:
-        raise RuntimeError(f"HTTP {response.status_code}")
+        raise RequestFailed(f"HTTP {response.status_code}: {response.text[:200]}")
     return response.json()["text"]
 
 
@@ -96,8 +101,8 @@ async def load_run(
             sent = time.perf_counter()
             try:
                 text = await _request(client, base_url + endpoint, clip)
-            except RuntimeError as error:
-                result.errors[str(error)] += 1
+            except RequestFailed as error:
+                result.errors[str(error).split(":")[0]] += 1
                 continue
             except httpx.HTTPError as error:
                 result.errors[type(error).__name__] += 1
@@ -146,6 +151,8 @@ def start_server(args: argparse.Namespace, max_queue: int, log_path: Path) -> tu
     """``xdna-ep serve`` on a free loopback port; returns (process, base URL) once /health answers."""
     import httpx
 
+    from xdna_ep.errors import XdnaError
+
     port = _free_port()
     command = [
         sys.executable, "-m", "xdna_ep", "serve", "--port", str(port), "--model", args.model, "--device", args.device,
@@ -158,14 +165,14 @@ def start_server(args: argparse.Namespace, max_queue: int, log_path: Path) -> tu
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}:\n{log_path.read_text()}")
+            raise XdnaError(f"the server exited with {process.returncode}:\n{log_path.read_text()}")
         try:
             httpx.get(f"{base_url}/health", timeout=1)
             return process, base_url
         except httpx.TransportError:
             time.sleep(0.2)
     process.terminate()
-    raise RuntimeError(f"the server did not answer within {STARTUP_TIMEOUT_S:g} s")
+    raise XdnaError(f"the server did not answer within {STARTUP_TIMEOUT_S:g} s")
 
 
 def load_clips(paths: list[Path]) -> list[Clip]:
@@ -197,6 +204,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the benchmark; exit status 1 when any request failed or was answered with another clip's text."""
+    import httpx
+
     from xdna_ep.errors import XdnaError
 
     paths = args.audio or [PACKAGED_SAMPLE]
@@ -218,7 +227,10 @@ def run_command(args: argparse.Namespace) -> int:
             process, base_url = start_server(args, max(args.clients), Path(log_folder.name) / "server.log")
         total_audio = sum(clip.seconds for clip in clips)
         print(f"POST {base_url}{args.endpoint}: {len(clips)} clips, {total_audio:.1f} s of audio", flush=True)
-        sequential = asyncio.run(reference_run(base_url, args.endpoint, clips, headers))
+        try:
+            sequential = asyncio.run(reference_run(base_url, args.endpoint, clips, headers))
+        except (RequestFailed, httpx.HTTPError) as error:
+            raise XdnaError(f"the reference run failed: {error}") from None
         print(f"reference: each clip once, one client: {sequential:.2f} s", flush=True)
         print(TABLE_HEADER, flush=True)
         results = []

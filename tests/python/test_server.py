@@ -547,3 +547,25 @@ def test_simulated_npu_reports_launches_and_placement(tmp_path):
         assert all(node["reason"] for node in encoder)
     finally:
         running.stop()
+
+
+def test_bench_serve_checks_every_answer_against_the_sequential_run(server):
+    result = subprocess.run(
+        [sys.executable, "-m", "xdna_ep", "bench-serve", "--url", server.url, "--api-key", API_KEY,
+         "--audio", str(AUDIO / "jfk.wav"), str(AUDIO / "espeak_device.wav"), "--clients", "1", "3",
+         "--requests", "1", "--endpoint", "/inference"],
+        capture_output=True, text=True, timeout=REQUEST_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if re.match(r"\s+\d+\s+\d+\s+\d+", line)]
+    # clients, sent, ok, errors, mixed
+    assert [row[:5] for row in rows] == [["1", "1", "1", "0", "0"], ["3", "3", "3", "0", "0"]]
+
+
+def test_bench_serve_names_a_missing_clip():
+    result = subprocess.run(
+        [sys.executable, "-m", "xdna_ep", "bench-serve", "--audio", "no-such-clip.wav"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "audio file not found: no-such-clip.wav" in result.stderr
