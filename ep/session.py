@@ -40,6 +40,7 @@ _executors: dict[tuple[str, str, str], Executor] = {}
 _executors_lock = threading.Lock()
 _current_device = "cpu"
 _warned_reference = False
+_auto_announced: set[str] = set()
 
 
 def check_device(device: str) -> str:
@@ -60,11 +61,14 @@ def resolve_device(device: str) -> str:
     check_device(device)
     if device != "auto":
         return device
-    if npu_present():
-        logger.warning("device auto: using the NPU (%s and pyxrt found)", NPU_DEVICE_NODE)
-        return "npu"
-    logger.warning("device auto: no NPU here (%s or pyxrt missing), running on the cpu", NPU_DEVICE_NODE)
-    return "cpu"
+    resolved = "npu" if npu_present() else "cpu"
+    if resolved not in _auto_announced:  # said once per process, not once per session
+        _auto_announced.add(resolved)
+        if resolved == "npu":
+            logger.warning("device auto: using the NPU (%s and pyxrt found)", NPU_DEVICE_NODE)
+        else:
+            logger.warning("device auto: no NPU here (%s or pyxrt missing), running on the cpu", NPU_DEVICE_NODE)
+    return resolved
 
 
 def resolve_profile(profile: str | None, device: str) -> str:

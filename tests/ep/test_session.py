@@ -36,7 +36,8 @@ def test_an_unknown_device_names_the_valid_ones():
 
 
 @pytest.mark.skipif(session_module.npu_present(), reason="an NPU is present: auto picks it")
-def test_auto_without_an_npu_says_it_runs_on_the_cpu(caplog):
+def test_auto_without_an_npu_says_it_runs_on_the_cpu(caplog, monkeypatch):
+    monkeypatch.setattr(session_module, "_auto_announced", set())
     with caplog.at_level(logging.WARNING, logger="xdna_ep.ep.session"):
         assert session_module.resolve_device("auto") == "cpu"
     assert any("no NPU here" in record.getMessage() for record in caplog.records)
