@@ -15,6 +15,16 @@ import numpy as np
 RTP_WORDS = 16
 
 
+def resolve(profile_name: str, runtime):
+    """The MLIR module of a design: the whole array of ``profile_name`` ("npu1": 4 columns, "npu2")."""
+    from aie.iron import Program
+    from aie.iron.device import NPU1Col4, NPU2
+    from aie.iron.placers import SequentialPlacer
+
+    device = {"npu1": NPU1Col4, "npu2": NPU2}[profile_name]()
+    return Program(device, runtime).resolve_program(SequentialPlacer())
+
+
 def rtp_buffer(name: str):
     """A runtime-parameter buffer of RTP_WORDS int32 the runtime sequence writes before starting."""
     from aie.iron import Buffer

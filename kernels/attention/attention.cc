@@ -26,6 +26,8 @@
 
 #include <aie_api/aie.hpp>
 
+#include "common/exp_f32.h"
+
 #ifndef HEAD_DIM
 #define HEAD_DIM 64
 #endif
@@ -45,26 +47,6 @@ constexpr unsigned STATE_L = STATE_M + Q_ROWS;
 constexpr unsigned STATE_ORIGIN = STATE_L + Q_ROWS; // [first query row, first key of the next tile]
 
 static_assert(HEAD_DIM % 16 == 0 && KV_TILE % 16 == 0 && Q_ROWS % 4 == 0, "vector widths");
-
-static inline float exp_f32(float x) {
-  // 2^(x log2 e): integer part into the exponent, fraction by a degree-6 polynomial (error < 2e-7)
-  if (x < -87.0f)
-    return 0.0f;
-  float y = x * 1.4426950408889634f;
-  float whole = (float)(int)y;
-  if (whole > y)
-    whole -= 1.0f;
-  float f = y - whole;
-  float p = 1.535336188e-4f;
-  p = p * f + 1.339887440e-3f;
-  p = p * f + 9.618437357e-3f;
-  p = p * f + 5.550332471e-2f;
-  p = p * f + 2.402264791e-1f;
-  p = p * f + 6.931472028e-1f;
-  p = p * f + 1.0f;
-  uint32_t bits = (uint32_t)((int)whole + 127) << 23;
-  return p * *reinterpret_cast<float *>(&bits);
-}
 
 // scores[r][c] = sum_d a[r][d] * b[c][d]: bf16 in, fp32 out (row-major tiles)
 template <unsigned ROWS, unsigned COLS, unsigned DEPTH>
@@ -133,10 +115,10 @@ static void attention_step(const bfloat16 *__restrict q, const bfloat16 *__restr
         probs_hi[r * KV_TILE + c] = probs_lo[r * KV_TILE + c] = (bfloat16)0.0f;
       continue;
     }
-    const float correction = m[r] == -__builtin_inff() ? 0.0f : exp_f32(m[r] - new_max);
+    const float correction = m[r] == -__builtin_inff() ? 0.0f : xdna_exp_f32(m[r] - new_max);
     float row_sum = 0.0f;
     for (unsigned c = 0; c < KV_TILE; ++c) {
-      const float p = exp_f32(scores[r * KV_TILE + c] - new_max);
+      const float p = xdna_exp_f32(scores[r * KV_TILE + c] - new_max);
       row_sum += p;
       const bfloat16 hi = (bfloat16)p; // conv_even rounding (set in the entry points)
       probs_hi[r * KV_TILE + c] = hi;

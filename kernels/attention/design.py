@@ -30,16 +30,15 @@ def build(profile_name: str, head_dim: int, precision: str, heads: int, n_q: int
     """The MLIR module of the attention design, with the runtime sequence of one (heads, n_q, n_kv) bucket."""
     from aie.dialects.arith import AddIOp, MulIOp
     from aie.extras.dialects.arith import constant
-    from aie.iron import Buffer, Kernel, ObjectFifo, Program, Runtime, Worker
+    from aie.iron import Buffer, Kernel, ObjectFifo, Runtime, Worker
     from aie.iron.controlflow import range_
-    from aie.iron.device import NPU1Col4, NPU2, Tile
-    from aie.iron.placers import SequentialPlacer
+    from aie.iron.device import Tile
     from aie.helpers.taplib import TensorAccessPattern
     from ml_dtypes import bfloat16
 
     from xdna_ep.ep.cost_model import ATTENTION_KV_TILE, ATTENTION_Q_ROWS_PER_CORE
     from xdna_ep.kernels.attention.spec import PARAMS_WORDS, AttentionSpec
-    from xdna_ep.kernels.iron_util import rtp_buffer, rtp_index, while_range
+    from xdna_ep.kernels.iron_util import resolve, rtp_buffer, rtp_index, while_range
 
     spec = AttentionSpec(head_dim=head_dim, precision=precision, profile=profile_name)
     spec.check_shape(heads, n_q, n_kv)
@@ -159,8 +158,7 @@ def build(profile_name: str, head_dim: int, precision: str, heads: int, n_q: int
                 rt.drain(o_fifos[col].cons(), O, tap=o_tap, wait=True, task_group=tg, placement=Tile(col, 0))
             rt.finish_task_group(tg)
 
-    device = {"npu1": NPU1Col4, "npu2": NPU2}[profile_name]()
-    return Program(device, rt).resolve_program(SequentialPlacer())
+    return resolve(profile_name, rt)
 
 
 def main(argv: list[str] | None = None) -> int:

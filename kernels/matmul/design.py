@@ -26,12 +26,12 @@ import numpy as np
 def build(profile_name: str, M: int, K: int, N: int):
     """The MLIR module of the GEMM design for K, with the runtime sequence of the (M, N) bucket."""
     from aie.helpers.taplib import TensorAccessPattern, TensorTiler2D
-    from aie.iron import Kernel, ObjectFifo, Program, Runtime, Worker
+    from aie.iron import Kernel, ObjectFifo, Runtime, Worker
     from aie.iron.controlflow import range_
-    from aie.iron.device import NPU1Col4, NPU2, Tile
-    from aie.iron.placers import SequentialPlacer
+    from aie.iron.device import Tile
     from ml_dtypes import bfloat16
 
+    from xdna_ep.kernels.iron_util import resolve
     from xdna_ep.kernels.matmul.spec import PARAMS_WORDS, MatmulSpec
 
     spec = MatmulSpec(k=K, profile=profile_name)
@@ -199,8 +199,7 @@ def build(profile_name: str, M: int, K: int, N: int):
                 rt.fill(p_fifos[col].prod(), P, tap=p_tap(col), task_group=tg, placement=Tile(col, 0))
             rt.finish_task_group(tg)
 
-    device = {"npu1": NPU1Col4, "npu2": NPU2}[profile_name]()
-    return Program(device, rt).resolve_program(SequentialPlacer())
+    return resolve(profile_name, rt)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,8 @@
 
 #include <aie_api/aie.hpp>
 
+#include "common/exp_f32.h"
+
 #ifndef DIM_M
 #define DIM_M 64
 #endif
@@ -98,39 +100,8 @@ static inline void matmul_blocked(const bfloat16 *__restrict pA, const bfloat16 
     }
 }
 
-// erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7), vectorised over 16 fp32 lanes.
-// exp(-x^2) is 2^(-x^2 * log2 e): integer part into the exponent, fraction by a degree-6 polynomial.
-static inline aie::vector<float, 16> exp2_f32(aie::vector<float, 16> x) {
-  x = aie::max(x, aie::broadcast<float, 16>(-126.0f));
-  aie::vector<float, 16> whole;
-  aie::vector<float, 16> frac;
-  for (unsigned lane = 0; lane < 16; ++lane) {
-    float v = x[lane];
-    float w = (float)(int)v;
-    if (w > v)
-      w -= 1.0f;
-    whole[lane] = w;
-    frac[lane] = v - w;
-  }
-  // 2^f on [0, 1): minimax coefficients (error < 2e-7)
-  aie::vector<float, 16> p = aie::broadcast<float, 16>(1.535336188e-4f);
-  p = aie::add(aie::mul(p, frac).to_vector<float>(), aie::broadcast<float, 16>(1.339887440e-3f));
-  p = aie::add(aie::mul(p, frac).to_vector<float>(), aie::broadcast<float, 16>(9.618437357e-3f));
-  p = aie::add(aie::mul(p, frac).to_vector<float>(), aie::broadcast<float, 16>(5.550332471e-2f));
-  p = aie::add(aie::mul(p, frac).to_vector<float>(), aie::broadcast<float, 16>(2.402264791e-1f));
-  p = aie::add(aie::mul(p, frac).to_vector<float>(), aie::broadcast<float, 16>(6.931472028e-1f));
-  p = aie::add(aie::mul(p, frac).to_vector<float>(), aie::broadcast<float, 16>(1.0f));
-  for (unsigned lane = 0; lane < 16; ++lane) {
-    int e = (int)whole[lane] + 127;
-    uint32_t bits = (uint32_t)e << 23;
-    float scale = *reinterpret_cast<float *>(&bits);
-    p[lane] = p[lane] * scale;
-  }
-  return p;
-}
-
+// erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7), vectorised over 16 fp32 lanes; exp(-z^2) per lane.
 static inline aie::vector<float, 16> gelu_erf_f32(aie::vector<float, 16> x) {
-  const float log2e = 1.4426950408889634f;
   aie::vector<float, 16> z = aie::mul(x, 0.7071067811865476f).to_vector<float>();
   aie::vector<float, 16> az = aie::abs(z);
   aie::vector<float, 16> denom = aie::add(aie::mul(az, 0.3275911f).to_vector<float>(), 1.0f);
@@ -142,7 +113,9 @@ static inline aie::vector<float, 16> gelu_erf_f32(aie::vector<float, 16> x) {
   poly = aie::add(aie::mul(poly, t).to_vector<float>(), 0.254829592f);
   poly = aie::mul(poly, t).to_vector<float>();
   aie::vector<float, 16> minus_z2 = aie::neg(aie::mul(az, az).to_vector<float>());
-  aie::vector<float, 16> e = exp2_f32(aie::mul(minus_z2, log2e).to_vector<float>());
+  aie::vector<float, 16> e;
+  for (unsigned lane = 0; lane < 16; ++lane)
+    e[lane] = xdna_exp_f32(minus_z2[lane]);
   aie::vector<float, 16> erf_abs = aie::sub(aie::broadcast<float, 16>(1.0f), aie::mul(poly, e).to_vector<float>());
   aie::mask<16> negative = aie::lt(z, 0.0f);
   aie::vector<float, 16> erf = aie::select(erf_abs, aie::neg(erf_abs), negative);

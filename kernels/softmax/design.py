@@ -22,13 +22,12 @@ import numpy as np
 
 def build(profile_name: str, cols: int, rows: int):
     """The MLIR module of the softmax design for ``cols``, with the runtime sequence for ``rows``."""
-    from aie.iron import Kernel, ObjectFifo, Program, Runtime, Worker
+    from aie.iron import Kernel, ObjectFifo, Runtime, Worker
     from aie.iron.controlflow import range_
-    from aie.iron.device import NPU1Col4, NPU2, Tile
-    from aie.iron.placers import SequentialPlacer
+    from aie.iron.device import Tile
     from aie.helpers.taplib import TensorAccessPattern
 
-    from xdna_ep.kernels.iron_util import rtp_buffer, rtp_index, while_range
+    from xdna_ep.kernels.iron_util import resolve, rtp_buffer, rtp_index, while_range
     from xdna_ep.kernels.softmax.spec import PARAMS_WORDS, SoftmaxSpec
 
     spec = SoftmaxSpec(cols=cols, profile=profile_name)
@@ -99,8 +98,7 @@ def build(profile_name: str, cols: int, rows: int):
             rt.drain(y_fifos[col].cons(), Y, tap=tap, wait=True, task_group=tg, placement=Tile(col, 0))
         rt.finish_task_group(tg)
 
-    device = {"npu1": NPU1Col4, "npu2": NPU2}[profile_name]()
-    return Program(device, rt).resolve_program(SequentialPlacer())
+    return resolve(profile_name, rt)
 
 
 def main(argv: list[str] | None = None) -> int:

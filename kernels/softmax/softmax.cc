@@ -7,7 +7,7 @@
 //
 // Unlike mlir-aie's stock aie2/softmax.cc (npu.md: it does not subtract the row max, and its bf16 exp
 // table returns garbage below about -142), this kernel subtracts the row max, computes exp in fp32
-// by range reduction (2^i * 2^f, degree-6 polynomial for 2^f, error < 2e-7), sums in fp32 and scales
+// (common/exp_f32.h: range reduction, degree-6 polynomial, error < 2e-7), sums in fp32 and scales
 // by one reciprocal. A row of -inf only gives NaN, as ONNX Runtime does.
 //
 //===----------------------------------------------------------------------===//
@@ -18,29 +18,12 @@
 
 #include <aie_api/aie.hpp>
 
+#include "common/exp_f32.h"
+
 static inline aie::vector<float, 16> exp_f32(aie::vector<float, 16> x) {
   aie::vector<float, 16> result;
-  for (unsigned lane = 0; lane < 16; ++lane) {
-    float v = x[lane];
-    if (v < -87.0f) {
-      result[lane] = 0.0f;
-      continue;
-    }
-    float y = v * 1.4426950408889634f;
-    float whole = (float)(int)y;
-    if (whole > y)
-      whole -= 1.0f;
-    float f = y - whole;
-    float p = 1.535336188e-4f;
-    p = p * f + 1.339887440e-3f;
-    p = p * f + 9.618437357e-3f;
-    p = p * f + 5.550332471e-2f;
-    p = p * f + 2.402264791e-1f;
-    p = p * f + 6.931472028e-1f;
-    p = p * f + 1.0f;
-    uint32_t bits = (uint32_t)((int)whole + 127) << 23;
-    result[lane] = p * *reinterpret_cast<float *>(&bits);
-  }
+  for (unsigned lane = 0; lane < 16; ++lane)
+    result[lane] = xdna_exp_f32(x[lane]);
   return result;
 }
 
