@@ -122,7 +122,7 @@ def _loaded(model_name: str, precision: str):
     ("model_name", "clip"),
     [("tiny.en", "jfk.wav")]
     + [pytest.param("tiny.en", clip, marks=pytest.mark.slow) for clip in GOLDEN_CLIPS[1:]]
-    + [pytest.param("base", clip, marks=pytest.mark.slow) for clip in GOLDEN_CLIPS],
+    + [pytest.param("base", clip, marks=pytest.mark.slow) for clip in GOLDEN_CLIPS[:2]],  # base is 3x slower
 )
 def test_accurate_precision_reproduces_the_golden_tokens(model_name, clip, goldens):
     tokens, result = _transcribe_tokens(model_name, clip, "accurate")
@@ -142,7 +142,7 @@ def test_bf16_transcripts_stay_close_to_the_cpu_transcripts(model_name, goldens)
         return " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
 
     references, hypotheses = [], []
-    for clip in GOLDEN_CLIPS:
+    for clip in GOLDEN_CLIPS if model_name == "tiny.en" else GOLDEN_CLIPS[:2]:
         _, result = _transcribe_tokens(model_name, clip, "bf16")
         references.append(normalise(goldens[clip][model_name]["text"]))  # the fp32 CPU transcript
         hypotheses.append(normalise(result.text))
