@@ -44,6 +44,12 @@ def plain_options() -> ort.SessionOptions:
     return options
 
 
+def run_x(model, x: np.ndarray, options: ort.SessionOptions | None = None) -> np.ndarray:
+    """Run a one-input ("x") one-output model on the CPU EP (optimizations off unless ``options``)."""
+    session = ort.InferenceSession(model.SerializeToString(), options or plain_options(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
 def real_inputs(folder: Path) -> dict[str, dict[str, np.ndarray]]:
     """Real feeds for the three sessions: the log-mel of jfk.wav, its encoder states, and the decoder
     states after the prompt (start of transcript + no timestamps + 'And')."""

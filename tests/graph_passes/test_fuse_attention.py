@@ -7,10 +7,9 @@ import math
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from real_sessions import model_folder, plain_options, whisper_config
+from real_sessions import model_folder, plain_options, run_x, whisper_config
 
 from xdna_ep.ep.session import bind, session_options
 from xdna_ep.graph_passes import xdna_ops
@@ -83,17 +82,12 @@ def attention_block(variant: str, mask: str | None = None) -> onnx.ModelProto:
     return model
 
 
-def run(model: onnx.ModelProto, x: np.ndarray, options: ort.SessionOptions | None = None) -> np.ndarray:
-    session = ort.InferenceSession(model.SerializeToString(), options or plain_options(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
-
-
 def fuse_and_run(model: onnx.ModelProto, x: np.ndarray) -> tuple[onnx.ModelProto, MatchLog, np.ndarray]:
     log = MatchLog()
     fused, _ = fuse_attention(onnx.ModelProto.FromString(model.SerializeToString()), representative_shapes(model), log)
     onnx.checker.check_model(fused)
     bound = bind(fused, device="cpu")
-    return fused, log, run(bound, x, session_options("cpu", base=plain_options()))
+    return fused, log, run_x(bound, x, session_options("cpu", base=plain_options()))
 
 
 @pytest.mark.parametrize("variant", ["scale_on_q_before_reshape", "div_on_scores", "sqrt_scale_on_both", "scale_on_k"])
@@ -101,7 +95,7 @@ def fuse_and_run(model: onnx.ModelProto, x: np.ndarray) -> tuple[onnx.ModelProto
 def test_variants_fuse_and_compute_the_same(variant, mask):
     model = attention_block(variant, mask)
     x = np.random.default_rng(2).standard_normal((1, 5, D)).astype(np.float32)
-    expected = run(model, x)
+    expected = run_x(model, x)
     fused, log, actual = fuse_and_run(model, x)
     attention = [n for n in fused.graph.node if n.domain == xdna_ops.DOMAIN and n.op_type == xdna_ops.ATTENTION]
     assert len(attention) == 1, log.rejections
@@ -119,7 +113,7 @@ def test_a_mask_that_is_not_causal_is_rejected_with_the_reason():
     fused, log, actual = fuse_and_run(model, x)
     assert not [n for n in fused.graph.node if n.domain == xdna_ops.DOMAIN]
     assert len(log.rejections) == 1 and "not causal" in log.rejections[0].reason
-    np.testing.assert_allclose(actual, run(model, x), rtol=0, atol=0)
+    np.testing.assert_allclose(actual, run_x(model, x), rtol=0, atol=0)
 
 
 def test_probabilities_as_a_graph_output_are_rejected_with_the_reason():

@@ -9,10 +9,9 @@ import re
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from real_sessions import model_folder, plain_options, whisper_config
+from real_sessions import model_folder, plain_options, run_x, whisper_config
 
 from xdna_ep.ep.session import bind, session_options
 from xdna_ep.graph_passes import xdna_ops
@@ -63,11 +62,6 @@ def linear(gelu: str | None, bias_first: bool = True, weight_from_transpose: boo
     return model
 
 
-def run(model: onnx.ModelProto, x: np.ndarray, options: ort.SessionOptions | None = None) -> np.ndarray:
-    session = ort.InferenceSession(model.SerializeToString(), options or plain_options(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
-
-
 @pytest.mark.parametrize(
     "gelu, bias_first, activation",
     [(None, True, ""), (None, False, ""), ("div", True, "gelu"), ("mul_half_first", False, "gelu")],
@@ -75,7 +69,7 @@ def run(model: onnx.ModelProto, x: np.ndarray, options: ort.SessionOptions | Non
 def test_linear_layers_fuse_and_compute_the_same(gelu, bias_first, activation):
     model = linear(gelu, bias_first)
     x = np.random.default_rng(5).standard_normal((2, 3, K)).astype(np.float32)
-    expected = run(model, x)
+    expected = run_x(model, x)
     log = MatchLog()
     fused, modified = fuse_matmul(onnx.ModelProto.FromString(model.SerializeToString()), log=log)
     assert modified
@@ -86,7 +80,7 @@ def test_linear_layers_fuse_and_compute_the_same(gelu, bias_first, activation):
     assert (attrs["weight_key"], attrs["bias_key"], attrs["activation"], attrs["k"], attrs["n"]) == ("W", "b", activation, K, N)
     # bias and GELU absorbed (their dead constants go at the partitioner's dead-node removal)
     assert [n.op_type for n in fused.graph.node if n.domain == "" and n.op_type != "Constant"] == ["Identity"]
-    actual = run(bind(fused, device="cpu"), x, session_options("cpu", base=plain_options()))
+    actual = run_x(bind(fused, device="cpu"), x, session_options("cpu", base=plain_options()))
     # the reference's erf (A&S 7.1.26, |error| <= 1.5e-7) differs from ONNX Runtime's in the last bits
     np.testing.assert_allclose(actual, expected, rtol=0, atol=2e-5)
 
