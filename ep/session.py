@@ -248,6 +248,7 @@ class InferenceSession(ort.InferenceSession):
             placement = os.environ.get(PLACEMENT_ENV) or "auto"
         model = compile(path_or_model, profile=profile, placement=placement, precision=precision, device=self.device)
         self.compiled = registry.lookup(model_key(model))
+        self.compiled.executor()  # the device opens and the weights go resident now: errors surface here
         options = session_options(self.device, base=sess_options)
         super().__init__(model.SerializeToString(), options, providers=providers, **kwargs)
 

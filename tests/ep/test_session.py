@@ -16,7 +16,7 @@ from real_sessions import model_folder, plain_options, real_inputs
 import xdna_ep
 from xdna_ep.ep import session as session_module
 from xdna_ep.ep.executor import ReferenceExecutor
-from xdna_ep.errors import ModelError
+from xdna_ep.errors import DeviceError, ModelError
 from xdna_ep.graph_passes import xdna_ops
 
 # every clip of goldens.json, jfk.wav first (the one that also runs outside the slow set)
@@ -34,6 +34,13 @@ def test_auto_without_an_npu_says_it_runs_on_the_cpu(caplog, monkeypatch):
     with caplog.at_level(logging.WARNING, logger="xdna_ep.ep.session"):
         assert session_module.resolve_device("auto") == "cpu"
     assert any("no NPU here" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.skipif(session_module.npu_present(), reason="an NPU is present")
+def test_device_npu_without_an_npu_is_an_error_when_the_session_opens(tiny_en):
+    folder, _ = tiny_en
+    with pytest.raises(DeviceError, match="(?i)npu"):
+        xdna_ep.InferenceSession(folder / "decoder_with_past_model.onnx", device="npu")
 
 
 def test_a_missing_model_is_a_model_error():
