@@ -429,6 +429,7 @@ class DeviceQueue:
         self.admitted = 0
         self.skipped_client_gone = 0  # taken out of the queue before they started
         self.stopped_client_gone = 0  # stopped while running
+        self.unread_client_gone = 0  # finished before the stop took effect; the answer had nobody to go to
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xdna-ep-device")
         self._recent_seconds: deque[float] = deque(maxlen=16)
 
@@ -471,8 +472,10 @@ class DeviceQueue:
                     raise ClientGone()
                 cancelled.set()
                 await asyncio.wait({waiter})
-                waiter.exception()  # retrieved (ClientGone, or None if it finished first): nobody reads it
-                self.stopped_client_gone += 1
+                if isinstance(waiter.exception(), ClientGone):
+                    self.stopped_client_gone += 1
+                else:
+                    self.unread_client_gone += 1
                 raise ClientGone()
 
     def _timed(self, work: Callable[[threading.Event], T], cancelled: threading.Event) -> T:
@@ -1002,6 +1005,7 @@ def create_app(options: ServerOptions, model: WhisperModel) -> FastAPI:
             "transcriptions": stats.transcriptions,
             "skipped_client_gone": queue.skipped_client_gone,
             "stopped_client_gone": queue.stopped_client_gone,
+            "unread_client_gone": queue.unread_client_gone,
             "audio_seconds": round(stats.audio_seconds, 3),
             "transcribe_seconds": round(stats.transcribe_seconds, 3),
             "real_time_factor": round(stats.transcribe_seconds / stats.audio_seconds, 4) if stats.audio_seconds else None,
