@@ -122,7 +122,10 @@ def session_options(device: str = DEFAULT_DEVICE, *, base: ort.SessionOptions | 
     global _current_device
     from xdna_ep.ep import ops
 
-    _current_device = resolve_device(device)
+    resolved = resolve_device(device)
+    if resolved == "npu" and not npu_present():
+        raise DeviceError(f"device npu: no NPU here ({NPU_DEVICE_NODE} or pyxrt missing); use device sim or cpu")
+    _current_device = resolved
     options = base if base is not None else ort.SessionOptions()
     options.register_custom_ops_library(ops.library_path())
     return options

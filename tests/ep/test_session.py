@@ -41,6 +41,8 @@ def test_device_npu_without_an_npu_is_an_error_when_the_session_opens(tiny_en):
     folder, _ = tiny_en
     with pytest.raises(DeviceError, match="(?i)npu"):
         xdna_ep.InferenceSession(folder / "decoder_with_past_model.onnx", device="npu")
+    with pytest.raises(DeviceError, match="no NPU here"):
+        xdna_ep.session_options(device="npu")
 
 
 def test_a_missing_model_is_a_model_error():
