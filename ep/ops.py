@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 
@@ -95,15 +96,20 @@ class _Node:
     every call), its model resolved once. ``__call__`` is the hot path and never raises."""
 
     op_type = ""
-    __slots__ = ("name", "model", "stats")
+    __slots__ = ("name", "_model", "stats")
 
     def __init__(self, attributes: dict) -> None:
         self.name = attributes.get("node", "")
         try:
-            self.model: CompiledModel | None = lookup(attributes.get("model_key", ""))
+            self._model = weakref.ref(lookup(attributes.get("model_key", "")))
         except KeyError:
-            self.model = None
+            self._model = lambda: None
         self.stats = STATS[self.op_type]
+
+    @property
+    def model(self) -> CompiledModel | None:
+        """The compiled model (None once released: its session is gone)."""
+        return self._model()
 
     def compute(self, executor: Executor, inputs: list) -> np.ndarray:
         raise NotImplementedError

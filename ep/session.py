@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import onnx
 import onnxruntime as ort
 from onnx import ModelProto, numpy_helper
 
+from xdna_ep.ep import registry
 from xdna_ep.ep.executor import Executor, ReferenceExecutor
 from xdna_ep.errors import DeviceError, FallbackError, ModelError
 
@@ -36,7 +38,8 @@ PLACEMENT_ENV = "XDNA_EP_PLACEMENT"  # placement of InferenceSession when none i
 NPU_DEVICE_NODE = Path("/dev/accel/accel0")
 MODEL_KEY_METADATA = "xdna.model_key"  # metadata_props entry naming a compiled model's registry key
 
-_executors: dict[tuple[str, str, str], Executor] = {}
+# one executor per (device, profile, precision), alive while a compiled model uses it
+_executors: weakref.WeakValueDictionary[tuple[str, str, str], Executor] = weakref.WeakValueDictionary()
 _executors_lock = threading.Lock()
 _current_device = "cpu"
 _warned_reference = False
@@ -89,8 +92,9 @@ def make_executor(device: str, profile: str, precision: str) -> Executor:
     device = resolve_device(device)
     key = (device, profile, precision)
     with _executors_lock:
-        if key in _executors:
-            return _executors[key]
+        executor = _executors.get(key)
+        if executor is not None:
+            return executor
         if device == "cpu":
             executor: Executor = ReferenceExecutor()
         else:
@@ -186,7 +190,6 @@ def bind(
 
     The weights leave the graph (in place); the model then only runs in this process.
     """
-    from xdna_ep.ep import registry
     from xdna_ep.graph_passes import xdna_ops
     from xdna_ep.graph_passes.graph import remove_unused_initializers
 
@@ -245,8 +248,6 @@ class InferenceSession(ort.InferenceSession):
                 source = str(load_model_path(path_or_model))
             super().__init__(source, sess_options, providers=providers, **kwargs)
             return
-        from xdna_ep.ep import registry
-
         if placement is None:
             placement = os.environ.get(PLACEMENT_ENV) or "auto"
         model = compile(path_or_model, profile=profile, placement=placement, precision=precision, device=self.device)
@@ -254,6 +255,11 @@ class InferenceSession(ort.InferenceSession):
         self.compiled.executor()  # the device opens and the weights go resident now: errors surface here
         options = session_options(self.device, base=sess_options)
         super().__init__(model.SerializeToString(), options, providers=providers, **kwargs)
+
+    def __del__(self) -> None:
+        # the compiled model's weights (and, with the last user, its executor) go with the session
+        if getattr(self, "compiled", None) is not None:
+            registry.release(self.compiled.key)
 
     @property
     def report(self):
