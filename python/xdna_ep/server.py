@@ -430,6 +430,8 @@ class DeviceQueue:
         self.skipped_client_gone = 0  # taken out of the queue before they started
         self.stopped_client_gone = 0  # stopped while running
         self.unread_client_gone = 0  # finished before the stop took effect; the answer had nobody to go to
+        self._submitted = 0  # work handed to the worker and not yet returned (event loop's thread)
+        self.running = 0  # work the worker is running, 0 or 1 (worker thread)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xdna-ep-device")
         self._recent_seconds: deque[float] = deque(maxlen=16)
 
@@ -445,6 +447,11 @@ class DeviceQueue:
 
     def release(self) -> None:
         self.admitted -= 1
+
+    @property
+    def waiting(self) -> int:
+        """Requests whose audio is decoded and that wait for the device."""
+        return max(0, self._submitted - self.running)
 
     def retry_after_seconds(self) -> int:
         recent = list(self._recent_seconds)  # a copy: the worker thread appends to the deque
@@ -462,29 +469,35 @@ class DeviceQueue:
         cancelled = threading.Event()
         future = self._executor.submit(self._timed, work, cancelled)
         waiter = asyncio.wrap_future(future)
-        while True:
-            done, _ = await asyncio.wait({waiter}, timeout=DISCONNECT_POLL_SECONDS)
-            if done:
-                return waiter.result()
-            if await request.is_disconnected():
-                if future.cancel():
-                    self.skipped_client_gone += 1
+        self._submitted += 1
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiter}, timeout=DISCONNECT_POLL_SECONDS)
+                if done:
+                    return waiter.result()
+                if await request.is_disconnected():
+                    if future.cancel():
+                        self.skipped_client_gone += 1
+                        raise ClientGone()
+                    cancelled.set()
+                    await asyncio.wait({waiter})
+                    if isinstance(waiter.exception(), ClientGone):
+                        self.stopped_client_gone += 1
+                    else:
+                        self.unread_client_gone += 1
                     raise ClientGone()
-                cancelled.set()
-                await asyncio.wait({waiter})
-                if isinstance(waiter.exception(), ClientGone):
-                    self.stopped_client_gone += 1
-                else:
-                    self.unread_client_gone += 1
-                raise ClientGone()
+        finally:
+            self._submitted -= 1
 
     def _timed(self, work: Callable[[threading.Event], T], cancelled: threading.Event) -> T:
+        self.running += 1
         start = time.perf_counter()
         try:
             return work(cancelled)
         finally:
             if not cancelled.is_set():
                 self._recent_seconds.append(time.perf_counter() - start)
+            self.running -= 1
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -1009,7 +1022,10 @@ def create_app(options: ServerOptions, model: WhisperModel) -> FastAPI:
             "audio_seconds": round(stats.audio_seconds, 3),
             "transcribe_seconds": round(stats.transcribe_seconds, 3),
             "real_time_factor": round(stats.transcribe_seconds / stats.audio_seconds, 4) if stats.audio_seconds else None,
-            "queue": {"admitted": queue.admitted, "capacity": queue.capacity},
+            "queue": {
+                "admitted": queue.admitted, "waiting": queue.waiting, "running": queue.running,
+                "capacity": queue.capacity,
+            },
             "device": _json_safe(
                 {"device": device, "profile": profile, **device_totals(model), "placement": placement}
             ),
