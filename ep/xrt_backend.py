@@ -86,7 +86,7 @@ def check(binding, state, what: str) -> None:
     if state == binding.ert_cmd_state.ERT_CMD_STATE_COMPLETED:
         return
     name = getattr(state, "name", str(state))
-    raise DeviceError(f"{what}: {name}: {STATE_MEANINGS.get(name, 'unknown command state')}")
+    raise DeviceError(f"{what}: {name}: {STATE_MEANINGS.get(name, 'unknown command state')}", cause=name)
 
 
 class Buffer:
@@ -243,7 +243,7 @@ class XrtDevice:
             try:
                 return function()
             except RuntimeError as error:
-                raise DeviceError(f"{self.backend} {what}: {error}") from error
+                raise DeviceError(f"{self.backend} {what}: {error}", cause=what.split()[0]) from error
 
     def xclbin_path(self, spec) -> Path:
         """The xclbin file of ``spec``: built by CMake (npu), generated from the spec (sim)."""

@@ -19,7 +19,15 @@ class ModelError(XdnaError):
 
 
 class DeviceError(XdnaError):
-    """The requested device is absent or failed in a way that cannot be recovered."""
+    """The requested device is absent or failed in a way that cannot be recovered.
+
+    ``cause``: what failed, in a word fallback counters group by (a command state such as
+    ``ERT_CMD_STATE_TIMEOUT``, or the pyxrt step: ``hw_context``, ``xclbin``, ``bo.sync``, ...).
+    """
+
+    def __init__(self, message: str, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class FallbackError(XdnaError):
