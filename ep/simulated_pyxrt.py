@@ -15,7 +15,9 @@ message naming the problem where the real stack would crash, hang, or silently c
 - unknown kernel names and missing or non-simulated xclbin files are errors; ``device.load_xclbin`` is
   not supported on the NPU (npu.md);
 - hardware contexts are limited system-wide (6 on npu1, 16 on npu2); a launch that would run past the
-  driver's job timeout ends in ``ERT_CMD_STATE_TIMEOUT`` with its output untouched.
+  driver's job timeout ends in ``ERT_CMD_STATE_TIMEOUT`` with zeros in its outputs;
+- the faults of ``ep/faults.py`` (launch error, timeout, no hardware context, device lost, missing
+  xclbin) fire where a test injects them.
 
 Kernels execute their NumPy reference (``kernels/<kind>/reference.py``) on the device copies. Every
 launch, sync and design switch is recorded in the ledger of the simulated machine, with a modelled time
@@ -39,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xdna_ep.ep import cost_model
+from xdna_ep.ep import cost_model, faults
 from xdna_ep.ep.device import DEFAULT_PROFILE, DeviceProfile, get_profile
 from xdna_ep.kernels import artifacts
 
@@ -171,6 +173,15 @@ def separate_machine(profile: str | DeviceProfile = DEFAULT_PROFILE) -> Iterator
         _NPU = previous
 
 
+def _check_device(what: str, point: str | None = None) -> str | None:
+    """Raise as XRT does once the device is gone (injected ``device_lost``); else the fault firing at
+    ``point`` (default ``what``), if any, for the caller to act on."""
+    fault = faults.trip(point or what)
+    if fault == "device_lost":
+        raise RuntimeError(f"{what}: No such device: the NPU is gone (injected fault)")
+    return fault
+
+
 def enumerate_devices() -> int:
     return 1
 
@@ -204,6 +215,8 @@ class xclbin:  # noqa: N801 - pyxrt's spelling
 
     def __init__(self, filename: str) -> None:
         path = Path(filename)
+        if faults.trip("xclbin") == "missing_xclbin":
+            raise RuntimeError(f"xclbin {path}: No such file or directory (injected fault)")
         try:
             text = path.read_text()
         except FileNotFoundError:
@@ -241,6 +254,7 @@ class device:  # noqa: N801 - pyxrt's spelling
         self._registered: dict[uuid, xclbin] = {}
 
     def register_xclbin(self, image: xclbin) -> uuid:
+        _check_device("register_xclbin")
         profile = image.manifest["params"].get("profile")
         if profile != self._npu.profile.name:
             raise RuntimeError(
@@ -271,6 +285,11 @@ class hw_context:  # noqa: N801 - pyxrt's spelling
         if image is None:
             raise RuntimeError(f"hw_context: xclbin {xclbin_uuid.to_string()} is not registered with the device")
         npu = dev._npu
+        if _check_device("hw_context") == "no_context":
+            raise RuntimeError(
+                f"hw_context: no hardware context left: other processes hold all {npu.profile.hw_contexts} of "
+                f"{npu.profile.name} (injected fault)"
+            )
         with npu.lock:
             limit = npu.profile.hw_contexts
             if len(npu.live_contexts) >= limit:
@@ -319,6 +338,7 @@ class bo:  # noqa: N801 - pyxrt's spelling
         size = int(size)
         if size <= 0:
             raise RuntimeError(f"bo: size {size} must be positive")
+        _check_device("bo")
         self._npu = dev._npu
         self.flags_value = int(flags)
         self.group = int(group)
@@ -353,6 +373,7 @@ class bo:  # noqa: N801 - pyxrt's spelling
         return self.host[skip : skip + size].view(np.int8).copy()
 
     def sync(self, direction: xclBOSyncDirection, size: int | None = None, offset: int = 0) -> None:
+        _check_device("bo.sync", point="sync")
         size = self.host.size - offset if size is None else int(size)
         if offset < 0 or size < 0 or offset + size > self.host.size:
             raise RuntimeError(f"bo.sync: {size} bytes at offset {offset} overflow a {self.host.size}-byte buffer")
@@ -435,6 +456,17 @@ def _compute_s(profile: DeviceProfile, spec, shape: tuple[int, ...]) -> float:
         return cost_model.attention_compute_s(profile, heads, n_q, n_kv, head_dim, spec.parts)
     rows, cols = shape
     return cost_model.softmax_compute_s(profile, rows, cols)
+
+
+def _zero_outputs(spec, buffers: dict[str, bo]) -> None:
+    """What a timed-out job leaves in its outputs: zeros on the device (synced back, they read as 0.0)."""
+    for arg in spec.args:
+        if arg.direction != "in":
+            buffer = buffers[arg.name]
+            buffer.device_copy[:] = 0
+            buffer.host[:] = _POISON
+            buffer.written_by_kernel = True
+            buffer.stale = (0, buffer.device_copy.size)
 
 
 class run:  # noqa: N801 - pyxrt's spelling
@@ -592,6 +624,7 @@ class kernel:  # noqa: N801 - pyxrt's spelling
         npu = self.context._npu
         profile = npu.profile
         design = self.context.xclbin.manifest["name"]
+        fault = _check_device(f"kernel {self.name}", point="launch")
         with npu.lock:
             switched = npu.loaded_design != design
             compute = _compute_s(profile, spec, shape)
@@ -600,10 +633,15 @@ class kernel:  # noqa: N801 - pyxrt's spelling
             npu.ledger.launches += 1
             npu.ledger.design_switches += int(switched)
             npu.ledger.modelled_s += modelled
-            if compute > profile.driver_timeout_s:
+            if fault == "launch_error":
+                npu.ledger.records.append(LaunchRecord(design, spec.kind, shape, modelled, switched, "ERROR"))
+                return ert_cmd_state.ERT_CMD_STATE_ERROR
+            if compute > profile.driver_timeout_s or fault == "timeout":
                 npu.ledger.records.append(
                     LaunchRecord(design, spec.kind, shape, modelled, switched, "TIMEOUT")
                 )
+                _zero_outputs(spec, buffers)
+                npu.loaded_design = None  # the driver restarted every context: the array is configured again
                 return ert_cmd_state.ERT_CMD_STATE_TIMEOUT
             try:
                 outputs = _execute(spec, shape, buffers)
