@@ -20,11 +20,13 @@ What onnxruntime-extensions 0.15.2 Python ops demand (design.md), and how this f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import weakref
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,17 +77,56 @@ def reset_stats() -> None:
     FALLBACK_CAUSES.clear()
 
 
+@dataclass(frozen=True)
+class Fallback:
+    """One op call that was recomputed on the CPU."""
+
+    op_type: str
+    node: str
+    cause: str  # what counters group by: "DeviceError: ERT_CMD_STATE_TIMEOUT", "ValueError", ...
+    message: str  # the error in full
+
+
+_this_run = threading.local()  # .fallbacks: the list collect_fallbacks() opened on this thread, if any
+
+
+@contextlib.contextmanager
+def collect_fallbacks() -> Iterator[list[Fallback]]:
+    """The fallbacks of the xdna ops that run on this thread inside the block, in order.
+
+    ONNX Runtime's sequential executor (its default) runs every node on the thread that called
+    ``run()``: a run wrapped in this block sees its own fallbacks, never another thread's.
+    """
+    previous = getattr(_this_run, "fallbacks", None)
+    collected: list[Fallback] = []
+    _this_run.fallbacks = collected
+    try:
+        yield collected
+    finally:
+        _this_run.fallbacks = previous
+
+
+def cause_of(error: BaseException) -> str:
+    """The cause a fallback is counted and warned under: the error type, and the device's cause if it gave one."""
+    cause = getattr(error, "cause", None)
+    return f"{type(error).__name__}: {cause}" if cause else type(error).__name__
+
+
 def _record_fallback(op_type: str, node: str, model: CompiledModel | None, error: BaseException) -> None:
-    cause = f"{type(error).__name__}: {error}"
-    cause_kind = type(error).__name__
-    STATS[op_type].fallbacks += 1
-    FALLBACK_CAUSES[(op_type, cause_kind)] += 1
-    if model is not None:
-        model.fallbacks += 1
-    with _warn_lock:
-        if (op_type, cause_kind) not in _warned:
-            _warned.add((op_type, cause_kind))
-            logger.warning("xdna::%s %s fell back to the CPU (%s); further such fallbacks are only counted", op_type, node, cause)
+    message = f"{type(error).__name__}: {error}"
+    cause = cause_of(error)
+    with _warn_lock:  # several sessions run ops at once (threads): counts stay exact
+        STATS[op_type].fallbacks += 1
+        FALLBACK_CAUSES[(op_type, cause)] += 1
+        if model is not None:
+            model.fallbacks += 1
+        first = (op_type, cause) not in _warned
+        _warned.add((op_type, cause))
+    collected = getattr(_this_run, "fallbacks", None)
+    if collected is not None:
+        collected.append(Fallback(op_type, node, cause, message))
+    if first:
+        logger.warning("xdna::%s %s fell back to the CPU (%s); further such fallbacks are only counted", op_type, node, message)
 
 
 # --- the ops ---------------------------------------------------------------------------------------

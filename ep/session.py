@@ -258,22 +258,30 @@ class InferenceSession(ort.InferenceSession):
 
     def __del__(self) -> None:
         # the compiled model's weights (and, with the last user, its executor) go with the session
-        if getattr(self, "compiled", None) is not None:
-            registry.release(self.compiled.key)
+        compiled = getattr(self, "compiled", None)
+        if compiled is not None:
+            try:
+                registry.release(compiled.key)
+            except (TypeError, AttributeError):  # interpreter shutdown: module globals already cleared
+                pass
 
     @property
     def report(self):
         return self.compiled.report if self.compiled is not None else None
 
     def run(self, output_names, input_feed, run_options=None):
-        before = self.compiled.fallbacks if self.compiled is not None else 0
-        outputs = super().run(output_names, input_feed, run_options)
-        if self.strict and self.compiled is not None and self.compiled.fallbacks > before:
-            from xdna_ep.ep.ops import fallback_counts
+        if not self.strict or self.compiled is None:
+            return super().run(output_names, input_feed, run_options)
+        from xdna_ep.ep.ops import collect_fallbacks
 
-            causes = ", ".join(f"{op}: {cause} x{count}" for (op, cause), count in fallback_counts().items())
+        with collect_fallbacks() as fallbacks:  # this run's, not those of other threads' runs
+            outputs = super().run(output_names, input_feed, run_options)
+        if fallbacks:
+            first = fallbacks[0]
+            causes = sorted({fallback.cause for fallback in fallbacks})
             raise FallbackError(
-                f"strict: {self.compiled.fallbacks - before} NPU op call(s) were recomputed on the CPU ({causes})"
+                f"strict: {len(fallbacks)} NPU op call(s) were recomputed on the CPU, first xdna::{first.op_type} "
+                f"node {first.node!r}: {first.message} (causes: {', '.join(causes)})"
             )
         return outputs
 
