@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import statistics
 import sys
 import tempfile
@@ -1083,7 +1084,26 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
     )
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port), bound before the model loads so a taken port fails at once."""
+    from xdna_ep.errors import XdnaError
+
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, protocol)
+    except OSError as error:
+        raise XdnaError(f"cannot listen on {host}:{port}: {error}") from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        raise XdnaError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    return sock
+
+
 def run_command(args: argparse.Namespace) -> int:
+    """``xdna-ep serve``: bind, load the model once, serve until interrupted (SIGINT/SIGTERM)."""
     import uvicorn
 
     from xdna_ep.model import WhisperModel
@@ -1096,10 +1116,14 @@ def run_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
     if options.host not in LOOPBACK_HOSTS and options.api_key is None:
         log.warning("listening on %s without --api-key: anyone who can reach it may use it", options.host)
-    model = WhisperModel(options.model, device=options.device, profile=options.profile)
-    app = create_app(options, model)
-    config = uvicorn.Config(
-        app, host=options.host, port=options.port, log_level=args.log_level, timeout_graceful_shutdown=10
-    )
-    uvicorn.Server(config).run()
+    sock = listening_socket(options.host, options.port)
+    try:
+        model = WhisperModel(options.model, device=options.device, profile=options.profile)
+        app = create_app(options, model)
+        host, port = sock.getsockname()[:2]
+        log.info("serving %s on device %s at http://%s:%d", model.name, model.device, host, port)
+        config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=10)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0

@@ -185,6 +185,19 @@ def test_serve_rejects_a_bad_option_without_traceback():
     assert "Traceback" not in result.stderr
 
 
+def test_serve_fails_at_once_on_a_taken_port():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "xdna_ep", "serve", "--port", str(port)], capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # --- contracts ----------------------------------------------------------------------------------------------
 
 
