@@ -264,6 +264,7 @@ def test_openai_client_verbose_json_with_segments(server):
     assert normalise(result.text).replace("cotton", "carton") == golden_text("librispeech-1995-1837-0001.wav")
 
 
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the client's notice about translations
 def test_openai_translation_needs_a_multilingual_model(server):
     client = openai_client(server)
     with open(AUDIO / "jfk.wav", "rb") as audio, pytest.raises(openai.BadRequestError, match="multilingual"):
