@@ -16,6 +16,7 @@ from xdna_ep.errors import XdnaError
 COMMANDS: dict[str, tuple[str, str]] = {
     "transcribe": ("xdna_ep.transcribe", "transcribe audio files"),
     "models": ("xdna_ep.models.cli", "export and list Whisper ONNX models"),
+    "bench-transcribe": ("xdna_ep.bench_transcribe", "time transcription against faster-whisper on the same weights"),
     "inspect": ("xdna_ep.inspect_model", "show the fused nodes of a model, their placement and why"),
     "serve": ("xdna_ep.server", "HTTP transcription server (OpenAI audio API, whisper.cpp /inference)"),
     "bench-serve": ("xdna_ep.serve_bench", "load the HTTP server with concurrent clients; check every answer"),
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     try:
         return int(args._module.run_command(args) or 0)
-    except XdnaError as error:
+    except (XdnaError, ValueError) as error:  # ValueError: an option dataclass refused a value
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
