@@ -428,6 +428,20 @@ def test_upload_over_the_size_limit_gets_413(server):
     assert "at most 629145 bytes" in response.json()["error"]["message"]
 
 
+def test_declared_body_far_over_the_limit_gets_413_before_it_is_sent(server):
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(
+            f"POST /inference HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000000\r\n\r\n".encode()
+        )  # headers only: the 100 MB body never comes
+        answer = b""
+        while b"upload too large" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"upload too large" in answer
+
+
 def test_recording_over_the_duration_limit_gets_413(server):
     response = post(server, "/inference", "libri-1088-134315-0000.wav")  # 16 s, limit 12 s
     assert response.status_code == 413
