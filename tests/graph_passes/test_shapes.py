@@ -1,0 +1,37 @@
+"""shapes: which Whisper session a model is, and its tensor shapes at representative sizes."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+from real_sessions import model_folder, whisper_config
+
+from xdna_ep.graph_passes.shapes import (
+    DECODER,
+    DECODER_WITH_PAST,
+    ENCODER,
+    representative_shapes,
+    session_role,
+)
+
+
+@pytest.mark.parametrize(
+    "session, role, attention_scores, assumed",
+    [
+        ("encoder_model", ENCODER, (1, "h", 1500, 1500), "batch_size=1"),
+        ("decoder_model", DECODER, (1, "h", 4, 1500), "decoder_sequence_length=4 (prompt of about 4 tokens)"),
+        ("decoder_with_past_model", DECODER_WITH_PAST, (1, "h", 1, 1500), "decoder_sequence_length=1 (one token per step)"),
+    ],
+)
+def test_roles_and_representative_shapes_of_tiny_en(session, role, attention_scores, assumed):
+    folder = model_folder("tiny.en")
+    n_head = whisper_config(folder)["n_audio_head"]
+    model = onnx.load(str(folder / f"{session}.onnx"), load_external_data=False)
+    assert session_role(model) == role
+    table = representative_shapes(model)
+    assert assumed in table.assumptions
+    # the last cross- (or encoder self-) attention's scores, at the representative sizes
+    scores = [node.input[0] for node in model.graph.node if node.op_type == "Softmax"][-1]
+    expected = tuple(n_head if dim == "h" else dim for dim in attention_scores)
+    assert table.shape(scores) == expected
+    assert table.is_float32(scores) is True
