@@ -5,7 +5,8 @@ window is cut from it at ``seek`` and zero-padded to 3000 frames; after a window
 the last complete timestamp pair (or by the full window), so no speech is dropped or decoded twice
 at window edges. A window whose decoding is too repetitive (compression ratio) or too unlikely
 (average log probability) is decoded again at the next temperature; a window the model calls
-silence (``no_speech_prob``) with an unlikely decoding is skipped.
+silence (``no_speech_prob``) with an unlikely decoding is skipped, and so is a window of digital
+silence (a constant log-mel), without decoding: Whisper hears "you" in it.
 """
 
 from __future__ import annotations
@@ -212,6 +213,15 @@ def transcribe(
     seek = 0
     while seek < content_frames:
         time_offset = seek * HOP_LENGTH / SAMPLE_RATE
+        silent_frames = min(N_FRAMES, content_frames - seek)
+        if np.ptp(mel[:, seek:seek + silent_frames]) == 0:
+            # a constant log-mel (digital silence) holds nothing to hear: decoding it only hallucinates ("you")
+            stats["windows"] += 1
+            stats["skipped_no_speech"] += 1
+            seek += silent_frames
+            if progress is not None:
+                progress.update(round(silent_frames * HOP_LENGTH / SAMPLE_RATE, 2))
+            continue
         if first_window is not None and seek == 0:
             features, segment_size = first_window
         else:
