@@ -17,6 +17,10 @@ HISTORY.md's 512^3 GEMM from raw pyxrt in 0.267 ms (launch and copies included).
 within 17 % (``tests/ep/test_cost_model.py`` asserts 25 %). The first term is the MAC work; the second
 is the per-output-element cost (accumulator drain to DDR) that makes skinny-K GEMMs slow.
 
+The dynamic-K GEMM design (K in the instruction stream, ``kernels/matmul/spec.py``) adds its runtime
+parameters to every launch (``DeviceProfile.runtime_parameters_s``). Design switches are not part of a
+node's estimate: they depend on the order of a whole pass, which ``kernels/designs.py`` plans.
+
 Attention (one fused kernel, query rows spread over all cores, keys streamed in tiles with online
 softmax in fp32): the MACs of q @ k^T and p @ v at the GEMM rate, plus every score element at the
 per-output-element cost (assumed: on-core softmax work per score equals a GEMM's drain per element,
@@ -164,9 +168,15 @@ def padded_gemm_shape(profile: DeviceProfile, m: int, k: int, n: int) -> tuple[i
     )
 
 
-def gemm_compute_s(profile: DeviceProfile, m: int, k: int, n: int) -> float:
-    """Array time of one whole-array GEMM of an already padded (M, K, N) shape."""
-    return 2.0 * m * k * n / profile.gemm_flops_per_s + m * n * profile.output_s_per_element
+def gemm_compute_s(profile: DeviceProfile, m: int, k: int, n: int, *, dynamic_k: bool = False) -> float:
+    """Array time of one whole-array GEMM of an already padded (M, K, N) shape.
+
+    ``dynamic_k``: the dynamic-K design (K in the instruction stream), whose cores first wait for their
+    runtime parameters. Its MAC rate is unmeasured; it is modelled at the static design's rate: the
+    per-tile kernel is the same and mlir-aie documents no slowdown, only a runtime trip count.
+    """
+    seconds = 2.0 * m * k * n / profile.gemm_flops_per_s + m * n * profile.output_s_per_element
+    return seconds + (profile.runtime_parameters_s if dynamic_k else 0.0)
 
 
 def attention_compute_s(profile: DeviceProfile, heads: int, n_q: int, n_kv: int, head_dim: int, parts: int) -> float:

@@ -42,6 +42,7 @@ class DeviceProfile:
     # --- host <-> device
     host_device_bytes_per_s: float  # buffer sync bandwidth (memory is shared with the CPU)
     launch_s: float  # one kernel(...) + run.wait() from Python via raw pyxrt
+    runtime_parameters_s: float  # added per launch of a dynamic-K design: its runtime parameters and barriers
     runlist_launch_factor: float  # per-run cost of a launch batched in a runlist, relative to launch_s
     design_switch_s: float  # switching the array from one compiled design to another (one switch)
     context_create_s: float  # creating a hardware context for a registered xclbin
@@ -108,6 +109,10 @@ NPU1 = DeviceProfile(
     output_s_per_element=0.219e-9,
     host_device_bytes_per_s=60e9,  # mlir-aie PR #2559: 55-66 GB/s host-device copies
     launch_s=60e-6,  # mlir-aie #2381, XRT #9018: 45 / 60 us per kernel() + wait() (empty / trivial)
+    # unmeasured: the dynamic-K GEMM (mlir-aie whole_array_dyn.py) writes 2 runtime-parameter words and
+    # sets one barrier per core in every instruction stream (48 register writes on npu1). Charged as the
+    # whole difference between a trivial and an empty launch (60 - 45 us, same sources): a generous bound
+    runtime_parameters_s=15e-6,
     runlist_launch_factor=0.76,  # whisper-xdna README: runlist about 24 % faster per run
     design_switch_s=2.81e-3 / 2,  # whisper-xdna README: 2.81 ms per pair of switches
     context_create_s=2.5e-3,  # whisper-xdna: about 2.5 ms per hardware context
@@ -146,6 +151,7 @@ NPU2 = DeviceProfile(
     output_s_per_element=NPU1.output_s_per_element / _NPU2_DRAIN_SCALE,  # derived, see above
     host_device_bytes_per_s=60e9,  # unverified on npu2: taken equal to npu1 (shared LPDDR)
     launch_s=60e-6,  # unverified on npu2: same driver path as npu1
+    runtime_parameters_s=15e-6,  # unverified on npu2: npu1's figure (its 32 cores take twice the writes)
     runlist_launch_factor=0.76,  # unverified on npu2: whisper-xdna measured it on npu1
     design_switch_s=2.81e-3 / 2,  # unverified on npu2
     context_create_s=2.5e-3,  # unverified on npu2

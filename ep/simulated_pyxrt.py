@@ -11,7 +11,9 @@ message naming the problem where the real stack would crash, hang, or silently c
   (until then ``read`` raises and the mapped host copy holds NaN bytes);
 - launch arguments are checked against the xclbin: opcode 3, the instruction buffer on the instruction
   group id, exactly the declared buffers on their group ids, each large enough for the shape the
-  instruction stream encodes; a missing, unsynced or foreign instruction stream is an error;
+  instruction stream encodes; a missing, unsynced or foreign instruction stream is an error, and so is
+  a GEMM instruction stream whose K is not the K a static-K design was built for (the device would
+  silently compute garbage); a dynamic-K design takes any K that is a multiple of its per-core k;
 - unknown kernel names and missing or non-simulated xclbin files are errors; ``device.load_xclbin`` is
   not supported on the NPU (npu.md);
 - hardware contexts are limited system-wide (6 on npu1, 16 on npu2); a launch that would run past the
@@ -450,7 +452,7 @@ def _compute_s(profile: DeviceProfile, spec, shape: tuple[int, ...]) -> float:
     """Modelled array time of one launch (the cost model's compute term for the padded shape)."""
     if spec.kind == "matmul":
         m, k, n = shape
-        return cost_model.gemm_compute_s(profile, m, k, n)
+        return cost_model.gemm_compute_s(profile, m, k, n, dynamic_k=spec.dynamic_k)
     if spec.kind == "attention":
         heads, n_q, n_kv, head_dim = shape
         return cost_model.attention_compute_s(profile, heads, n_q, n_kv, head_dim, spec.parts)

@@ -1,10 +1,15 @@
 """The design set: which xclbins and instruction streams Whisper's encoders need on an NPU, planned
-against the device's hardware contexts, and the build list CMakeLists.txt reads.
+against the device's hardware contexts and its design switches, and the build list CMakeLists.txt reads.
 
-One xclbin per GEMM K (K is baked in, npu.md), per attention head dimension and precision, per
-softmax row length; one instruction stream per runtime shape. Every design needs its own hardware
-context while in use (6 system-wide on npu1): ``plan`` raises a planning error when a model's set
-needs more than the device has.
+GEMMs come in two variants (``kernels/matmul/spec.py``): one xclbin per K (K baked in, npu.md), or one
+dynamic-K xclbin (K in the instruction stream, after mlir-aie's ``whole_array_dyn.py``). ``plan_gemms``
+chooses between them by the cost model: the array switches designs whenever consecutive launches use
+different xclbins (about 1.4 ms a switch, npu.md), and a Whisper encoder layer with one GEMM design per
+K switches 4 times (K = d -> attention -> K = d -> K = 4 d -> the next layer's K = d), with the
+dynamic-K design twice; the dynamic design in turn pays its runtime parameters on every launch.
+Attention is one xclbin per head dimension and precision, softmax one per row length; one instruction
+stream per runtime shape. Every design needs its own hardware context while in use (6 system-wide on
+npu1): ``plan`` raises a planning error when a model's set needs more than the device has.
 
     python -m xdna_ep.kernels.designs --profile npu1 [--precision bf16 --precision accurate] [--cmake]
 """
@@ -13,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xdna_ep.ep import cost_model
 from xdna_ep.ep.device import get_profile
 from xdna_ep.kernels.attention.spec import AttentionSpec
-from xdna_ep.kernels.matmul.spec import MatmulSpec
+from xdna_ep.kernels.matmul.spec import MatmulSpec, is_matmul_design
 from xdna_ep.kernels.softmax.spec import SoftmaxSpec
 
 # Whisper encoders: name -> (d_model, n_head); head_dim is 64 in every size; 1500 positions
@@ -38,17 +44,128 @@ class Design:
     shapes: tuple[tuple[int, ...], ...]  # arguments of spec.insts_name / the design script
 
 
-def encoder_designs(d_model: int, n_head: int, profile: str = "npu1", precision: str = "bf16") -> list[Design]:
-    """The designs one Whisper encoder pass uses: the GEMMs of the projections and MLP, the attention."""
+@dataclass(frozen=True)
+class GemmPlan:
+    """How a session's GEMMs map to xclbins, with the modelled cost of one pass either way.
+
+    Steady state: passes repeat, so the switch from a pass's last launch to the next pass's first
+    counts. Compute is the same either way (the dynamic design is modelled at the static GEMM rate,
+    see ``cost_model.gemm_compute_s``); what differs is design switches and runtime parameters.
+    """
+
+    dynamic_k: bool  # True: one dynamic-K GEMM design; False: one GEMM design per K
+    profile: str
+    gemm_launches: int  # GEMM launches per pass
+    per_k_designs: tuple[str, ...]  # every design of the pass with one GEMM xclbin per K, first use first
+    dynamic_designs: tuple[str, ...]  # the same with one dynamic-K GEMM xclbin
+    per_k_switches: int  # design switches per pass with one GEMM design per K
+    dynamic_switches: int  # design switches per pass with the dynamic-K design
+    per_k_s: float  # modelled switch time per pass, one design per K
+    dynamic_s: float  # modelled switch + runtime-parameter time per pass, dynamic K
+
+    @property
+    def designs(self) -> tuple[str, ...]:
+        """The designs the chosen plan uses (one hardware context each)."""
+        return self.dynamic_designs if self.dynamic_k else self.per_k_designs
+
+    @property
+    def switches(self) -> int:
+        """Design switches per pass of the chosen plan."""
+        return self.dynamic_switches if self.dynamic_k else self.per_k_switches
+
+    def gemm_spec(self, k: int) -> MatmulSpec:
+        """The GEMM design a launch of (padded) K runs on under this plan."""
+        return MatmulSpec(k=None if self.dynamic_k else k, profile=self.profile)
+
+    @property
+    def reason(self) -> str:
+        """The choice and why, in one line with both modelled times."""
+        if not self.gemm_launches:
+            return "no GEMM on the NPU"
+        device = get_profile(self.profile)
+        runtime_parameters = (
+            f"{self.gemm_launches} launches x {device.runtime_parameters_s * 1e6:.0f} us of runtime parameters"
+        )
+        per_k = f"{len(self.per_k_designs)} designs, {self.per_k_switches} switches, {self.per_k_s * 1e3:.1f} ms"
+        dynamic = (
+            f"{len(self.dynamic_designs)} designs, {self.dynamic_switches} switches + {runtime_parameters}, "
+            f"{self.dynamic_s * 1e3:.1f} ms"
+        )
+        if len(self.per_k_designs) > device.hw_contexts:
+            return (
+                f"one dynamic-K GEMM design: one per K needs {len(self.per_k_designs)} hardware contexts, "
+                f"{device.name} has {device.hw_contexts}"
+            )
+        if self.dynamic_k:
+            return f"one dynamic-K GEMM design: {dynamic} < one per K: {per_k} (per pass, modelled)"
+        return f"one GEMM design per K: {per_k} <= dynamic K: {dynamic} (per pass, modelled)"
+
+
+def switches_per_pass(launch_designs: Sequence[str]) -> int:
+    """Design switches of one pass in steady state (its first launch follows the previous pass's last)."""
+    previous = [*launch_designs[-1:], *launch_designs[:-1]]
+    return sum(design != before for design, before in zip(launch_designs, previous))
+
+
+def plan_gemms(launch_designs: Sequence[str], profile: str = "npu1") -> GemmPlan:
+    """Choose one GEMM design per K or one dynamic-K design for a pass launching ``launch_designs``.
+
+    ``launch_designs``: the design of every launch of one pass, in order, GEMMs named per K as the cost
+    model names them (``Estimate.design``). The dynamic design wins when its switches plus its runtime
+    parameters model cheaper than the per-K switches, or when one design per K would not fit the
+    device's hardware contexts.
+    """
+    device = get_profile(profile)
+    dynamic_name = MatmulSpec(k=None, profile=device.name).name
+    dynamic_sequence = [dynamic_name if is_matmul_design(name) else name for name in launch_designs]
+    gemm_launches = sum(is_matmul_design(name) for name in launch_designs)
+    per_k_switches = switches_per_pass(launch_designs)
+    dynamic_switches = switches_per_pass(dynamic_sequence)
+    per_k_s = per_k_switches * device.design_switch_s
+    dynamic_s = dynamic_switches * device.design_switch_s + gemm_launches * device.runtime_parameters_s
+    per_k_designs = tuple(dict.fromkeys(launch_designs))
+    dynamic_k = gemm_launches > 0 and (len(per_k_designs) > device.hw_contexts or dynamic_s < per_k_s)
+    return GemmPlan(
+        dynamic_k=dynamic_k,
+        profile=device.name,
+        gemm_launches=gemm_launches,
+        per_k_designs=per_k_designs,
+        dynamic_designs=tuple(dict.fromkeys(dynamic_sequence)),
+        per_k_switches=per_k_switches,
+        dynamic_switches=dynamic_switches,
+        per_k_s=per_k_s,
+        dynamic_s=dynamic_s,
+    )
+
+
+def plan_session(report) -> GemmPlan:
+    """The GEMM plan of a compiled session, from its pass report (NPU nodes in graph order, one launch each)."""
+    return plan_gemms([placement.design for placement in report.placed("npu")], report.profile)
+
+
+def encoder_layer_gemms(d_model: int, profile: str = "npu1", precision: str = "bf16") -> list[tuple[int, int, int]]:
+    """Padded (M, K, N) of one Whisper encoder layer's GEMMs in launch order: q, k, v, out, fc1, fc2."""
     device = get_profile(profile)
     parts = cost_model.GEMM_PARTS[cost_model.check_precision(precision)]
-    gemms: dict[int, set[tuple[int, int]]] = {}
-    for k, n in ((d_model, d_model), (d_model, 4 * d_model), (4 * d_model, d_model)):
-        m_pad, k_pad, n_pad = cost_model.padded_gemm_shape(device, N_AUDIO_CTX, k, n)
-        gemms.setdefault(parts * k_pad, set()).add((m_pad, n_pad))
-    designs = [Design(MatmulSpec(k=k, profile=profile), tuple(sorted(shapes))) for k, shapes in sorted(gemms.items())]
+    shapes = [(d_model, d_model)] * 4 + [(d_model, 4 * d_model), (4 * d_model, d_model)]
+    padded = (cost_model.padded_gemm_shape(device, N_AUDIO_CTX, k, n) for k, n in shapes)
+    return [(m_pad, parts * k_pad, n_pad) for m_pad, k_pad, n_pad in padded]
+
+
+def encoder_designs(d_model: int, n_head: int, profile: str = "npu1", precision: str = "bf16") -> list[Design]:
+    """The designs one Whisper encoder pass uses: the GEMMs (as ``plan_gemms`` chooses), the attention."""
+    device = get_profile(profile)
+    gemms = encoder_layer_gemms(d_model, profile, precision)
     n_q, n_kv, d = cost_model.padded_attention_shape(device, N_AUDIO_CTX, N_AUDIO_CTX, HEAD_DIM)
-    designs.append(Design(AttentionSpec(head_dim=d, precision=precision, profile=profile), ((n_head, n_q, n_kv),)))
+    attention = AttentionSpec(head_dim=d, precision=precision, profile=profile)
+    names = [MatmulSpec(k=k, profile=profile).name for _, k, _ in gemms]
+    gemm_plan = plan_gemms([*names[:3], attention.name, *names[3:]], profile)
+    by_design: dict[MatmulSpec, set[tuple[int, int, int]]] = {}
+    for shape in gemms:
+        by_design.setdefault(gemm_plan.gemm_spec(shape[1]), set()).add(shape)
+    designs = [Design(spec, tuple(sorted(shapes))) for spec, shapes in by_design.items()]
+    designs.sort(key=lambda design: design.spec.k or 0)
+    designs.append(Design(attention, ((n_head, n_q, n_kv),)))
     return designs
 
 
@@ -80,8 +197,10 @@ def build_list(profile: str, precisions: tuple[str, ...]) -> list[Design]:
 def script_args(spec, shape: tuple[int, ...]) -> list[str]:
     """Arguments of the design script that emits the MLIR of ``spec`` for the runtime ``shape``."""
     if spec.kind == "matmul":
-        m, n = shape
-        return ["--profile", spec.profile, "-M", str(m), "-K", str(spec.k), "-N", str(n)]
+        m, k, n = shape
+        return ["--profile", spec.profile, "-M", str(m), "-K", str(k), "-N", str(n)] + (
+            ["--dynamic-k"] if spec.dynamic_k else []
+        )
     if spec.kind == "attention":
         heads, n_q, n_kv = shape
         return ["--profile", spec.profile, "--head-dim", str(spec.head_dim), "--precision", spec.precision,

@@ -9,10 +9,16 @@ LLVM-exception), with three changes:
   on the host), so each shim reads its column blocks with one contiguous transfer each;
 - a per-column-block params object (activation code + n biases) feeds the fused fp32 epilogue.
 
+``--dynamic-k`` builds the dynamic-K variant, after mlir-aie's ``whole_array_dyn.py``: each core owns
+a runtime-parameter buffer (K / k and its number of output tiles) that the runtime sequence writes
+before setting a barrier the core waits on at the start of every launch; the cores' loops run to
+those counts, so the xclbin no longer depends on K, and every (M, K, N) is an instruction stream of
+the same xclbin. The tiles, the C++ kernel and the data movement are the static design's.
+
 Needs the MLIR-AIE toolchain (not on this project's machines: it has not been compiled here);
 CMakeLists.txt runs it as
-``python3 design.py --profile npu1 -K 384 -M 1536 -N 384 > design.mlir``. Names come from
-``kernels/matmul/spec.py``. It cannot run on machines without mlir-aie (nothing here imports it).
+``python3 design.py --profile npu1 -K 384 -M 1536 -N 384 [--dynamic-k] > design.mlir``. Names come
+from ``kernels/matmul/spec.py``. It cannot run on machines without mlir-aie (nothing here imports it).
 """
 
 from __future__ import annotations
@@ -23,19 +29,19 @@ import sys
 import numpy as np
 
 
-def build(profile_name: str, M: int, K: int, N: int):
-    """The MLIR module of the GEMM design for K, with the runtime sequence of the (M, N) bucket."""
+def build(profile_name: str, M: int, K: int, N: int, dynamic_k: bool = False):
+    """The MLIR module of the GEMM design (for K, or dynamic K) with the runtime sequence of (M, K, N)."""
     from aie.helpers.taplib import TensorAccessPattern, TensorTiler2D
-    from aie.iron import Kernel, ObjectFifo, Runtime, Worker
+    from aie.iron import Buffer, Kernel, ObjectFifo, Runtime, Worker, WorkerRuntimeBarrier
     from aie.iron.controlflow import range_
     from aie.iron.device import Tile
     from ml_dtypes import bfloat16
 
     from xdna_ep.kernels.iron_util import resolve
-    from xdna_ep.kernels.matmul.spec import PARAMS_WORDS, MatmulSpec
+    from xdna_ep.kernels.matmul.spec import PARAMS_WORDS, RTP_WORDS, MatmulSpec
 
-    spec = MatmulSpec(k=K, profile=profile_name)
-    spec.check_shape(M, N)
+    spec = MatmulSpec(k=None if dynamic_k else K, profile=profile_name)
+    spec.check_shape(M, K, N)
     profile = spec.device_profile
     m, k, n = spec.tile
     n_rows = profile.rows
@@ -112,37 +118,60 @@ def build(profile_name: str, M: int, K: int, N: int):
         for row in range(n_rows):
             c_l1l2[row][col] = joined[row]
 
+    def output_tile(in_a, in_b, in_params, out_c, zero, matmul, epilogue, k_tiles):
+        # one m x n tile of C: zero, accumulate over the k_tiles tiles of K, bias (+ GELU)
+        elem_out = out_c.acquire(1)
+        zero(elem_out)
+        for _ in range_(k_tiles):
+            elem_a = in_a.acquire(1)
+            elem_b = in_b.acquire(1)
+            matmul(elem_a, elem_b, elem_out)
+            in_a.release(1)
+            in_b.release(1)
+        elem_params = in_params.acquire(1)
+        epilogue(elem_params, elem_out)
+        in_params.release(1)
+        out_c.release(1)
+
     def core_fn(in_a, in_b, in_params, out_c, zero, matmul, epilogue):
         # forever: the runtime sequence decides how many tiles arrive (M and N are not baked in)
         for _ in range_(sys.maxsize):
-            elem_out = out_c.acquire(1)
-            zero(elem_out)
-            for _ in range_(K // k):
-                elem_a = in_a.acquire(1)
-                elem_b = in_b.acquire(1)
-                matmul(elem_a, elem_b, elem_out)
-                in_a.release(1)
-                in_b.release(1)
-            elem_params = in_params.acquire(1)
-            epilogue(elem_params, elem_out)
-            in_params.release(1)
-            out_c.release(1)
+            output_tile(in_a, in_b, in_params, out_c, zero, matmul, epilogue, K // k)
+
+    def core_fn_dynamic_k(in_a, in_b, in_params, out_c, zero, matmul, epilogue, rtp, barrier):
+        # one iteration per launch: wait until the runtime sequence has written this launch's counts
+        for _ in range_(sys.maxsize):
+            barrier.wait_for_value(1)
+            k_tiles = rtp[0]
+            output_tiles = rtp[1]
+            # step the barrier off (as whole_array_dyn.py) so the next launch waits for its own counts
+            barrier.release_with_value(1)
+            for _ in range_(output_tiles):
+                output_tile(in_a, in_b, in_params, out_c, zero, matmul, epilogue, k_tiles)
+
+    rtp_ty = np.ndarray[(RTP_WORDS,), np.dtype[np.int32]]
+    rtps = [[Buffer(rtp_ty, name=f"rtp_{row}_{col}", use_write_rtp=True) for col in range(n_cols)]
+            for row in range(n_rows)] if dynamic_k else []  # fmt: skip
+    barriers = [[WorkerRuntimeBarrier() for _ in range(n_cols)] for _ in range(n_rows)] if dynamic_k else []
 
     workers = []
     for row in range(n_rows):
         for col in range(n_cols):
+            fn_args = [
+                a_l2l1[row].cons(),
+                b_l2l1[col].cons(),
+                p_fifos[col].cons(),
+                c_l1l2[row][col].prod(),
+                zero_kernel,
+                matmul_kernel,
+                epilogue_kernel,
+            ]
+            if dynamic_k:
+                fn_args += [rtps[row][col], barriers[row][col]]
             workers.append(
                 Worker(
-                    core_fn,
-                    [
-                        a_l2l1[row].cons(),
-                        b_l2l1[col].cons(),
-                        p_fifos[col].cons(),
-                        c_l1l2[row][col].prod(),
-                        zero_kernel,
-                        matmul_kernel,
-                        epilogue_kernel,
-                    ],
+                    core_fn_dynamic_k if dynamic_k else core_fn,
+                    fn_args,
                     placement=Tile(col, 2 + row),
                     stack_size=0xD00,
                 )
@@ -175,6 +204,19 @@ def build(profile_name: str, M: int, K: int, N: int):
     rt = Runtime()
     with rt.sequence(A_ty, B_ty, P_ty, C_ty) as (A, B, P, C):
         rt.start(*workers)
+        if dynamic_k:
+            # each core: K / k tiles per output tile, and its output tiles in this launch
+            output_tiles = (M // (m * n_rows)) * (N // (n * n_cols))
+
+            def set_rtps(*core_rtps):
+                for core_rtp in core_rtps:
+                    core_rtp[0] = K // k
+                    core_rtp[1] = output_tiles
+
+            rt.inline_ops(set_rtps, [rtp for row_rtps in rtps for rtp in row_rtps])
+            for row_barriers in barriers:
+                for barrier in row_barriers:
+                    rt.set_barrier(barrier, 1)
         row_blocks = M // (m * n_rows)
         for row_block in range(row_blocks):
             tg = rt.task_group()
@@ -208,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-M", type=int, required=True)
     parser.add_argument("-K", type=int, required=True)
     parser.add_argument("-N", type=int, required=True)
+    parser.add_argument("--dynamic-k", action="store_true", help="K in the instruction stream, not in the xclbin")
     args = parser.parse_args(argv)
-    print(build(args.profile, args.M, args.K, args.N))
+    print(build(args.profile, args.M, args.K, args.N, dynamic_k=args.dynamic_k))
     return 0
 
 

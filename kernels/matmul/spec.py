@@ -1,8 +1,15 @@
 """The whole-array GEMM design: bf16 A[M, K] @ bf16 B[K, N] -> fp32 C[M, N], bias and GELU fused.
 
-K is baked into the xclbin (npu.md: a K mismatch silently gives wrong results), so there is one design
-per K; M and N live in the instruction stream (one per (M, N) bucket). The ``accurate`` precision uses
-the same design with three times the K: A' = [a_hi | a_hi | a_lo], B' = [b_hi; b_lo; b_hi].
+Two variants of one design (``kernels/matmul/design.py``):
+- static K (``MatmulSpec(k=384)``): K is baked into the xclbin (npu.md: a K mismatch silently gives wrong
+  results), so one xclbin per K; M and N live in the instruction stream (one per (M, N) bucket);
+- dynamic K (``MatmulSpec(k=None)``, after mlir-aie's ``whole_array_dyn.py``): the instruction stream
+  writes each core's trip counts as runtime parameters, so one xclbin serves every K that is a multiple
+  of the per-core k; one instruction stream per (M, K, N).
+Which one a session uses is planned in ``kernels/designs.py``. The ``accurate`` precision uses the same
+design with three times the K: A' = [a_hi | a_hi | a_lo], B' = [b_hi; b_lo; b_hi].
+
+The design shape of a launch is (M, K, N) for both variants (the instruction stream encodes all three).
 
 Device buffers, in runtime-sequence order (group ids 3, 4, 5, 6):
 - ``a``: bf16 [M, K] row-major (activations, written per call; the DMA tiles it on the way in)
@@ -20,10 +27,14 @@ from xdna_ep.ep.device import DeviceProfile, get_profile
 from xdna_ep.kernels.artifacts import ArgSpec, sim_instruction_words, sim_xclbin_manifest
 
 KIND = "matmul"
+NAME_PREFIX = "xdna_matmul_"
 
 # params block header (f32 words) in front of each column block's n biases
 PARAMS_WORDS = 16
 ACTIVATIONS = {"": 0, "gelu": 1}  # activation name -> code in params word 0
+
+# runtime parameters of each core in the dynamic-K design (int32 words): K / k, output tiles per core
+RTP_WORDS = 2
 
 ARGS = (
     ArgSpec("a", 3, "bf16", "in"),
@@ -35,16 +46,21 @@ ARGS = (
 
 @dataclass(frozen=True)
 class MatmulSpec:
-    """One compiled GEMM design (one xclbin): its K and the NPU it is built for."""
+    """One compiled GEMM design (one xclbin): its K (None: dynamic K) and the NPU it is built for."""
 
-    k: int  # reduction length baked into the xclbin (padded; 3 x K in accurate mode)
+    k: int | None  # reduction length baked into the xclbin (padded; 3 x K in accurate mode); None: dynamic
     profile: str = "npu1"
     kind: ClassVar[str] = KIND
 
     def __post_init__(self) -> None:
         profile = get_profile(self.profile)
-        if self.k <= 0 or self.k % profile.gemm_k_multiple:
+        if self.k is not None and (self.k <= 0 or self.k % profile.gemm_k_multiple):
             raise ValueError(f"GEMM design K={self.k} must be a positive multiple of {profile.gemm_k_multiple}")
+
+    @property
+    def dynamic_k(self) -> bool:
+        """True for the dynamic-K design (K arrives in the instruction stream)."""
+        return self.k is None
 
     @property
     def device_profile(self) -> DeviceProfile:
@@ -57,15 +73,15 @@ class MatmulSpec:
 
     @property
     def name(self) -> str:
-        return f"xdna_matmul_k{self.k}_{self.profile}"
+        return f"{NAME_PREFIX}k{'dyn' if self.dynamic_k else self.k}_{self.profile}"
 
     @property
     def xclbin_name(self) -> str:
         return f"{self.name}.xclbin"
 
-    def insts_name(self, m: int, n: int) -> str:
-        """Instruction stream for the (M, N) bucket."""
-        return f"{self.name}_m{m}_n{n}.insts.bin"
+    def insts_name(self, m: int, k: int, n: int) -> str:
+        """Instruction stream for the (M, K, N) bucket (K is in the name only when it is not baked in)."""
+        return f"{self.name}_m{m}_k{k}_n{n}.insts.bin" if self.dynamic_k else f"{self.name}_m{m}_n{n}.insts.bin"
 
     @property
     def c_symbol(self) -> str:
@@ -89,37 +105,45 @@ class MatmulSpec:
     def args(self) -> tuple[ArgSpec, ...]:
         return ARGS
 
-    def check_shape(self, m: int, n: int) -> None:
-        """ValueError unless (M, N) is a legal bucket of this design."""
+    def check_shape(self, m: int, k: int, n: int) -> None:
+        """ValueError unless (M, K, N) is a legal launch of this design."""
         profile = self.device_profile
         if m <= 0 or m % profile.gemm_m_multiple:
             raise ValueError(f"{self.name}: M={m} must be a positive multiple of {profile.gemm_m_multiple}")
-        if n <= 0 or n % profile.gemm_n_multiple:
-            raise ValueError(f"{self.name}: N={n} must be a positive multiple of {profile.gemm_n_multiple}")
-
-    def design_shape(self, insts_shape: tuple[int, ...]) -> tuple[int, int]:
-        """(M, N) of an instruction stream's (M, K, N); ValueError if its K is not this design's."""
-        m, k, n = insts_shape
-        if k != self.k:
+        if self.dynamic_k and (k <= 0 or k % profile.gemm_k_multiple):
+            raise ValueError(f"{self.name}: K={k} must be a positive multiple of the per-core k {profile.gemm_k_multiple}")
+        if not self.dynamic_k and k != self.k:
             raise ValueError(
                 f"instruction stream for K={k} on {self.name}, built for K={self.k} "
                 f"(on the device this silently gives wrong results)"
             )
-        return m, n
+        if n <= 0 or n % profile.gemm_n_multiple:
+            raise ValueError(f"{self.name}: N={n} must be a positive multiple of {profile.gemm_n_multiple}")
+
+    def design_shape(self, insts_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """(M, K, N) of an instruction stream; ValueError if this design cannot run it (K of another design)."""
+        m, k, n = insts_shape
+        self.check_shape(m, k, n)
+        return m, k, n
 
     def params_words(self, n: int) -> int:
         return (n // self.tile[2]) * (PARAMS_WORDS + self.tile[2])
 
-    def arg_bytes(self, m: int, n: int) -> dict[str, int]:
-        """Minimum size of each buffer argument for the (M, N) bucket."""
-        return {"a": m * self.k * 2, "b": self.k * n * 2, "params": self.params_words(n) * 4, "c": m * n * 4}
+    def arg_bytes(self, m: int, k: int, n: int) -> dict[str, int]:
+        """Minimum size of each buffer argument for the (M, K, N) bucket."""
+        return {"a": m * k * 2, "b": k * n * 2, "params": self.params_words(n) * 4, "c": m * n * 4}
 
-    def instruction_words(self, m: int, n: int):
-        """The simulated instruction stream of the (M, N) bucket."""
-        self.check_shape(m, n)
-        return sim_instruction_words(KIND, (m, self.k, n))
+    def instruction_words(self, m: int, k: int, n: int):
+        """The simulated instruction stream of the (M, K, N) bucket."""
+        self.check_shape(m, k, n)
+        return sim_instruction_words(KIND, (m, k, n))
 
     def sim_manifest(self) -> dict:
         m, k, n = self.tile
         params = {"k": self.k, "profile": self.profile, "tile": [m, k, n], "params_words": PARAMS_WORDS}
         return sim_xclbin_manifest(KIND, self.name, ARGS, params)
+
+
+def is_matmul_design(name: str) -> bool:
+    """Whether ``name`` (a design name) is a GEMM design, of either variant."""
+    return name.startswith(NAME_PREFIX)

@@ -37,28 +37,28 @@ def _xclbin_file(spec) -> str:
 class Gemm:
     """A hand-driven GEMM launch on the simulated pyxrt, every step explicit."""
 
-    def __init__(self) -> None:
-        self.spec = MatmulSpec(k=K)
+    def __init__(self, spec: MatmulSpec | None = None, k: int = K) -> None:
+        self.spec = spec or MatmulSpec(k=k)
         self.device = xrt.device(0)
         self.xclbin = xrt.xclbin(_xclbin_file(self.spec))
         uuid = self.device.register_xclbin(self.xclbin)
         self.context = xrt.hw_context(self.device, uuid)
         self.kernel = xrt.kernel(self.context, "MLIR_AIE")
-        words = self.spec.instruction_words(M, N)
+        words = self.spec.instruction_words(M, k, N)
         self.insts = xrt.bo(self.device, words.nbytes, xrt.bo.cacheable, self.kernel.group_id(1))
         self.insts.write(words, 0)
         self.insts.sync(xrt.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
         self.n_insts = int(words.size)
-        sizes = self.spec.arg_bytes(M, N)
+        sizes = self.spec.arg_bytes(M, k, N)
         self.bos = {
             name: xrt.bo(self.device, sizes[name], xrt.bo.host_only, self.kernel.group_id(3 + i))
             for i, name in enumerate(("a", "b", "params", "c"))
         }
         rng = np.random.default_rng(0)
-        self.x = rng.standard_normal((M, K)).astype(np.float32)
-        self.w = rng.standard_normal((K, N)).astype(np.float32)
-        self.write("a", reference.prepare_activations(self.x, K, "bf16"))
-        self.write("b", reference.prepare_weight(self.w, K, N, self.spec.tile[2], "bf16"))
+        self.x = rng.standard_normal((M, k)).astype(np.float32)
+        self.w = rng.standard_normal((k, N)).astype(np.float32)
+        self.write("a", reference.prepare_activations(self.x, k, "bf16"))
+        self.write("b", reference.prepare_weight(self.w, k, N, self.spec.tile[2], "bf16"))
         self.write("params", reference.prepare_params(None, "", N, self.spec.tile[2]))
 
     def write(self, name: str, array: np.ndarray, sync: bool = True) -> None:
@@ -159,7 +159,7 @@ def test_load_xclbin_is_not_supported_on_the_npu():
 
 def test_unsynced_instruction_stream_is_an_error():
     gemm = Gemm()
-    gemm.insts.write(gemm.spec.instruction_words(2 * M, N), 0)
+    gemm.insts.write(gemm.spec.instruction_words(2 * M, K, N), 0)
     with pytest.raises(RuntimeError, match=r"instruction buffer was written on the host but not synced"):
         gemm.launch()
 
@@ -176,10 +176,40 @@ def test_missing_instruction_stream_is_an_error():
 
 def test_instruction_stream_for_another_k_is_an_error():
     gemm = Gemm()
-    other = MatmulSpec(k=2 * K).instruction_words(M, N)
+    other = MatmulSpec(k=2 * K).instruction_words(M, 2 * K, N)
     gemm.insts.write(other, 0)
     gemm.insts.sync(xrt.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
     with pytest.raises(RuntimeError, match=r"K=128 on xdna_matmul_k64_npu1, built for K=64 .*silently gives wrong results"):
+        gemm.launch()
+
+
+def test_dynamic_k_design_runs_any_k_that_is_a_multiple_of_its_k_tile(machine):
+    from xdna_ep.ep import cost_model
+
+    gemm = Gemm(MatmulSpec(k=None), k=2 * K)
+    assert gemm.launch().wait() == xrt.ert_cmd_state.ERT_CMD_STATE_COMPLETED
+    np.testing.assert_allclose(gemm.result(), reference.matmul_reference(gemm.x, gemm.w), rtol=0, atol=0)
+    # the same xclbin, context and buffers, now K = 64: only the instruction stream and the operands change
+    x, w = gemm.x[:, :K], gemm.w[:K]
+    gemm.insts.write(gemm.spec.instruction_words(M, K, N), 0)
+    gemm.insts.sync(xrt.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
+    gemm.write("a", reference.prepare_activations(x, K, "bf16"))
+    gemm.write("b", reference.prepare_weight(w, K, N, gemm.spec.tile[2], "bf16"))
+    assert gemm.launch().wait() == xrt.ert_cmd_state.ERT_CMD_STATE_COMPLETED
+    np.testing.assert_allclose(gemm.result(), reference.matmul_reference(x, w), rtol=0, atol=0)
+    ledger = machine.ledger
+    assert ledger.contexts_created == 1 and ledger.design_switches == 1
+    assert [record.shape for record in ledger.records] == [(M, 2 * K, N), (M, K, N)]
+    dynamic = NPU1.launch_s + cost_model.gemm_compute_s(NPU1, M, K, N, dynamic_k=True)  # no switch: same design
+    assert ledger.records[1].modelled_s == pytest.approx(dynamic, rel=1e-12)
+    assert dynamic - NPU1.launch_s - cost_model.gemm_compute_s(NPU1, M, K, N) == pytest.approx(NPU1.runtime_parameters_s)
+
+
+def test_dynamic_k_design_refuses_a_k_that_is_not_a_multiple_of_its_k_tile():
+    gemm = Gemm(MatmulSpec(k=None), k=2 * K)
+    gemm.insts.write(artifacts.sim_instruction_words("matmul", (M, K + 32, N)), 0)
+    gemm.insts.sync(xrt.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
+    with pytest.raises(RuntimeError, match=r"xdna_matmul_kdyn_npu1: K=96 must be a positive multiple of the per-core k 64"):
         gemm.launch()
 
 
