@@ -74,8 +74,8 @@ def resolve_device(device: str) -> str:
     return resolved
 
 
-def resolve_profile(profile: str | None, device: str) -> str:
-    """The NPU profile to plan for: the given one (checked), else npu1 (detection comes with the device layer)."""
+def resolve_profile(profile: str | None) -> str:
+    """The NPU profile to plan for: the given one (checked), else npu1 (no detection from a device yet)."""
     from xdna_ep.ep.device import DEFAULT_PROFILE, get_profile
 
     return get_profile(profile or DEFAULT_PROFILE).name
@@ -96,7 +96,7 @@ def make_executor(device: str, profile: str, precision: str) -> Executor:
         if executor is not None:
             return executor
         if device == "cpu":
-            executor: Executor = ReferenceExecutor()
+            executor = ReferenceExecutor()
         else:
             try:
                 from xdna_ep.ep.npu_executor import NpuExecutor
@@ -172,7 +172,7 @@ def compile(
     check_precision(precision)
     if device is not None:
         device = resolve_device(device)
-    profile = resolve_profile(profile, device or _current_device)
+    profile = resolve_profile(profile)
     proto = load_model(model)
     proto, report = run_passes(proto, profile=profile, placement=placement, precision=precision, any_model=any_model)
     return bind(proto, device=device, profile=profile, precision=precision, report=report)
