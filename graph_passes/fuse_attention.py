@@ -122,7 +122,9 @@ def match_attention(view: GraphView, softmax: NodeProto, shapes: ShapeTable | No
     if shapes is not None:
         for role, name in (("Q", scores_matmul.input[0]), ("K^T", scores_matmul.input[1]), ("V", v)):
             shape = shapes.shape(name)
-            if shape is not None and len(shape) != 4:
+            if shape is None:
+                raise NoMatch(f"the shape of {role} is unknown at the representative sizes")
+            if len(shape) != 4:
                 raise NoMatch(f"{role} has rank {len(shape)}, not 4 (batch, heads, positions, head_dim)")
             if shapes.is_float32(name) is False:
                 raise NoMatch(f"{role} is not float32")
