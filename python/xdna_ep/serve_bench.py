@@ -175,6 +175,11 @@ def start_server(args: argparse.Namespace, max_queue: int, log_path: Path) -> tu
     raise XdnaError(f"the server did not answer within {STARTUP_TIMEOUT_S:g} s")
 
 
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min) {five:.1f} (5 min)"
+
+
 def load_clips(paths: list[Path]) -> list[Clip]:
     from xdna_ep.audio import SAMPLE_RATE, load_audio
 
@@ -227,6 +232,7 @@ def run_command(args: argparse.Namespace) -> int:
             process, base_url = start_server(args, max(args.clients), Path(log_folder.name) / "server.log")
         total_audio = sum(clip.seconds for clip in clips)
         print(f"POST {base_url}{args.endpoint}: {len(clips)} clips, {total_audio:.1f} s of audio", flush=True)
+        print(f"machine: {os.cpu_count()} cores, {_load()} at the start", flush=True)
         try:
             sequential = asyncio.run(reference_run(base_url, args.endpoint, clips, headers))
         except (RequestFailed, httpx.HTTPError) as error:
@@ -245,6 +251,7 @@ def run_command(args: argparse.Namespace) -> int:
             process.terminate()
             process.wait(timeout=60)
         log_folder.cleanup()
+    print(f"machine: {_load()} at the end (other work on the machine slows every row)")
     problems = 0
     for result in results:
         for error, count in sorted(result.errors.items()):
