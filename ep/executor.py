@@ -15,6 +15,7 @@ afterwards, so they are converted and made resident once, not copied on every ca
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -27,6 +28,12 @@ class Executor(ABC):
     @abstractmethod
     def add_weight(self, key: str, array: np.ndarray) -> None:
         """Make a constant (weight or bias) resident under ``key``; called once per key per session."""
+
+    def use_gemm_plan(self, weight_keys: Iterable[str], plan) -> None:
+        """Run the GEMMs of ``weight_keys`` on the designs ``plan`` chose (``kernels/designs.py``'s GemmPlan).
+
+        Called before the weights are added. Executors without NPU designs ignore it.
+        """
 
     @abstractmethod
     def matmul(self, node: str, x: np.ndarray, weight_key: str, bias_key: str, activation: str) -> np.ndarray:

@@ -4,8 +4,10 @@ launch per fused op, weights resident for the session's life.
 - Weights (2-D constants) are converted once when added: padded to the design's bucket, bf16 (or
   the hi/lo/hi stack of the accurate precision), in the GEMM's tile-major layout, written into a
   device buffer and synced once; biases and the activation go into a params buffer, also once.
-- ``matmul``: the whole GEMM in one launch of the design for its K (M padded to rows * m, N to
-  columns * n); only the activations' real rows go to the device, only the result's real rows back.
+- ``matmul``: the whole GEMM in one launch (M padded to rows * m, N to columns * n) of the design the
+  compiled model's plan chose (``use_gemm_plan``: the dynamic-K design, or the design for its K; without
+  a plan, the design for its K); only the activations' real rows go to the device, only the result's
+  real rows back. A weight's device layout is the same for both designs, so a plan can change its design.
 - ``attention``: all heads of the call in one launch (split into head groups only if a launch could
   come near the driver's 2-s timeout).
 - ``softmax``: all rows in one launch.
@@ -19,7 +21,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -52,14 +55,15 @@ class NpuOptions:
 
 @dataclass
 class ResidentWeight:
-    """A GEMM weight on the device: W (k, n) padded to (k_pad, n_pad), in the design of ``spec``."""
+    """A GEMM weight on the device: W (k, n) padded to (k_pad, n_pad), run on the design of ``spec``."""
 
-    spec: MatmulSpec
+    spec: MatmulSpec  # the design for its K, or the dynamic-K design
     buffer: Buffer
     k: int
     n: int
     k_pad: int
     n_pad: int
+    k_launch: int  # K of its launches: k_pad, or 3 * k_pad in the accurate precision
 
 
 def _float32(name: str, array: np.ndarray) -> np.ndarray:
@@ -81,11 +85,23 @@ class NpuExecutor(Executor):
         self.statistics = ExecutorStats(device, self.profile.name, precision)
         self._host_weights: dict[str, np.ndarray] = {}
         self._resident: dict[str, ResidentWeight] = {}
+        self._gemm_plans: dict[str, object] = {}  # weight key -> kernels.designs.GemmPlan
         self._params: dict[tuple, Buffer] = {}
         self._scratch: dict[tuple[str, str], Buffer] = {}
         self._lock = threading.Lock()
 
     # --- weights --------------------------------------------------------------------------------
+
+    def use_gemm_plan(self, weight_keys: Iterable[str], plan) -> None:
+        """Run the GEMMs of ``weight_keys`` on the designs ``plan`` (a GemmPlan) chose; None keeps one per K."""
+        if plan is None:
+            return
+        with self._lock:
+            for key in weight_keys:
+                self._gemm_plans[key] = plan
+                weight = self._resident.get(key)
+                if weight is not None:  # already resident: same buffer and layout, another design
+                    self._resident[key] = replace(weight, spec=plan.gemm_spec(weight.k_launch))
 
     def add_weight(self, key: str, array: np.ndarray) -> None:
         """Keep a constant; a 2-D one is a GEMM weight and becomes resident on the device now."""
@@ -93,23 +109,23 @@ class NpuExecutor(Executor):
         with self._lock:
             self._host_weights[key] = array
             if array.ndim == 2 and key not in self._resident:
-                self._resident[key] = self._make_resident(array)
+                self._resident[key] = self._make_resident(array, self._gemm_plans.get(key))
 
     def has_weight(self, key: str) -> bool:
         return key in self._host_weights
 
-    def _make_resident(self, w: np.ndarray) -> ResidentWeight:
+    def _make_resident(self, w: np.ndarray, plan) -> ResidentWeight:
         k, n = w.shape
         k_pad, n_pad = (cost_model.round_up(k, self.profile.gemm_k_multiple),
                         cost_model.round_up(n, self.profile.gemm_n_multiple))  # fmt: skip
-        parts = cost_model.GEMM_PARTS[self.precision]
-        spec = MatmulSpec(k=parts * k_pad, profile=self.profile.name)
+        k_launch = cost_model.GEMM_PARTS[self.precision] * k_pad
+        spec = plan.gemm_spec(k_launch) if plan is not None else MatmulSpec(k=k_launch, profile=self.profile.name)
         design = self.device.design(spec)
         tiled = matmul_reference.prepare_weight(w, k_pad, n_pad, spec.tile[2], self.precision)
         buffer = design.buffer("b", tiled.nbytes)
         buffer.view(np.uint16)[: tiled.size] = tiled
         self._record_constant(buffer.to_device())
-        return ResidentWeight(spec=spec, buffer=buffer, k=k, n=n, k_pad=k_pad, n_pad=n_pad)
+        return ResidentWeight(spec=spec, buffer=buffer, k=k, n=n, k_pad=k_pad, n_pad=n_pad, k_launch=k_launch)
 
     def _record_constant(self, nbytes: int) -> None:
         self.device.record_transfer(nbytes, to_device=True)
@@ -159,9 +175,10 @@ class NpuExecutor(Executor):
         if m == 0:
             return y.reshape(*lead, weight.n)
         spec = weight.spec
+        k_launch = weight.k_launch
         profile = self.profile
         m_pad = cost_model.round_up(m, profile.gemm_m_multiple)
-        launches = cost_model.launches_for(profile, cost_model.gemm_compute_s(profile, m_pad, spec.k, weight.n_pad))
+        launches = cost_model.launches_for(profile, cost_model.gemm_compute_s(profile, m_pad, k_launch, weight.n_pad))
         chunk = cost_model.round_up(math.ceil(m / launches), profile.gemm_m_multiple)
         counters = _CallCounters()
         with self.device.lock:
@@ -174,13 +191,14 @@ class NpuExecutor(Executor):
                 part = rows[first : first + chunk]
                 rows_here = part.shape[0]
                 rows_pad = cost_model.round_up(rows_here, profile.gemm_m_multiple)
-                a = self._scratch_buffer(design, "a", rows_pad * spec.k * 2)
+                a = self._scratch_buffer(design, "a", rows_pad * k_launch * 2)
                 c = self._scratch_buffer(design, "c", rows_pad * weight.n_pad * 4)
-                a_rows = a.view(np.uint16, (rows_pad, spec.k))[:rows_here]
+                a_rows = a.view(np.uint16, (rows_pad, k_launch))[:rows_here]
                 matmul_reference.prepare_activations(part, weight.k_pad, self.precision, out=a_rows)
-                counters.sent(self.device, a.to_device(rows_here * spec.k * 2))
-                compute = cost_model.gemm_compute_s(profile, rows_pad, spec.k, weight.n_pad)
-                counters.launched(design.launch((rows_pad, spec.k, weight.n_pad), [a, weight.buffer, params, c], compute))
+                counters.sent(self.device, a.to_device(rows_here * k_launch * 2))
+                compute = cost_model.gemm_compute_s(profile, rows_pad, k_launch, weight.n_pad, dynamic_k=spec.dynamic_k)
+                shape = (rows_pad, k_launch, weight.n_pad)
+                counters.launched(design.launch(shape, [a, weight.buffer, params, c], compute))
                 counters.received(self.device, c.from_device(rows_here * weight.n_pad * 4))
                 y[first : first + rows_here] = c.view(np.float32, (rows_pad, weight.n_pad))[:rows_here, : weight.n]
         counters.record(self.statistics, node, "matmul", spec.name, start)

@@ -37,6 +37,15 @@ class CompiledModel:
         """The executor-side key of weight ``name`` (unique across compiled models)."""
         return f"{self.key}/{name}" if name else ""
 
+    @property
+    def gemm_plan(self):
+        """The GEMM designs this model's NPU nodes run on (``kernels/designs.py``), or None without a report."""
+        if self.report is None:
+            return None
+        from xdna_ep.kernels.designs import plan_session
+
+        return plan_session(self.report)
+
     def executor(self) -> Executor:
         """The executor of this model's device, with the weights resident (created on first call)."""
         if self._executor is None:
@@ -45,6 +54,7 @@ class CompiledModel:
             with self._lock:
                 if self._executor is None:
                     executor = make_executor(self.device or current_device(), self.profile, self.precision)
+                    executor.use_gemm_plan([self.device_key(name) for name in self.weights], self.gemm_plan)
                     for name, array in self.weights.items():
                         executor.add_weight(self.device_key(name), array)
                     self._executor = executor
@@ -53,6 +63,7 @@ class CompiledModel:
     def use_executor(self, executor: Executor) -> None:
         """Bind ``executor`` instead of the device's (tests, benchmarks); the weights are added to it."""
         with self._lock:
+            executor.use_gemm_plan([self.device_key(name) for name in self.weights], self.gemm_plan)
             for name, array in self.weights.items():
                 executor.add_weight(self.device_key(name), array)
             self._executor = executor

@@ -80,6 +80,7 @@ class NodePlacement:
     reason: str
     npu_s: float | None
     cpu_s: float | None
+    design: str = ""  # the NPU design the estimate names (GEMMs per K; kernels/designs.py plans the set)
 
 
 def partition(
@@ -188,7 +189,8 @@ def place_node(
         reason, placement = f"shape unknown at representative sizes{assumed}: kept on the CPU", "cpu"
     else:
         reason, placement = f"{estimate.reason} at {shape_text}{assumed}", estimate.placement
-    return NodePlacement(node.name, kind, shape_text, flops, placement, reason, npu_s, cpu_s)
+    design = estimate.design if estimate else ""
+    return NodePlacement(node.name, kind, shape_text, flops, placement, reason, npu_s, cpu_s, design)
 
 
 def _attention_dims(

@@ -86,9 +86,9 @@ class GemmPlan:
         runtime_parameters = (
             f"{self.gemm_launches} launches x {device.runtime_parameters_s * 1e6:.0f} us of runtime parameters"
         )
-        per_k = f"{len(self.per_k_designs)} designs, {self.per_k_switches} switches, {self.per_k_s * 1e3:.1f} ms"
+        per_k = f"{_count(self.per_k_designs, 'design')}, {self.per_k_switches} switches, {self.per_k_s * 1e3:.1f} ms"
         dynamic = (
-            f"{len(self.dynamic_designs)} designs, {self.dynamic_switches} switches + {runtime_parameters}, "
+            f"{_count(self.dynamic_designs, 'design')}, {self.dynamic_switches} switches + {runtime_parameters}, "
             f"{self.dynamic_s * 1e3:.1f} ms"
         )
         if len(self.per_k_designs) > device.hw_contexts:
@@ -99,6 +99,10 @@ class GemmPlan:
         if self.dynamic_k:
             return f"one dynamic-K GEMM design: {dynamic} < one per K: {per_k} (per pass, modelled)"
         return f"one GEMM design per K: {per_k} <= dynamic K: {dynamic} (per pass, modelled)"
+
+
+def _count(items: Sequence, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
 
 
 def switches_per_pass(launch_designs: Sequence[str]) -> int:

@@ -167,10 +167,18 @@ def format_session(inspection: SessionInspection, *, explain: bool = False) -> s
         f"({totals['unfused_matrix_gflops']:.2f} GFLOP left unfused); estimated "
         f"{totals['estimated_s_as_placed'] * 1e3:.1f} ms as placed vs {totals['estimated_s_all_cpu'] * 1e3:.1f} ms all on the CPU"
     )
+    lines.append(f"GEMM designs: {_gemm_plan(report).reason}")
     if explain:
         lines.append(f"not fused ({len(report.rejections)}):")
         lines.extend(f"  {r.pass_name}: {r.anchor}: {r.reason}" for r in report.rejections)
     return "\n".join(lines) + "\n"
+
+
+def _gemm_plan(report):
+    """One GEMM design per K or one dynamic-K design for the session (``kernels/designs.py``)."""
+    from xdna_ep.kernels.designs import plan_session
+
+    return plan_session(report)
 
 
 def to_json(model: str, profile: str, inspections: list[SessionInspection], *, explain: bool) -> dict:
@@ -187,6 +195,14 @@ def to_json(model: str, profile: str, inspections: list[SessionInspection], *, e
             "nodes": [asdict(p) for p in report.placements],
             "totals": inspection.totals(),
         }
+        if not report.note:
+            gemm_plan = _gemm_plan(report)
+            entry["gemm_designs"] = {
+                "dynamic_k": gemm_plan.dynamic_k,
+                "designs": list(gemm_plan.designs),
+                "switches_per_pass": gemm_plan.switches,
+                "reason": gemm_plan.reason,
+            }
         if explain:
             entry["not_fused"] = [asdict(r) for r in report.rejections]
         sessions.append(entry)

@@ -13,7 +13,9 @@ from xdna_ep.ep import simulated_pyxrt as xrt
 from xdna_ep.ep.device import NPU1
 from xdna_ep.ep.npu_executor import NpuExecutor, NpuOptions
 from xdna_ep.kernels.attention.reference import attention_reference
+from xdna_ep.kernels.designs import plan_gemms
 from xdna_ep.kernels.matmul.reference import matmul_reference
+from xdna_ep.kernels.matmul.spec import MatmulSpec
 from xdna_ep.kernels.softmax.reference import softmax_reference
 
 
@@ -59,6 +61,45 @@ def test_matmul_modelled_time_is_the_cost_model_estimate(executor):
     assert node["modelled_device_s"] == pytest.approx(estimate.device_s, rel=1e-9)
     assert node["bytes_to_device"] == estimate.bytes_to_device
     assert node["bytes_from_device"] == estimate.bytes_from_device
+
+
+def test_a_dynamic_k_plan_runs_both_ks_on_one_design_without_switches(executor):
+    # an MLP: K = 384 then K = 1536, twice; planned per K ("per_k/") and on the dynamic-K design ("dyn/")
+    gemm_plan = plan_gemms(["xdna_matmul_k384_npu1", "xdna_attention_d64_bf16_npu1", "xdna_matmul_k1536_npu1"])
+    assert gemm_plan.dynamic_k
+    executor.use_gemm_plan(["dyn/fc1", "dyn/fc2"], gemm_plan)  # before the weights, as the registry does
+    rng = np.random.default_rng(4)
+    w1 = (rng.standard_normal((384, 1536)) / np.sqrt(384)).astype(np.float32)
+    w2 = (rng.standard_normal((1536, 384)) / np.sqrt(1536)).astype(np.float32)
+    x = rng.standard_normal((256, 384)).astype(np.float32)
+    outputs = {}
+    for plan_name in ("per_k", "dyn"):
+        executor.add_weight(f"{plan_name}/fc1", w1)
+        executor.add_weight(f"{plan_name}/fc2", w2)
+        for call in range(2):
+            h = executor.matmul(f"{plan_name}/fc1/{call}", x, f"{plan_name}/fc1", "", "")
+            outputs[plan_name] = executor.matmul(f"{plan_name}/fc2/{call}", h, f"{plan_name}/fc2", "", "")
+    np.testing.assert_array_equal(outputs["dyn"], outputs["per_k"])  # same kernel, same numerics
+    nodes = executor.stats()["nodes"]
+    assert {nodes[f"dyn/{fc}/1"]["design"] for fc in ("fc1", "fc2")} == {"xdna_matmul_kdyn_npu1"}
+    assert nodes["per_k/fc1/1"]["design"] != nodes["per_k/fc2/1"]["design"]
+    assert nodes["dyn/fc1/1"]["design_switches"] == nodes["dyn/fc2/1"]["design_switches"] == 0
+    assert nodes["per_k/fc1/1"]["design_switches"] == nodes["per_k/fc2/1"]["design_switches"] == 1
+    # the same launch without its switch, plus the dynamic design's runtime parameters
+    expected = nodes["per_k/fc2/1"]["modelled_device_s"] - NPU1.design_switch_s + NPU1.runtime_parameters_s
+    assert nodes["dyn/fc2/1"]["modelled_device_s"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_plan_given_after_the_weight_moves_it_to_the_dynamic_design_without_sending_it_again(executor):
+    w, _ = _weights(executor, 128, 128)
+    weight_bytes = executor.statistics.weight_bytes_to_device
+    executor.use_gemm_plan(["w128x128"], plan_gemms(["xdna_matmul_k128_npu1", "xdna_matmul_k256_npu1"]))
+    x = np.random.default_rng(5).standard_normal((3, 128)).astype(np.float32)
+    y = executor.matmul("late", x, "w128x128", "", "")
+    np.testing.assert_allclose(y, matmul_reference(x, w, precision=executor.precision), rtol=1e-6, atol=1e-6)
+    assert executor.stats()["nodes"]["late"]["design"] == "xdna_matmul_kdyn_npu1"
+    params_bytes = MatmulSpec(k=None).params_words(128) * 4  # the dynamic design's params buffer, once
+    assert executor.statistics.weight_bytes_to_device - weight_bytes == params_bytes  # the weight stayed
 
 
 @pytest.mark.parametrize(("n_q", "n_kv", "causal"), [(1500, 1500, False), (5, 29, True), (1, 1500, False)])
@@ -142,6 +183,17 @@ def test_stats_snapshot_and_summary_cover_live_executors():
     assert data["totals"]["fallback_causes"].get("DeviceError", 0) >= 1
     line = stats.summary(data)
     assert "launches" in line and "modelled device time" in line and "DeviceError x1" in line
+
+
+def test_since_names_the_executor_that_did_the_work_among_several_live_ones():
+    executors = {precision: NpuExecutor(device="sim", precision=precision) for precision in ("bf16", "accurate")}
+    for executor in executors.values():
+        _weights(executor, 64, 128)
+    for worker in ("accurate", "bf16"):
+        before = stats.snapshot()
+        for _ in range(2):
+            executors[worker].matmul("mm", np.ones((4, 64), np.float32), "w64x128", "", "")
+        assert stats.since(before)["precision"] == worker  # whichever of the two the snapshot lists first
 
 
 def test_snapshot_counts_the_fallbacks_the_ops_recorded(monkeypatch):

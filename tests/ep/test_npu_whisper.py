@@ -74,6 +74,29 @@ def test_encoder_pass_launches_once_per_npu_node_and_sends_activations_only(tiny
     assert totals["bytes_to_device"] == expected_to_device
 
 
+def test_encoder_pass_runs_its_gemms_on_the_dynamic_k_design_with_two_switches_per_layer(tiny_encoder):
+    folder, session = tiny_encoder
+    gemm_plan = session.compiled.gemm_plan
+    assert gemm_plan.dynamic_k, gemm_plan.reason
+    assert (gemm_plan.per_k_switches, gemm_plan.dynamic_switches) == (4 * 4, 2 * 4)  # tiny.en: 4 layers
+    feed = {"input_features": _encoder_input()}
+    executor = session.compiled.executor()
+    session.run(None, feed)  # designs loaded; the array ends the pass on the GEMM design
+    passes = []
+    for _ in range(2):
+        executor.statistics.reset()
+        session.run(None, feed)
+        passes.append(executor.stats())
+    totals = passes[0]["totals"]
+    assert totals["launches"] == len(session.report.placed("npu"))
+    assert totals["design_switches"] == 2 * 4  # GEMM -> attention -> GEMM in each of 4 layers
+    designs = {node["design"] for node in passes[0]["nodes"].values()}
+    assert designs == {"xdna_matmul_kdyn_npu1", "xdna_attention_d64_bf16_npu1"}
+    # the modelled time is a function of the pass alone: the same on every pass, to the last bit
+    assert passes[1]["totals"]["modelled_device_s"] == totals["modelled_device_s"]
+    assert passes[1]["totals"]["design_switches"] == totals["design_switches"]
+
+
 def test_encoder_on_the_simulated_npu_matches_the_cpu_encoder(tiny_encoder):
     import onnxruntime as ort
 

@@ -68,7 +68,7 @@ def test_planner_keeps_one_design_per_k_when_there_are_no_switches_to_save():
     assert not gemm_plan.dynamic_k
     assert gemm_plan.per_k_switches == gemm_plan.dynamic_switches == 0
     assert gemm_plan.dynamic_s == pytest.approx(8 * NPU1.runtime_parameters_s, rel=1e-12)
-    assert gemm_plan.reason.startswith("one GEMM design per K: 1 designs, 0 switches")
+    assert gemm_plan.reason.startswith("one GEMM design per K: 1 design, 0 switches")
     assert gemm_plan.gemm_spec(384) == MatmulSpec(k=384)
     assert not plan_gemms(["xdna_attention_d64_bf16_npu1"], "npu1").dynamic_k  # no GEMM at all
 

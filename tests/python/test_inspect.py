@@ -38,6 +38,9 @@ def test_base_npu1_encoder_flops_on_the_npu_and_every_single_token_matmul_on_the
     assert matmuls and all(node["placement"] == "cpu" for node in matmuls)
     assert all("< NPU" in node["reason"] and node["npu_s"] > node["cpu_s"] for node in matmuls)
     assert with_past["not_fused"] == []
+    gemm_designs = sessions["encoder_model"]["gemm_designs"]
+    assert gemm_designs["dynamic_k"] and gemm_designs["switches_per_pass"] == 2 * 6  # base: 6 layers
+    assert gemm_designs["designs"] == ["xdna_matmul_kdyn_npu1", "xdna_attention_d64_bf16_npu1"]
 
 
 def test_table_lists_kinds_shapes_placements_and_totals(capsys):
@@ -49,6 +52,7 @@ def test_table_lists_kinds_shapes_placements_and_totals(capsys):
     assert "== encoder_model (encoder, profile npu2)" in text
     assert "attention.self" in text and "m=1500 k=384 n=1536" in text
     assert "total: 28 fused nodes" in text and "fused GFLOP on the NPU" in text
+    assert "GEMM designs: one dynamic-K GEMM design: 2 designs, 8 switches" in text
 
 
 def test_explain_prints_why_a_candidate_did_not_fuse(tmp_path, capsys):
