@@ -188,7 +188,9 @@ def snapshot() -> dict:
 def since(before: dict) -> dict:
     """Totals of the work done since ``before`` (an earlier ``snapshot()``): a JSON-ready dict.
 
-    Per-transcription numbers without resetting counters other callers may be reading.
+    Per-transcription numbers without resetting counters other callers may be reading. The device,
+    profile and precision are those of the executor that made the most calls since ``before`` (other
+    executors of the process may be alive, each with its own precision).
     """
     now = snapshot()
     totals = {}
@@ -199,9 +201,18 @@ def since(before: dict) -> dict:
         elif isinstance(value, dict):
             earlier = earlier or {}
             totals[name] = {key: count - earlier.get(key, 0) for key, count in value.items() if count != earlier.get(key, 0)}
-    first = now["executors"][0] if now["executors"] else {}
-    label = {key: first.get(key) for key in ("device", "profile", "precision")}
+    calls_now, calls_before = _calls_by_label(now), _calls_by_label(before)
+    busiest = max(calls_now, key=lambda label: calls_now[label] - calls_before.get(label, 0), default=(None,) * 3)
+    label = dict(zip(("device", "profile", "precision"), busiest))
     return {**label, "totals": totals, "executors": []}
+
+
+def _calls_by_label(data: dict) -> dict[tuple, int]:
+    """Calls per (device, profile, precision) of a snapshot: which executor did the work since another."""
+    calls: Counter = Counter()
+    for entry in data["executors"]:
+        calls[(entry["device"], entry["profile"], entry["precision"])] += entry["totals"]["calls"]
+    return calls
 
 
 def reset() -> None:
