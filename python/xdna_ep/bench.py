@@ -5,10 +5,11 @@
 For each model the encoder is compiled for the NPU, run once to load its designs, then run on a real
 30-s window (jfk.wav's log-mel padded to 3000 frames, as the pipeline feeds it) with the counters
 reset. Printed per model: NPU nodes, launches, design switches, hardware contexts, bytes each way,
-the modelled device time on the profile's NPU split into compute, design switches, launches and
-transfers (the cost model of ``ep/cost_model.py``, calibrated on npu.md's measurements), the host time
-measured here, and ONNX Runtime's CPU encoder on the same input for scale. Also the host overhead of
-one xdna op at the Python boundary (``ep/ops.py``'s measurement).
+the modelled device time on the profile's NPU split into compute, design switches, launches, runtime
+parameters (dynamic-K GEMM design) and transfers, and by op kind (the cost model of
+``ep/cost_model.py``, calibrated on npu.md's measurements), the session's GEMM design plan and its reason
+(``kernels/designs.py``), the host time measured here, and ONNX Runtime's CPU encoder on the same input
+for scale. Also the host overhead of one xdna op at the Python boundary (``ep/ops.py``'s measurement).
 
 On ``--device sim`` the device time is modelled (the simulator's wall time is NumPy's, not the NPU's);
 on ``--device npu`` the measured wall time of the launches is printed next to it.
@@ -72,14 +73,16 @@ class EncoderBench:
     compute_s: float
     switch_s: float
     launch_s: float
+    runtime_parameters_s: float  # the dynamic-K GEMM design's per-launch runtime parameters
     transfer_s: float
     npu_flops: int
     executor_host_s: float
     device_wall_s: float
     session_s: float  # wall time of the whole session.run here
     cpu_encoder_s: float  # ONNX Runtime CPU encoder, same input, median
+    gemm_designs: str = ""  # the session's GEMM plan and why (kernels/designs.py)
     host_per_kind_s: dict[str, float] = field(default_factory=dict)  # mean executor host time per call
-    switches_one_gemm_design: int | None = None  # if all GEMMs shared one dynamic-K design (sim only)
+    compute_per_kind_s: dict[str, float] = field(default_factory=dict)  # modelled array time per op kind
 
     @property
     def rest_s(self) -> float:
@@ -96,17 +99,12 @@ def encoder_input(audio: str = "") -> np.ndarray:
     return np.asarray(mel, dtype=np.float32)[None]
 
 
-def _switches_with_one_gemm_design(designs: list[str]) -> int:
-    """Design switches of the same launch sequence (steady state) if every GEMM used one design."""
-    merged = ["gemm" if name.startswith("xdna_matmul_") else name for name in designs]
-    return sum(merged[i] != merged[i - 1] for i in range(len(merged)))  # i = 0 compares with the last
-
-
 def bench_encoder(model_name: str, options: BenchOptions, features: np.ndarray) -> EncoderBench:
     import onnxruntime as ort
 
     import xdna_ep
     from xdna_ep.ep import cost_model
+    from xdna_ep.kernels.matmul.spec import MatmulSpec
     from xdna_ep.models.registry import ENCODER_FILE, ensure_model
 
     folder = ensure_model(model_name)
@@ -116,11 +114,6 @@ def bench_encoder(model_name: str, options: BenchOptions, features: np.ndarray) 
     feed = {"input_features": features}
     session.run(None, feed)  # loads the designs and instruction streams
     executor = session.compiled.executor()
-    device = executor.device
-    ledger = None
-    if device.simulated:
-        ledger = device.binding.simulated_npu()
-        ledger.reset_ledger()
     executor.statistics.reset()
     start = time.perf_counter()
     session.run(None, feed)
@@ -128,19 +121,27 @@ def bench_encoder(model_name: str, options: BenchOptions, features: np.ndarray) 
     data = executor.stats()
     totals = data["totals"]
     profile = executor.profile
+    dynamic_k_design = MatmulSpec(k=None, profile=profile.name).name
     launch_s = totals["launches"] * profile.launch_s
     switch_s = totals["design_switches"] * profile.design_switch_s
     transfer_s = cost_model.transfer_s(profile, totals["bytes_to_device"] + totals["bytes_from_device"])
+    dynamic_k_launches = sum(node["launches"] for node in data["nodes"].values() if node["design"] == dynamic_k_design)
+    runtime_parameters_s = dynamic_k_launches * profile.runtime_parameters_s
     per_kind: dict[str, list[float]] = {}
+    compute_per_kind: dict[str, float] = {}
     for node in data["nodes"].values():
         per_kind.setdefault(node["kind"], []).append(node["host_s"] / max(1, node["calls"]))
+        overhead = (
+            node["launches"] * profile.launch_s
+            + node["design_switches"] * profile.design_switch_s
+            + (node["launches"] * profile.runtime_parameters_s if node["design"] == dynamic_k_design else 0.0)
+            + cost_model.transfer_s(profile, node["bytes_to_device"] + node["bytes_from_device"])
+        )
+        compute_per_kind[node["kind"]] = compute_per_kind.get(node["kind"], 0.0) + node["modelled_device_s"] - overhead
     kinds: dict[str, int] = {}
     for placement in placed:
         kind = placement.kind.split("+")[0].split(".")[0]
         kinds[kind] = kinds.get(kind, 0) + 1
-    switches_one_gemm = None
-    if ledger is not None:
-        switches_one_gemm = _switches_with_one_gemm_design([record.design for record in ledger.ledger.records])
     cpu = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     cpu.run(None, feed)
     cpu_times = []
@@ -160,17 +161,19 @@ def bench_encoder(model_name: str, options: BenchOptions, features: np.ndarray) 
         bytes_from_device=totals["bytes_from_device"],
         weight_bytes=data["weight_bytes_to_device"],
         modelled_s=totals["modelled_device_s"],
-        compute_s=totals["modelled_device_s"] - launch_s - switch_s - transfer_s,
+        compute_s=totals["modelled_device_s"] - launch_s - switch_s - runtime_parameters_s - transfer_s,
         switch_s=switch_s,
         launch_s=launch_s,
+        runtime_parameters_s=runtime_parameters_s,
         transfer_s=transfer_s,
         npu_flops=sum(p.flops for p in placed),
         executor_host_s=totals["host_s"],
         device_wall_s=totals["device_wall_s"],
         session_s=session_s,
         cpu_encoder_s=float(np.median(cpu_times)),
+        gemm_designs=session.compiled.gemm_plan.reason,
         host_per_kind_s={kind: float(np.mean(values)) for kind, values in per_kind.items()},
-        switches_one_gemm_design=switches_one_gemm,
+        compute_per_kind_s=compute_per_kind,
     )
 
 
@@ -190,17 +193,13 @@ def format_encoder(result: EncoderBench, options: BenchOptions) -> list[str]:
         f"{result.bytes_from_device / 1e6:.1f} MB from it; weights {result.weight_bytes / 1e6:.1f} MB once per session",
         f"  modelled {profile.name} device time: {result.modelled_s * ms:.1f} ms = compute {result.compute_s * ms:.1f} "
         f"+ design switches {result.switch_s * ms:.1f} + launches {result.launch_s * ms:.1f} "
-        f"+ transfers {result.transfer_s * ms:.1f}",
+        f"+ runtime parameters {result.runtime_parameters_s * ms:.1f} + transfers {result.transfer_s * ms:.1f}; "
+        f"compute by op kind: " + ", ".join(f"{kind} {s * ms:.1f}" for kind, s in sorted(result.compute_per_kind_s.items())),
+        f"  GEMM designs: {result.gemm_designs}",
         f"  the NPU nodes' {result.npu_flops / 1e9:.1f} GFLOP alone at {PUBLISHED_GEMM_TFLOPS[0]}-"
         f"{PUBLISHED_GEMM_TFLOPS[1]} TFLOPS: {low:.1f}-{high:.1f} ms; the rest of the compute is padding, "
         f"per-output drain (skinny K) and the attention's softmax",
     ]
-    if result.switches_one_gemm_design is not None:
-        saved = (result.design_switches - result.switches_one_gemm_design) * profile.design_switch_s
-        lines.append(
-            f"  what if every GEMM shared one dynamic-K design (mlir-aie whole_array_dyn, not built here): "
-            f"{result.switches_one_gemm_design} switches, {(result.modelled_s - saved) * ms:.1f} ms modelled"
-        )
     host = ", ".join(f"{kind} {seconds * ms:.2f} ms" for kind, seconds in sorted(result.host_per_kind_s.items()))
     lines += [
         f"  host, measured here: executor {result.executor_host_s * ms:.1f} ms per pass (per call: {host}; "
