@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,6 +232,67 @@ def run_bench(options: BenchOptions) -> list[str]:
     return lines
 
 
+def bench_memory(options: BenchOptions, minutes: tuple[float, ...]) -> Iterator[str]:
+    """Peak resident memory (RSS, sampled every 5 ms) while transcribing recordings ``minutes`` long:
+    the clip (default jfk.wav) repeated with 1.5 s of silence between copies, written to a 16-bit WAV
+    and transcribed with the default options by one loaded model, warmed up by one transcription of
+    the clip (the device's scratch buffers and ONNX Runtime's arenas are allocated then). Bounded
+    memory means the peak grows with the duration by the recording alone (its samples, their padded
+    copies during the log-mel, and the log-mel: about 15 MB a minute), not by anything per window.
+    Yields report lines as they are measured.
+    """
+    import tempfile
+    import threading
+
+    import psutil
+    import soundfile
+
+    import xdna_ep
+    from xdna_ep.audio import SAMPLE_RATE, load_audio
+
+    process = psutil.Process()
+    mib = 2**20
+    clip = load_audio(Path(options.audio) if options.audio else Path(__file__).resolve().parent / "data" / "jfk.wav")
+    period = np.concatenate([clip, np.zeros(int(1.5 * SAMPLE_RATE), np.float32)])
+    yield (
+        f"xdna-ep bench --memory {','.join(f'{m:g}' for m in minutes)} --device {options.device} --profile "
+        f"{options.profile} --precision {options.precision}: peak RSS while transcribing"
+    )
+    for model_name in options.models:
+        model = xdna_ep.load_model(model_name, device=options.device, profile=options.profile, precision=options.precision)
+        loaded = process.memory_info().rss
+        xdna_ep.transcribe(clip, model)
+        warm = process.memory_info().rss
+        yield f"{model_name}: {loaded / mib:.0f} MiB resident with the model loaded, {warm / mib:.0f} MiB after one clip"
+        for duration in minutes:
+            n_samples = int(duration * 60 * SAMPLE_RATE)
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "long.wav"
+                soundfile.write(str(path), np.resize(period, n_samples), SAMPLE_RATE, subtype="PCM_16")
+                before = process.memory_info().rss
+                peak, done = [before], threading.Event()
+
+                def sample() -> None:
+                    while not done.wait(0.005):
+                        peak[0] = max(peak[0], process.memory_info().rss)
+
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                start = time.perf_counter()
+                try:
+                    result = xdna_ep.transcribe(path, model)
+                finally:
+                    done.set()
+                    sampler.join()
+                elapsed = time.perf_counter() - start
+                after = process.memory_info().rss
+            yield (
+                f"  {duration:g} min: peak RSS {peak[0] / mib:.0f} MiB ({(peak[0] - before) / mib:+.0f} MiB during the "
+                f"transcription, {(after - before) / mib:+.0f} MiB left after it), {result.stats['windows']} windows, "
+                f"{len(result.text.split())} words, {elapsed:.1f} s"
+            )
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     defaults = BenchOptions()
     parser.add_argument("--device", choices=("sim", "npu"), default=defaults.device, help="where the xdna ops run")
@@ -238,6 +300,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("bf16", "accurate"), default=defaults.precision)
     parser.add_argument("--model", action="append", help=f"model(s) to bench (default: {', '.join(DEFAULT_MODELS)})")
     parser.add_argument("--audio", default="", help="clip whose log-mel feeds the encoder (default: jfk.wav)")
+    parser.add_argument(
+        "--memory", metavar="MINUTES[,MINUTES...]", type=lambda text: tuple(float(m) for m in text.split(",")),
+        help="instead: peak RSS while transcribing recordings this long (the --audio clip repeated), e.g. 1,5,10",
+    )
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -245,6 +311,6 @@ def run_command(args: argparse.Namespace) -> int:
         device=args.device, profile=args.profile, precision=args.precision,
         models=tuple(args.model) if args.model else DEFAULT_MODELS, audio=args.audio,
     )  # fmt: skip
-    for line in run_bench(options):
+    for line in bench_memory(options, args.memory) if args.memory else run_bench(options):
         print(line, flush=True)
     return 0
