@@ -241,3 +241,16 @@ def test_long_audio_keeps_every_clip_once_in_order_across_window_edges(tiny_en_m
         position = found + len(phrases[clip])
     for clip in clips:
         assert text.count(phrases[clip]) == order.count(clip), (clip, phrases[clip])
+
+
+@pytest.mark.slow
+def test_bench_memory_reports_the_peak_of_each_duration():
+    from xdna_ep.bench import BenchOptions, bench_memory
+
+    lines = list(bench_memory(BenchOptions(device="sim", models=("tiny.en",)), (0.25,)))
+    assert lines[0].startswith("xdna-ep bench --memory 0.25 --device sim")
+    loaded = re.match(r"tiny\.en: (\d+) MiB resident with the model loaded, (\d+) MiB after one clip$", lines[1])
+    assert loaded, lines[1]
+    measured = re.match(r"  0\.25 min: peak RSS (\d+) MiB \(\+\d+ MiB during .*, [-+]\d+ MiB left after it\), 1 windows", lines[2])
+    assert measured, lines[2]
+    assert int(measured.group(1)) >= int(loaded.group(1))  # the peak includes the loaded model
