@@ -106,6 +106,14 @@ def collect_fallbacks() -> Iterator[list[Fallback]]:
         _this_run.fallbacks = previous
 
 
+def take_interrupt() -> bool:
+    """Whether a KeyboardInterrupt (Ctrl-C) was caught inside an xdna op on this thread since the last
+    call; clears it. An op must not raise, so ``xdna_ep.InferenceSession.run`` raises it after the run."""
+    interrupted = getattr(_this_run, "interrupted", False)
+    _this_run.interrupted = False
+    return interrupted
+
+
 def cause_of(error: BaseException) -> str:
     """The cause a fallback is counted and warned under: the error type, and the device's cause if it gave one."""
     cause = getattr(error, "cause", None)
@@ -183,7 +191,10 @@ class _Node:
 
     def fallback(self, inputs: list, error: BaseException) -> np.ndarray:
         """Recompute on the reference (counted, warned once per cause); NaN if even that fails."""
-        _record_fallback(self.op_type, self.name, self.model, error)
+        if isinstance(error, KeyboardInterrupt):  # not a device fault: the session re-raises it after the run
+            _this_run.interrupted = True
+        else:
+            _record_fallback(self.op_type, self.name, self.model, error)
         try:
             if self.model is None:
                 raise LookupError("no weights to recompute with") from error

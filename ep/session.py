@@ -270,13 +270,16 @@ class InferenceSession(ort.InferenceSession):
         return self.compiled.report if self.compiled is not None else None
 
     def run(self, output_names, input_feed, run_options=None):
-        if not self.strict or self.compiled is None:
+        if self.compiled is None:
             return super().run(output_names, input_feed, run_options)
-        from xdna_ep.ep.ops import collect_fallbacks
+        from xdna_ep.ep.ops import collect_fallbacks, take_interrupt
 
+        take_interrupt()  # forget one that landed in another session's op
         with collect_fallbacks() as fallbacks:  # this run's, not those of other threads' runs
             outputs = super().run(output_names, input_feed, run_options)
-        if fallbacks:
+        if take_interrupt():
+            raise KeyboardInterrupt  # Ctrl-C landed inside an xdna op, which computed on instead of raising
+        if self.strict and fallbacks:
             first = fallbacks[0]
             causes = sorted({fallback.cause for fallback in fallbacks})
             raise FallbackError(

@@ -170,6 +170,26 @@ def test_strict_session_names_the_node_and_the_cause(model):
     assert "2 NPU op call(s)" in message
 
 
+class CtrlC(ReferenceExecutor):
+    """Its matmul is where a Ctrl-C lands."""
+
+    name = "ctrl-c"
+
+    def matmul(self, node, x, weight_key, bias_key, activation):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_inside_an_op_interrupts_the_run_after_it_instead_of_counting_a_fallback(model):
+    session = xdna_ep.InferenceSession(model, device="sim", placement="npu")
+    session.compiled.use_executor(CtrlC())
+    before = sum(ops.fallback_counts().values())
+    with pytest.raises(KeyboardInterrupt):
+        session.run(None, {"input_features": inputs(6)})
+    assert sum(ops.fallback_counts().values()) == before
+    session.compiled.use_executor(ReferenceExecutor())
+    np.testing.assert_allclose(session.run(None, {"input_features": inputs(6)})[0], fp32_reference(model, inputs(6)), rtol=1e-5, atol=1e-6)
+
+
 class FailsOnBadThreads(ReferenceExecutor):
     """Computes like the reference, but fails every call made on a thread whose name starts with 'bad'."""
 
