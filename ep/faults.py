@@ -21,12 +21,16 @@ nothing here can touch a run on an NPU.
 | ``missing_xclbin`` | xclbin | RuntimeError: No such file or directory (the xclbin of a design is not there) |
 
 Faults are process-wide, like the simulated machine they act on; ``inject`` is a context manager, so
-a test's faults end with its block.
+a test's faults end with its block. ``$XDNA_EP_SIM_FAULT`` injects one for the whole process, to try
+a fault from the command line: ``KIND[:AFTER[:TIMES]]``, e.g.
+
+    XDNA_EP_SIM_FAULT=timeout:5:3 xdna-ep transcribe --device sim jfk.wav
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +44,7 @@ POINTS: dict[str, frozenset[str]] = {
     "missing_xclbin": frozenset({"xclbin"}),
 }
 FAULTS = tuple(POINTS)
+FAULT_ENV = "XDNA_EP_SIM_FAULT"  # KIND[:AFTER[:TIMES]]: a fault injected for the whole process
 
 
 @dataclass
@@ -83,6 +88,22 @@ def inject(kind: str, *, after: int = 0, times: int | None = None) -> Iterator[F
             _active.remove(fault)
 
 
+def _inject_from_environment() -> None:
+    text = os.environ.get(FAULT_ENV, "").strip()
+    if not text:
+        return
+    from xdna_ep.errors import DeviceError
+
+    kind, *numbers = text.split(":")
+    try:
+        if len(numbers) > 2:
+            raise ValueError("too many fields")
+        fault = Fault(kind, after=int(numbers[0]) if numbers else 0, times=int(numbers[1]) if len(numbers) > 1 else None)
+    except ValueError as error:
+        raise DeviceError(f"${FAULT_ENV}={text!r} is not KIND[:AFTER[:TIMES]] with KIND one of {', '.join(FAULTS)}: {error}") from None
+    _active.append(fault)
+
+
 def trip(point: str) -> str | None:
     """The fault that fires at ``point`` now (its kind), or None. Called by the simulated pyxrt only."""
     if not _active:  # the common case: no lock taken
@@ -99,3 +120,6 @@ def active() -> list[str]:
     """The kinds of the faults injected right now."""
     with _lock:
         return [fault.kind for fault in _active]
+
+
+_inject_from_environment()

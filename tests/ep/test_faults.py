@@ -110,6 +110,16 @@ def test_a_fault_is_validated():
             pass
 
 
+def test_a_fault_from_the_environment_lasts_for_the_process(monkeypatch):
+    monkeypatch.setattr(faults, "_active", [])
+    monkeypatch.setenv(faults.FAULT_ENV, "launch_error:2:1")
+    faults._inject_from_environment()
+    assert [faults.trip("launch") for _ in range(4)] == [None, None, "launch_error", None]
+    monkeypatch.setenv(faults.FAULT_ENV, "timeout:soon")
+    with pytest.raises(DeviceError, match=r"XDNA_EP_SIM_FAULT='timeout:soon' is not KIND\[:AFTER\[:TIMES\]\]"):
+        faults._inject_from_environment()
+
+
 @pytest.mark.parametrize("kind", faults.FAULTS)
 def test_each_fault_recomputes_on_the_cpu_counted_and_warned_once_per_cause(kind, session, model, caplog, monkeypatch):
     monkeypatch.setattr(ops, "_warned", set())
