@@ -138,6 +138,22 @@ def hf_config(dims: WhisperDims, suppress_ids: list[int], begin_suppress_ids: li
     )
 
 
+def dims_from_hf_config(config) -> WhisperDims:
+    """The dimensions of a ``transformers.WhisperConfig`` (the inverse of ``hf_config``)."""
+    return WhisperDims(
+        n_mels=config.num_mel_bins,
+        n_audio_ctx=config.max_source_positions,
+        n_audio_state=config.d_model,
+        n_audio_head=config.encoder_attention_heads,
+        n_audio_layer=config.encoder_layers,
+        n_vocab=config.vocab_size,
+        n_text_ctx=config.max_target_positions,
+        n_text_state=config.d_model,
+        n_text_head=config.decoder_attention_heads,
+        n_text_layer=config.decoder_layers,
+    )
+
+
 def hf_state_dict(ct2: Ct2Model, dims: WhisperDims) -> dict[str, np.ndarray]:
     """Map the CTranslate2 tensors to transformers' Whisper names, checking every shape on the way."""
     d = dims.n_audio_state

@@ -27,7 +27,7 @@ import onnx
 
 from xdna_ep.errors import ModelError
 from xdna_ep.models import registry
-from xdna_ep.models.convert import WhisperDims, build_hf_model, dims_from_ct2, special_token_ids
+from xdna_ep.models.convert import WhisperDims, build_hf_model, dims_from_hf_config, special_token_ids
 from xdna_ep.models.ct2 import read_model_bin
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def export_model(name: str, source: Path | None = None, force: bool = False) -> 
                 _check_loadable(onnx_dir / file)
             validation = validate_export(hf_model, onnx_dir)
             shutil.copyfile(tokenizer_json, onnx_dir / registry.TOKENIZER_FILE)
-            dims = _dims_of(hf_model)
+            dims = dims_from_hf_config(hf_model.config)
             config = _config_json(name, dims, extra, origin, validation, time.perf_counter() - started)
             (onnx_dir / registry.CONFIG_FILE).write_text(json.dumps(config, indent=1))
             final = scratch / "final"
@@ -149,22 +149,6 @@ def _from_hugging_face(folder: Path):
         "alignment_heads": list(getattr(generation, "alignment_heads", None) or []),
     }
     return model.eval(), tokenizer_json, extra
-
-
-def _dims_of(model) -> WhisperDims:
-    config = model.config
-    return WhisperDims(
-        n_mels=config.num_mel_bins,
-        n_audio_ctx=config.max_source_positions,
-        n_audio_state=config.d_model,
-        n_audio_head=config.encoder_attention_heads,
-        n_audio_layer=config.encoder_layers,
-        n_vocab=config.vocab_size,
-        n_text_ctx=config.max_target_positions,
-        n_text_state=config.d_model,
-        n_text_head=config.decoder_attention_heads,
-        n_text_layer=config.decoder_layers,
-    )
 
 
 def _run_optimum(model, scratch: Path) -> Path:
@@ -254,7 +238,7 @@ def validate_export(model, onnx_dir: Path) -> dict:
     import onnxruntime as ort
     import torch
 
-    dims = _dims_of(model)
+    dims = dims_from_hf_config(model.config)
     ids = special_token_ids(dims.n_vocab)
     prompt = [ids["sot"]] + ([ids["sot"] + 1] if dims.is_multilingual else []) + [ids["transcribe"], ids["no_timestamps"]]
     features = _real_features(dims.n_mels)
