@@ -17,6 +17,7 @@ import logging
 import shutil
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict
 from importlib import metadata
@@ -58,6 +59,25 @@ def _export_lock(target: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextmanager
+def _quiet_exporters():
+    """Hide the tracer and deprecation warnings torch, transformers and optimum print while exporting.
+
+    They concern the exporter's internals, not the user's model; the export is checked on real
+    input instead (``validate_export``).
+    """
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
 def export_model(name: str, source: Path | None = None, force: bool = False) -> Path:
     """Export model ``name`` into the cache (from its packaged weights, or from ``source``); return its folder."""
     target = registry.models_dir() / name
@@ -65,11 +85,13 @@ def export_model(name: str, source: Path | None = None, force: bool = False) -> 
         if not force and not registry.missing_files(target):
             return target
         started = time.perf_counter()
-        hf_model, tokenizer_json, extra, origin = _load_weights(name, source)
+        with _quiet_exporters():
+            hf_model, tokenizer_json, extra, origin = _load_weights(name, source)
         log.warning("exporting Whisper '%s' from %s to ONNX (first use; takes a minute)", name, origin)
         with tempfile.TemporaryDirectory(prefix=f"xdna-ep-export-{name}-", dir=target.parent) as scratch:
             scratch = Path(scratch)
-            onnx_dir = _run_optimum(hf_model, scratch)
+            with _quiet_exporters():
+                onnx_dir = _run_optimum(hf_model, scratch)
             for file in (registry.DECODER_FILE, registry.DECODER_WITH_PAST_FILE):
                 share_output_projection(onnx_dir / file)
             for file in (registry.ENCODER_FILE, registry.DECODER_FILE, registry.DECODER_WITH_PAST_FILE):
