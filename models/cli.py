@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from xdna_ep.errors import ModelError
 from xdna_ep.models import registry
 
 
@@ -27,8 +28,6 @@ def run_command(args: argparse.Namespace) -> int:
         from xdna_ep.models.export import export_model
 
         if not registry.export_available():
-            from xdna_ep.errors import ModelError
-
             raise ModelError(f"the exporter is not installed: {registry.EXPORT_INSTALL_HINT}")
         folder = export_model(args.name, source=args.source, force=args.force)
         config = registry.read_config(folder)
@@ -58,7 +57,7 @@ def _list_models() -> int:
         try:
             packaged.weight_files()
             status = "available" if registry.export_available() else "needs export extra"
-        except Exception:  # noqa: BLE001 - any failure to locate the package means "not installed"
+        except ModelError:  # the package that carries the weights is not installed
             status = "not installed"
         print(f"{name:<12} {status:<10} {'':<7} {'':<6} {'':<6} package {' + '.join(packaged.pip_names)}")
     return 0

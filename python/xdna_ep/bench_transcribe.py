@@ -78,7 +78,7 @@ def _xdna_tokens(result) -> list[int]:
     return [token for segment in result.segments for token in segment.tokens]
 
 
-def bench_clip(model_name: str, audio_path: Path, options: TranscribeBenchOptions, engines: dict) -> list[EngineResult]:
+def bench_clip(audio_path: Path, options: TranscribeBenchOptions, engines: dict) -> list[EngineResult]:
     """Every engine on one clip; ``engines`` holds the loaded models (loaded once per model)."""
     import xdna_ep
     from xdna_ep.audio import load_audio
@@ -135,7 +135,7 @@ def run_bench(options: TranscribeBenchOptions) -> list[str]:
     for model_name in options.models:
         engines = load_engines(model_name, options)
         for clip in clips:
-            results = bench_clip(model_name, clip, options, engines)
+            results = bench_clip(clip, options, engines)
             reference = results[0]
             lines.append(f"{model_name} / {clip.name}:")
             lines.append(f"  {'engine':<22} {'median ms':>10} {'vs xdna-ep cpu':>15}  tokens")
