@@ -230,7 +230,8 @@ def estimate_matmul(
 ) -> Estimate:
     """Cost of y[m, n] = act(x[m, k] @ W[k, n] + b) with W resident on the device.
 
-    One launch of the whole-array GEMM design for this K (K is baked into the xclbin).
+    One launch of a whole-array GEMM design. The estimate names the per-K design; the design-set
+    planner (``kernels/designs.py``) may move the session's GEMMs to the dynamic-K design.
     """
     profile = get_profile(profile)
     parts = GEMM_PARTS[check_precision(precision)]
