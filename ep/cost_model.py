@@ -38,6 +38,10 @@ import math
 from dataclasses import dataclass
 
 from xdna_ep.ep.device import DeviceProfile, get_profile
+from xdna_ep.kernels.attention import cycles as attention_cycles
+from xdna_ep.kernels.matmul import cycles as matmul_cycles
+from xdna_ep.kernels.softmax import cycles as softmax_cycles
+from xdna_ep.kernels.timing import FP32_MUL_ISSUES
 
 PRECISIONS = ("bf16", "accurate")
 
@@ -168,32 +172,36 @@ def padded_gemm_shape(profile: DeviceProfile, m: int, k: int, n: int) -> tuple[i
     )
 
 
-def gemm_compute_s(profile: DeviceProfile, m: int, k: int, n: int, *, dynamic_k: bool = False) -> float:
-    """Array time of one whole-array GEMM of an already padded (M, K, N) shape.
+def gemm_compute_s(
+    profile: DeviceProfile, m: int, k: int, n: int, *, dynamic_k: bool = False, gelu: bool = False,
+    fp32_mul_issues: int = FP32_MUL_ISSUES[0],
+) -> float:  # fmt: skip
+    """Array time of one whole-array GEMM of an already padded (M, K, N), bottom-up
+    (``kernels/matmul/cycles.py``).
 
     ``dynamic_k``: the dynamic-K design (K in the instruction stream), whose cores first wait for their
-    runtime parameters. Its MAC rate is unmeasured; it is modelled at the static design's rate: the
-    per-tile kernel is the same and mlir-aie documents no slowdown, only a runtime trip count.
+    runtime parameters; its per-tile kernel and data movement are the static design's.
     """
-    seconds = 2.0 * m * k * n / profile.gemm_flops_per_s + m * n * profile.output_s_per_element
+    seconds = matmul_cycles.design_time(profile, m, k, n, gelu=gelu, fp32_mul_issues=fp32_mul_issues).seconds
     return seconds + (profile.runtime_parameters_s if dynamic_k else 0.0)
 
 
-def attention_compute_s(profile: DeviceProfile, heads: int, n_q: int, n_kv: int, head_dim: int, parts: int) -> float:
-    """Array time of one fused attention launch of already padded shapes (parts: 1 bf16, 2 accurate)."""
-    products = 1 if parts == 1 else 3
-    macs_per_head = 2 * n_q * n_kv * head_dim  # q @ k^T and p @ v
-    return heads * (
-        products * 2.0 * macs_per_head / profile.gemm_flops_per_s
-        + n_q * n_kv * profile.output_s_per_element  # scores: softmax work on the cores
-        + n_q * head_dim * profile.output_s_per_element  # output drain
-    )
+def attention_compute_s(
+    profile: DeviceProfile, heads: int, n_q: int, n_kv: int, head_dim: int, parts: int,
+    fp32_mul_issues: int = FP32_MUL_ISSUES[0],
+) -> float:  # fmt: skip
+    """Array time of one fused attention launch of already padded shapes (parts: 1 bf16, 2 accurate),
+    bottom-up (``kernels/attention/cycles.py``)."""
+    return attention_cycles.design_time(
+        profile, heads, n_q, n_kv, head_dim, parts, q_rows=ATTENTION_Q_ROWS_PER_CORE, kv_tile=ATTENTION_KV_TILE,
+        fp32_mul_issues=fp32_mul_issues,
+    ).seconds  # fmt: skip
 
 
-def softmax_compute_s(profile: DeviceProfile, rows: int, cols: int) -> float:
-    """Array time of one softmax launch of an already padded (rows, cols) fp32 matrix: shim-bound."""
-    nbytes = rows * cols * FP32_BYTES
-    return max(nbytes / profile.shim_in_bytes_per_s, nbytes / profile.shim_out_bytes_per_s)
+def softmax_compute_s(profile: DeviceProfile, rows: int, cols: int, fp32_mul_issues: int = FP32_MUL_ISSUES[0]) -> float:
+    """Array time of one softmax launch of an already padded (rows, cols) fp32 matrix, bottom-up
+    (``kernels/softmax/cycles.py``)."""
+    return softmax_cycles.design_time(profile, rows, cols, fp32_mul_issues).seconds
 
 
 def transfer_s(profile: DeviceProfile, nbytes: int) -> float:
@@ -236,7 +244,7 @@ def estimate_matmul(
     profile = get_profile(profile)
     parts = GEMM_PARTS[check_precision(precision)]
     mp, kp, np_ = padded_gemm_shape(profile, m, k, n)
-    compute = gemm_compute_s(profile, mp, parts * kp, np_)
+    compute = gemm_compute_s(profile, mp, parts * kp, np_, gelu=gelu)
     launches = launches_for(profile, compute)
     to_device = m * parts * kp * BF16_BYTES  # the real rows only: padding rows are never synced
     from_device = m * np_ * FP32_BYTES

@@ -3,14 +3,19 @@
 Two profiles, named as the XDNA driver names them: ``npu1`` (Phoenix / Hawk Point, XDNA, AIE2) and
 ``npu2`` (Strix, XDNA2, AIE2P). Every figure carries its source; the sources are collected in
 ``../shared/docs/npu.md``. *derived* means computed from other figures here; *fitted* means a
-constant of the cost model fitted to the measurements of npu.md (the fit is in ``ep/cost_model.py``'s
-docstring and reproduced by ``tests/ep/test_cost_model.py``); *unverified* means no primary source
+constant fitted to some measurements of npu.md and checked on others it never saw (``ep/calibration.py``,
+``xdna-ep bench --calibration``); *unverified* means no primary source
 confirmed it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+# The one free parameter of the bottom-up timing, fitted by ep/calibration.py (fit_array_clock) on the
+# points it marks "fit"; tests/ep/test_calibration.py checks that this value is that fit's result.
+ARRAY_CLOCK_NPU1_HZ = 935e6
 
 
 @dataclass(frozen=True)
@@ -36,9 +41,9 @@ class DeviceProfile:
     bf16_peak_flops: float  # best published bf16 GEMM, FLOP/s
     int8_peak_ops: float  # best published int8 GEMM, OP/s
     marketing_int8_tops: float
-    # --- cost-model rates (fitted on whisper-xdna's measured GEMMs, see cost_model.py)
-    gemm_flops_per_s: float  # sustained whole-array bf16 MAC rate, FLOP/s (fp32 accumulation)
-    output_s_per_element: float  # per output element of a GEMM (accumulator drain), whole array
+    # --- the bottom-up timing (kernels/timing.py, kernels/*/cycles.py)
+    array_clock_hz: float  # clock of the cores' issue slots and the DMA channels: the one fitted parameter
+    mmul_cycles_per_issue: int  # cycles one bf16 aie::mmul issue (r x s x t) occupies the matrix unit
     # --- host <-> device
     host_device_bytes_per_s: float  # buffer sync bandwidth (memory is shared with the CPU)
     launch_s: float  # one kernel(...) + run.wait() from Python via raw pyxrt
@@ -62,12 +67,12 @@ class DeviceProfile:
     @property
     def shim_in_bytes_per_s(self) -> float:
         """Aggregate DDR -> array bandwidth of the shim DMAs (derived)."""
-        return self.columns * self.shim_channels_in * self.shim_bytes_per_cycle * self.core_clock_hz
+        return self.columns * self.shim_channels_in * self.shim_bytes_per_cycle * self.array_clock_hz
 
     @property
     def shim_out_bytes_per_s(self) -> float:
         """Aggregate array -> DDR bandwidth of the shim DMAs (derived)."""
-        return self.columns * self.shim_channels_out * self.shim_bytes_per_cycle * self.core_clock_hz
+        return self.columns * self.shim_channels_out * self.shim_bytes_per_cycle * self.array_clock_hz
 
     @property
     def gemm_m_multiple(self) -> int:
@@ -103,10 +108,11 @@ NPU1 = DeviceProfile(
     bf16_peak_flops=3.14e12,  # arXiv 2512.13282, best published npu1 bf16 GEMM
     int8_peak_ops=6.76e12,  # arXiv 2512.13282, best published npu1 int8 GEMM
     marketing_int8_tops=16.0,  # AMD: Hawk Point 16 TOPS (Phoenix 10)
-    # fitted (cost_model.py) on whisper-xdna README's 1761 / 1514 / 1409 / 386 GFLOPS GEMMs and its
-    # HISTORY.md 0.267 ms 512^3 raw-pyxrt launch, with launch_s fixed at 60 us: every point within 17 %
-    gemm_flops_per_s=1.90e12,
-    output_s_per_element=0.219e-9,
+    # fitted (ep/calibration.py, `xdna-ep bench --calibration`) on one measurement, whisper-xdna README's
+    # 1536x1536x384 GEMM at 1761 GFLOPS; the driver's top npuclk is 847 MHz, the fit lands near it.
+    # Checked on the held-out points (tests/ep/test_calibration.py)
+    array_clock_hz=ARRAY_CLOCK_NPU1_HZ,
+    mmul_cycles_per_issue=1,  # AM020: AIE-ML bf16 matrix multiply, 128 MACs (4 x 8 x 4) per cycle
     host_device_bytes_per_s=60e9,  # mlir-aie PR #2559: 55-66 GB/s host-device copies
     launch_s=60e-6,  # mlir-aie #2381, XRT #9018: 45 / 60 us per kernel() + wait() (empty / trivial)
     # unmeasured: the dynamic-K GEMM (mlir-aie whole_array_dyn.py) writes 2 runtime-parameter words and
@@ -123,12 +129,6 @@ NPU1 = DeviceProfile(
     max_in_flight_per_context=4,  # xdna-driver: at most 4 commands in flight per context
     driver_timeout_s=2.0,  # xdna-driver aie2_tdr.c: 2 s without progress -> timeout, contexts restart
 )
-
-# npu2 rates are scaled from npu1's fitted ones (no whisper-xdna-like measurement on Strix exists):
-# GEMM by the best published bf16 GEMMs (14.71 / 3.14 TFLOPS, arXiv 2512.13282), per-element
-# drain by columns x clock (8 x 1267 MHz vs 4 x 847 MHz). Both *derived*, unverified on hardware.
-_NPU2_GEMM_SCALE = 14.71 / 3.14
-_NPU2_DRAIN_SCALE = (8 * 1267e6) / (4 * 847e6)
 
 NPU2 = DeviceProfile(
     name="npu2",
@@ -147,8 +147,11 @@ NPU2 = DeviceProfile(
     bf16_peak_flops=14.71e12,  # arXiv 2512.13282
     int8_peak_ops=38.05e12,  # arXiv 2512.13282
     marketing_int8_tops=50.0,  # AMD: Strix 50 TOPS
-    gemm_flops_per_s=NPU1.gemm_flops_per_s * _NPU2_GEMM_SCALE,  # derived, see above
-    output_s_per_element=NPU1.output_s_per_element / _NPU2_DRAIN_SCALE,  # derived, see above
+    # derived: npu1's fitted clock scaled by the two drivers' top npuclk (1267 / 847 MHz); unverified
+    array_clock_hz=ARRAY_CLOCK_NPU1_HZ * 1267 / 847,
+    # unverified: an 8 x 8 x 8 bf16 issue (512 MACs) taken at 2 cycles, 256 bf16 MACs per cycle per core,
+    # which puts 32 cores at 1267 MHz at 20.8 TFLOPS peak against the best published 14.71 (arXiv 2512.13282)
+    mmul_cycles_per_issue=2,
     host_device_bytes_per_s=60e9,  # unverified on npu2: taken equal to npu1 (shared LPDDR)
     launch_s=60e-6,  # unverified on npu2: same driver path as npu1
     runtime_parameters_s=15e-6,  # unverified on npu2: npu1's figure (its 32 cores take twice the writes)

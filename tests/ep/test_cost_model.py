@@ -9,28 +9,8 @@ from xdna_ep.ep.device import NPU1, NPU2, PROFILES, get_profile
 
 TOLERANCE = 0.25  # npu.md figures are single measurements on one machine: 25 % is the acceptance band
 
-# whisper-xdna README: bf16 whole-array GEMM, 4 columns, fp32 accumulation, (M, K, N) -> GFLOPS
-WHOLE_ARRAY_GEMMS = {
-    (1536, 1536, 384): 1761,
-    (1536, 5120, 1280): 1514,
-    (1536, 1280, 1280): 1409,
-    (1536, 64, 1536): 386,
-}
-
-
-@pytest.mark.parametrize(("shape", "measured_gflops"), WHOLE_ARRAY_GEMMS.items())
-def test_whole_array_gemm_rates_match_whisper_xdna(shape, measured_gflops):
-    m, k, n = shape
-    seconds = NPU1.launch_s + cost_model.gemm_compute_s(NPU1, *cost_model.padded_gemm_shape(NPU1, m, k, n))
-    modelled_gflops = 2 * m * k * n / seconds / 1e9
-    assert modelled_gflops == pytest.approx(measured_gflops, rel=TOLERANCE)
-
-
-def test_512_cubed_gemm_from_raw_pyxrt_takes_0267_ms():
-    # whisper-xdna HISTORY.md: 0.267 ms per 512^3 bf16 GEMM through raw pyxrt (launch and copies included)
-    estimate = cost_model.estimate_matmul(NPU1, 512, 512, 512)
-    weights_copy = cost_model.transfer_s(NPU1, 512 * 512 * 2)  # the benchmark copied B on every call too
-    assert estimate.device_s + weights_copy == pytest.approx(0.267e-3, rel=TOLERANCE)
+# The GEMM timing is checked against held-out measurements in tests/ep/test_calibration.py (the
+# bottom-up model is fitted on one of them only); this file checks the inputs and the placements.
 
 
 def test_fixed_costs_are_npu_md_figures():
