@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from xdna_ep.ep import cost_model
 from xdna_ep.ep.device import NPU1, DeviceProfile
+from xdna_ep.kernels.timing import FP32_MUL_ISSUES
 
 ROLES = ("fit", "held-out")
 HELD_OUT_TOLERANCE = 0.30  # the issue's acceptance band for held-out points
@@ -144,15 +145,20 @@ def calibration_points(profile: DeviceProfile = NPU1) -> list[CalibrationPoint]:
     ]
 
 
-def encoder_device_ms(profile: DeviceProfile, d_model: int, n_head: int, n_layers: int) -> float:
+def encoder_device_ms(
+    profile: DeviceProfile, d_model: int, n_head: int, n_layers: int, fp32_mul_issues: int = FP32_MUL_ISSUES[0]
+) -> float:
     """Modelled device time of one Whisper encoder pass (GEMMs and attention of every layer on the NPU,
     one launch each, no switches or transfers): the figure compared with a peer's whole encoder."""
     from xdna_ep.kernels.designs import HEAD_DIM, N_AUDIO_CTX, encoder_layer_gemms
 
     gemms = encoder_layer_gemms(d_model, profile.name)
-    layer = sum(cost_model.gemm_compute_s(profile, *shape, gelu=i == 4) for i, shape in enumerate(gemms))
+    layer = sum(
+        cost_model.gemm_compute_s(profile, *shape, gelu=i == 4, fp32_mul_issues=fp32_mul_issues)
+        for i, shape in enumerate(gemms)
+    )
     q, kv, d = cost_model.padded_attention_shape(profile, N_AUDIO_CTX, N_AUDIO_CTX, HEAD_DIM)
-    layer += cost_model.attention_compute_s(profile, n_head, q, kv, d, 1)
+    layer += cost_model.attention_compute_s(profile, n_head, q, kv, d, 1, fp32_mul_issues=fp32_mul_issues)
     return n_layers * (layer + (len(gemms) + 1) * profile.launch_s) * 1e3
 
 

@@ -196,7 +196,9 @@ class NpuExecutor(Executor):
                 a_rows = a.view(np.uint16, (rows_pad, k_launch))[:rows_here]
                 matmul_reference.prepare_activations(part, weight.k_pad, self.precision, out=a_rows)
                 counters.sent(self.device, a.to_device(rows_here * k_launch * 2))
-                compute = cost_model.gemm_compute_s(profile, rows_pad, k_launch, weight.n_pad, dynamic_k=spec.dynamic_k)
+                compute = cost_model.gemm_compute_s(
+                    profile, rows_pad, k_launch, weight.n_pad, dynamic_k=spec.dynamic_k, gelu=activation == "gelu"
+                )
                 shape = (rows_pad, k_launch, weight.n_pad)
                 counters.launched(design.launch(shape, [a, weight.buffer, params, c], compute))
                 counters.received(self.device, c.from_device(rows_here * weight.n_pad * 4))

@@ -448,11 +448,16 @@ def _execute(spec, shape: tuple[int, ...], buffers: dict[str, bo]) -> dict[str, 
     return {"y": reference.run_on_device(views["x"], views["params"], rows, cols)}
 
 
-def _compute_s(profile: DeviceProfile, spec, shape: tuple[int, ...]) -> float:
-    """Modelled array time of one launch (the cost model's compute term for the padded shape)."""
+def _compute_s(profile: DeviceProfile, spec, shape: tuple[int, ...], buffers: dict[str, bo]) -> float:
+    """Modelled array time of one launch (the cost model's compute term for the padded shape); a GEMM
+    pays its GELU epilogue when the params buffer the cores read asks for it."""
     if spec.kind == "matmul":
+        from xdna_ep.kernels.matmul.spec import ACTIVATIONS, PARAMS_WORDS
+
         m, k, n = shape
-        return cost_model.gemm_compute_s(profile, m, k, n, dynamic_k=spec.dynamic_k)
+        params = buffers["params"].device_view(np.float32)[: spec.params_words(n)]
+        gelu = bool(np.any(params.reshape(-1, PARAMS_WORDS + spec.tile[2])[:, 0] == ACTIVATIONS["gelu"]))
+        return cost_model.gemm_compute_s(profile, m, k, n, dynamic_k=spec.dynamic_k, gelu=gelu)
     if spec.kind == "attention":
         heads, n_q, n_kv, head_dim = shape
         return cost_model.attention_compute_s(profile, heads, n_q, n_kv, head_dim, spec.parts)
@@ -629,7 +634,7 @@ class kernel:  # noqa: N801 - pyxrt's spelling
         fault = _check_device(f"kernel {self.name}", point="launch")
         with npu.lock:
             switched = npu.loaded_design != design
-            compute = _compute_s(profile, spec, shape)
+            compute = _compute_s(profile, spec, shape, buffers)
             modelled = profile.launch_s + compute + (profile.design_switch_s if switched else 0.0)
             npu.loaded_design = design
             npu.ledger.launches += 1

@@ -18,6 +18,7 @@ on ``--device npu`` the measured wall time of the launches is printed next to it
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -84,11 +85,72 @@ class EncoderBench:
     gemm_designs: str = ""  # the session's GEMM plan and why (kernels/designs.py)
     host_per_kind_s: dict[str, float] = field(default_factory=dict)  # mean executor host time per call
     compute_per_kind_s: dict[str, float] = field(default_factory=dict)  # modelled array time per op kind
+    compute_high_s: float = 0.0  # compute with fp32 multiplies at the high end of FP32_MUL_ISSUES
+    op_boundary_s: float = 0.0  # NPU nodes x the measured per-op boundary overhead
+    decoder_cpu_s: float = 0.0  # the clip's decoding on ONNX Runtime's CPU EP, measured here
+    log_mel_s: float = 0.0  # the clip's log-mel, measured here
 
     @property
     def rest_s(self) -> float:
         """Session time outside the executor: ONNX Runtime's CPU nodes and the op boundary."""
         return max(0.0, self.session_s - self.executor_host_s - self.device_wall_s)
+
+    @property
+    def cpu_ops_s(self) -> float:
+        """The partitioned graph's CPU nodes (convolutions, layer norms, residual adds, ...): the rest of
+        the session less the op boundary."""
+        return max(0.0, self.rest_s - self.op_boundary_s)
+
+    @property
+    def device_range_s(self) -> tuple[float, float]:
+        """Modelled device time with fp32 multiplies at both ends of their unverified cost."""
+        return self.modelled_s, self.modelled_s - self.compute_s + self.compute_high_s
+
+    @property
+    def host_s(self) -> float:
+        """Host work around the device in one pass, measured here: bf16 packing and copies, CPU nodes,
+        op boundary."""
+        return self.executor_host_s + self.rest_s
+
+    def as_dict(self) -> dict:
+        """``bench --json`` fields of this model (milliseconds; a [low, high] pair where an input is uncertain)."""
+        ms = 1e3
+        low, high = self.device_range_s
+
+        def span(a: float, b: float) -> list[float] | float:
+            return round(a * ms, 2) if abs(a - b) < 5e-6 else [round(a * ms, 2), round(b * ms, 2)]
+
+        return {
+            "model": self.model,
+            "device_ms": span(low, high),
+            "device": {
+                "compute_ms": span(self.compute_s, self.compute_high_s),
+                "host_device_transfers_ms": round(self.transfer_s * ms, 2),
+                "launches_ms": round(self.launch_s * ms, 2),
+                "design_switches_ms": round(self.switch_s * ms, 2),
+                "runtime_parameters_ms": round(self.runtime_parameters_s * ms, 2),
+                "compute_by_kind_ms": {kind: round(sec * ms, 2) for kind, sec in sorted(self.compute_per_kind_s.items())},
+            },
+            "host_ms": round(self.host_s * ms, 2),
+            "host": {
+                "bf16_packing_and_copies_ms": round(self.executor_host_s * ms, 2),
+                "cpu_ops_ms": round(self.cpu_ops_s * ms, 2),
+                "op_boundary_ms": round(self.op_boundary_s * ms, 2),
+            },
+            "total_ms": span(low + self.host_s, high + self.host_s),
+            "switches": self.design_switches,
+            "launches": self.launches,
+            "hw_contexts": self.hw_contexts,
+            "clip": {
+                "log_mel_ms": round(self.log_mel_s * ms, 2),
+                "decoder_cpu_ms": round(self.decoder_cpu_s * ms, 2),
+                "transcription_ms": span(
+                    self.log_mel_s + low + self.host_s + self.decoder_cpu_s,
+                    self.log_mel_s + high + self.host_s + self.decoder_cpu_s,
+                ),
+            },
+            "cpu_encoder_ms": round(self.cpu_encoder_s * ms, 2),
+        }
 
 
 def encoder_input(audio: str = "") -> np.ndarray:
@@ -100,11 +162,14 @@ def encoder_input(audio: str = "") -> np.ndarray:
     return np.asarray(mel, dtype=np.float32)[None]
 
 
-def bench_encoder(model_name: str, options: BenchOptions, features: np.ndarray) -> EncoderBench:
+def bench_encoder(
+    model_name: str, options: BenchOptions, features: np.ndarray, op_overhead_s: float = 0.0
+) -> EncoderBench:
     import onnxruntime as ort
 
     import xdna_ep
-    from xdna_ep.ep import cost_model
+    from xdna_ep.ep import calibration, cost_model
+    from xdna_ep.kernels.timing import FP32_MUL_ISSUES
     from xdna_ep.kernels.matmul.spec import MatmulSpec
     from xdna_ep.models.registry import ENCODER_FILE, ensure_model
 
@@ -150,6 +215,18 @@ def bench_encoder(model_name: str, options: BenchOptions, features: np.ndarray) 
         start = time.perf_counter()
         cpu.run(None, feed)
         cpu_times.append(time.perf_counter() - start)
+    # the same pass with fp32 multiplies at the high end of their cost: the difference, modelled analytically
+    config = json.loads((folder / "whisper_config.json").read_text())
+    compute_high_s = compute_s = totals["modelled_device_s"] - launch_s - switch_s - runtime_parameters_s - transfer_s
+    if kinds.get("attention"):
+        low, high = (
+            calibration.encoder_device_ms(
+                profile, config["n_audio_state"], config["n_audio_head"], config["n_audio_layer"], fp32_mul_issues=issues
+            )
+            for issues in FP32_MUL_ISSUES
+        )
+        compute_high_s += (high - low) / 1e3
+    decoder_s, log_mel_s = clip_decoder_cpu_s(model_name, options.audio)
     return EncoderBench(
         model=model_name,
         npu_nodes=len(placed),
@@ -162,7 +239,7 @@ def bench_encoder(model_name: str, options: BenchOptions, features: np.ndarray) 
         bytes_from_device=totals["bytes_from_device"],
         weight_bytes=data["weight_bytes_to_device"],
         modelled_s=totals["modelled_device_s"],
-        compute_s=totals["modelled_device_s"] - launch_s - switch_s - runtime_parameters_s - transfer_s,
+        compute_s=compute_s,
         switch_s=switch_s,
         launch_s=launch_s,
         runtime_parameters_s=runtime_parameters_s,
@@ -175,7 +252,23 @@ def bench_encoder(model_name: str, options: BenchOptions, features: np.ndarray) 
         gemm_designs=session.compiled.gemm_plan.reason,
         host_per_kind_s={kind: float(np.mean(values)) for kind, values in per_kind.items()},
         compute_per_kind_s=compute_per_kind,
+        compute_high_s=compute_high_s,
+        op_boundary_s=len(placed) * op_overhead_s,
+        decoder_cpu_s=decoder_s,
+        log_mel_s=log_mel_s,
     )
+
+
+def clip_decoder_cpu_s(model_name: str, audio: str = "") -> tuple[float, float]:
+    """(decoder, log-mel) seconds of transcribing the clip on the CPU (greedy, defaults), measured here:
+    the decoder runs on ONNX Runtime's CPU EP whatever device the encoder uses."""
+    import xdna_ep
+
+    path = Path(audio) if audio else Path(__file__).resolve().parent / "data" / "jfk.wav"
+    model = xdna_ep.load_model(model_name, device="cpu")
+    xdna_ep.transcribe(path, model)  # warm-up: sessions and arenas
+    result = xdna_ep.transcribe(path, model)
+    return result.timing["decode"], result.timing["log_mel"]
 
 
 def format_encoder(result: EncoderBench, options: BenchOptions) -> list[str]:
@@ -202,10 +295,21 @@ def format_encoder(result: EncoderBench, options: BenchOptions) -> list[str]:
         f"per-output drain (skinny K) and the attention's softmax",
     ]
     host = ", ".join(f"{kind} {seconds * ms:.2f} ms" for kind, seconds in sorted(result.host_per_kind_s.items()))
+    data = result.as_dict()
+
+    def show(value) -> str:
+        return f"{value[0]:.1f}-{value[1]:.1f}" if isinstance(value, list) else f"{value:.1f}"
+
     lines += [
-        f"  host, measured here: executor {result.executor_host_s * ms:.1f} ms per pass (per call: {host}; "
-        f"bf16 conversion and copies); rest of the session (ONNX Runtime CPU nodes: convolutions, layer norms, "
-        f"residual adds; op boundary) {result.rest_s * ms:.1f} ms",
+        f"  compute range: {show(data['device']['compute_ms'])} ms (fp32 vector multiplies at "
+        f"{' to '.join(map(str, _fp32_mul_issues()))} bf16 issues each, unverified); device time "
+        f"{show(data['device_ms'])} ms",
+        f"  host, measured here: {data['host_ms']:.1f} ms = bf16 packing and copies {result.executor_host_s * ms:.1f} "
+        f"(per call: {host}) + the partitioned graph's CPU nodes {result.cpu_ops_s * ms:.1f} + op boundary "
+        f"{result.op_boundary_s * ms:.1f} ({result.npu_nodes} xdna ops)",
+        f"  one encoder pass, device + host: {show(data['total_ms'])} ms; the clip: log-mel "
+        f"{result.log_mel_s * ms:.1f} + encoder pass + decoder on the CPU {result.decoder_cpu_s * ms:.1f} = "
+        f"{show(data['clip']['transcription_ms'])} ms modelled wall time of the transcription",
     ]
     if options.device == "npu":
         lines.append(f"  measured device wall time (kernel() + wait()): {result.device_wall_s * ms:.1f} ms")
@@ -213,6 +317,22 @@ def format_encoder(result: EncoderBench, options: BenchOptions) -> list[str]:
     if result.model.startswith("tiny"):
         lines.append(f"  for scale: whisper-xdna's tiny encoder measured {WHISPER_XDNA_TINY_MS:.0f} ms on Hawk Point")
     return lines
+
+
+def _fp32_mul_issues() -> tuple[int, int]:
+    from xdna_ep.kernels.timing import FP32_MUL_ISSUES
+
+    return FP32_MUL_ISSUES
+
+
+def run_bench_json(options: BenchOptions) -> dict:
+    """``bench --json``: per model the fields of ``EncoderBench.as_dict``."""
+    from xdna_ep.ep.ops import measure_op_overhead
+
+    overhead_s = measure_op_overhead()["xdna_boundary_overhead_us"] * 1e-6
+    features = encoder_input(options.audio)
+    models = {name: bench_encoder(name, options, features, overhead_s).as_dict() for name in options.models}
+    return {"device": options.device, "profile": options.profile, "precision": options.precision, "models": models}
 
 
 def run_bench(options: BenchOptions) -> list[str]:
@@ -228,7 +348,9 @@ def run_bench(options: BenchOptions) -> list[str]:
     )
     features = encoder_input(options.audio)
     for model_name in options.models:
-        lines += format_encoder(bench_encoder(model_name, options, features), options)
+        lines += format_encoder(
+            bench_encoder(model_name, options, features, overhead["xdna_boundary_overhead_us"] * 1e-6), options
+        )
     return lines
 
 
@@ -300,6 +422,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("bf16", "accurate"), default=defaults.precision)
     parser.add_argument("--model", action="append", help=f"model(s) to bench (default: {', '.join(DEFAULT_MODELS)})")
     parser.add_argument("--audio", default="", help="clip whose log-mel feeds the encoder (default: jfk.wav)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--calibration", action="store_true",
+        help="instead: the timing model against published measurements, fitted and held-out points apart",
+    )  # fmt: skip
     parser.add_argument(
         "--memory", metavar="MINUTES[,MINUTES...]", type=lambda text: tuple(float(m) for m in text.split(",")),
         help="instead: peak RSS while transcribing recordings this long (the --audio clip repeated), e.g. 1,5,10",
@@ -311,6 +438,16 @@ def run_command(args: argparse.Namespace) -> int:
         device=args.device, profile=args.profile, precision=args.precision,
         models=tuple(args.model) if args.model else DEFAULT_MODELS, audio=args.audio,
     )  # fmt: skip
+    if args.calibration:
+        from xdna_ep.ep import calibration
+        from xdna_ep.ep.device import get_profile
+
+        data = calibration.report(get_profile(args.profile))
+        print(json.dumps(data["points"], indent=1) if args.json else "\n".join(calibration.format_report(data)))
+        return 0
+    if args.json and not args.memory:
+        print(json.dumps(run_bench_json(options), indent=1))
+        return 0
     for line in bench_memory(options, args.memory) if args.memory else run_bench(options):
         print(line, flush=True)
     return 0
