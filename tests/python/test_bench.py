@@ -33,3 +33,15 @@ def test_tiny_en_encoder_pass_counts():
     lines = format_encoder(result, options)
     assert any("modelled npu1 device time" in line for line in lines)
     assert any(line.startswith("  GEMM designs: one dynamic-K") for line in lines)
+    # the simulator's compute is the bottom-up design timing summed over the pass's launches
+    from xdna_ep.ep import calibration
+    from xdna_ep.ep.device import NPU1
+
+    analytic_ms = calibration.encoder_device_ms(NPU1, 384, 6, 4)
+    assert (result.compute_s + result.launch_s) * 1e3 == pytest.approx(analytic_ms, rel=1e-6)
+    data = result.as_dict()
+    low, high = data["device_ms"]  # a range: the fp32 multiply cost is unverified
+    assert low == pytest.approx(result.modelled_s * 1e3, abs=0.01) and high > low
+    assert data["total_ms"] == pytest.approx([low + data["host_ms"], high + data["host_ms"]], abs=0.02)
+    assert data["switches"] == 8 and data["launches"] == 28
+    assert data["clip"]["decoder_cpu_ms"] > 0 and data["host"]["bf16_packing_and_copies_ms"] > 0
