@@ -29,13 +29,20 @@ from dataclasses import dataclass, field
 from xdna_ep.ep.device import DeviceProfile
 
 LANES_F32 = 16  # fp32 lanes of one vector operation (aie::vector<float, 16>)
-LOAD_BYTES_PER_CYCLE = 64  # AM020: two 256-bit load units
-STORE_BYTES_PER_CYCLE = 32  # AM020: one 256-bit store unit
+LOAD_UNITS = 2  # AM020: two 256-bit load units: two load issues per cycle, each up to 32 bytes
+STORE_UNITS = 1  # AM020: one 256-bit store unit
+UNIT_BYTES = 32  # one load or store issue moves up to 256 bits; a narrower access still takes an issue
 # AIE-ML has no fp32 multiplier: an fp32 vector multiply is emulated with bf16 products (UG1603,
 # "Floating-Point Operations": --aie.float-accuracy fast (default) / safe). Taken as 3 bf16 issues
 # (hi*hi + hi*lo + lo*hi, the "fast" split) to 6 (a three-way split); unverified which the compiler
 # emits per operation: the device time is reported at both ends.
 FP32_MUL_ISSUES = (3, 6)
+# common/exp_v16.h per 16 lanes, counted from the source: multiplies x * log2(e), n * ln2_hi, n * ln2_lo,
+# 7 Horner steps, the final scale; ALU two compares, clamp (max, min), to_fixed, to_float, two
+# subtractions, 7 Horner adds, the exponent add and shift, two selects
+EXP_MULS = 11
+EXP_ALU = 19
+REDUCE_ALU = 8  # 16 lanes -> 1 (reduce_max / reduce_add): four shuffle + operation pairs
 LOOP_FILL_CYCLES = 8  # prologue + epilogue of a software-pipelined loop (unverified; AIE2 pipeline depth)
 CALL_CYCLES = 40  # one kernel call from the core's loop: branch, argument setup, lock acquire/release (unverified)
 
@@ -51,9 +58,9 @@ class TileCycles:
 
     kernel: str
     mac_issues: float = 0  # matrix-multiply unit: aie::mmul issues + emulated fp32 multiplies
-    alu_issues: float = 0  # vector ALU: adds, max, select, shifts, conversions (16 fp32 lanes)
-    load_bytes: float = 0
-    store_bytes: float = 0
+    alu_issues: float = 0  # vector ALU: adds, max, select, shifts, shuffles, conversions (16 fp32 lanes)
+    load_issues: float = 0  # loads of up to 32 bytes each
+    store_issues: float = 0  # stores of up to 32 bytes each
     fill_cycles: float = 0  # loop prologues/epilogues and call overhead
     scalar_float_per_element: float = 0.0
 
@@ -62,23 +69,10 @@ class TileCycles:
         busiest = max(
             self.mac_issues,
             self.alu_issues,
-            self.load_bytes / LOAD_BYTES_PER_CYCLE,
-            self.store_bytes / STORE_BYTES_PER_CYCLE,
+            self.load_issues / LOAD_UNITS,
+            self.store_issues / STORE_UNITS,
         )
         return busiest + self.fill_cycles
-
-    def __add__(self, other: TileCycles) -> TileCycles:
-        """Two kernel calls one after the other (resources do not overlap across calls)."""
-        return TileCycles(
-            kernel=f"{self.kernel}+{other.kernel}",
-            fill_cycles=self.cycles + other.cycles,
-            scalar_float_per_element=max(self.scalar_float_per_element, other.scalar_float_per_element),
-        )
-
-    def times(self, count: int) -> TileCycles:
-        """The call repeated ``count`` times back to back."""
-        return TileCycles(kernel=f"{count}x{self.kernel}", fill_cycles=count * self.cycles,
-                          scalar_float_per_element=self.scalar_float_per_element)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -126,6 +120,24 @@ class DesignTime:
             for step in self.steps
         ]
         return f"{self.design}: {self.seconds * 1e3:.3f} ms = " + "; ".join(parts)
+
+
+def accesses(nbytes: float, width_bytes: float = UNIT_BYTES) -> float:
+    """Load or store issues to move ``nbytes`` in accesses of ``width_bytes`` (wider ones split in 32-byte issues)."""
+    return nbytes / min(width_bytes, UNIT_BYTES) if width_bytes <= UNIT_BYTES else nbytes / UNIT_BYTES
+
+
+def loop(kernel: str, iterations: float, **per_iteration: float) -> TileCycles:
+    """A software-pipelined loop: ``iterations`` x the per-iteration issues, plus one fill."""
+    fill = per_iteration.pop("fill_cycles", 0.0)
+    return TileCycles(kernel=kernel, fill_cycles=LOOP_FILL_CYCLES + fill,
+                      **{name: iterations * count for name, count in per_iteration.items()})  # fmt: skip
+
+
+def sequence(kernel: str, *loops: TileCycles) -> TileCycles:
+    """Loops that run one after the other in one kernel call (plus the call's overhead)."""
+    return TileCycles(kernel=kernel, fill_cycles=sum(part.cycles for part in loops) + CALL_CYCLES,
+                      scalar_float_per_element=max((part.scalar_float_per_element for part in loops), default=0.0))  # fmt: skip
 
 
 def fp32_vector_ops(elements: int, muls: float = 0, alu: float = 0, fp32_mul_issues: int = FP32_MUL_ISSUES[0]) -> dict:

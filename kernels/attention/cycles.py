@@ -1,15 +1,27 @@
-"""Cycle model of the fused attention (``attention.cc`` on every core, ``design.py``'s dataflow).
+"""Cycle model of the fused attention: ``attention.cc`` on every core, ``design.py``'s dataflow.
 
-Per core and per key tile (``xdna_attention_step_<precision>`` on Q_ROWS queries x KV_TILE keys x
-HEAD_DIM, intrinsic r x s x t; ``products`` = 1 bf16, 3 accurate):
-- q @ k^T and p @ v: (Q_ROWS / r) x (KV_TILE / s or t) x ... ``mmul`` issues each, times ``products``;
-- on each of the Q_ROWS x KV_TILE fp32 scores (16-lane vectors): scale (1 multiply), mask select,
-  running max, subtract, exp2 (``EXP_MULS`` multiplies, ``EXP_ALU`` ALU operations, after
-  ``common/exp_f32.h``), row sum, bf16 conversion (accurate: + lo part, 2 more);
-- per row: max and sum reductions across 16 lanes (``REDUCE_ALU`` each), the correction exp;
-- the O accumulator (Q_ROWS x HEAD_DIM fp32) rescaled by the correction (1 multiply per vector),
-  loaded and stored once.
-Per (head, query tile): ``xdna_attention_init`` and ``xdna_attention_finish`` (one multiply per O vector).
+Counted from the source, per core and per key tile (``xdna_attention_step_<precision>``: Q_ROWS
+queries x KV_TILE keys x HEAD_DIM, intrinsic r x s x t, ``products`` = 1 bf16, 3 accurate), loop by
+loop (loads and stores in issues of up to 32 bytes, ``kernels/timing.py``):
+1. q @ k^T: per 2 x 2 block of scores, HEAD_DIM / s iterations of 4 x products ``mmul`` issues and the
+   gathers of two q blocks (r narrow loads of s) and two k^T blocks (t narrow loads of s and a
+   transpose), each narrow piece inserted into its vector (one ALU issue: unverified, the compiler
+   may load pieces straight into sub-registers); then the 4 blocks stored as rows (4r narrow stores);
+2. scale, mask, running max: per 16 scores a load, 1 multiply, 4 ALU (index add, compare, select,
+   max), a store; per row a lane reduction;
+3. per 16 rows: new max, correction exp, selects (``EXP_MULS`` multiplies, ``EXP_ALU`` + 6 ALU);
+4. p = exp(s - max): per 16 scores a load, the exp, subtract, sum add, bf16 conversion (accurate: + 3
+   for the lo part), 2 narrow stores of p (accurate: 4); per row a lane reduction;
+5. l update: per 16 rows 1 multiply, 1 add;
+6. O = O * correction + p @ v: per 2 x 2 block of O, 4 loads, 4 multiplies, KV_TILE / s iterations of
+   4 x products ``mmul`` issues, two p block loads and the gathers of two v blocks (s narrow loads
+   of t, inserted), 4 stores.
+Per (head, query tile) ``xdna_attention_init`` (vector stores) and ``xdna_attention_finish``
+(a multiply per O block, r narrow stores).
+
+``layout="blocked"`` models the same kernel fed q, k^T and v already in the intrinsic's blocks (a
+host-side packing this project does not do yet: the shim DMA cannot transpose 16-bit elements), to
+show what the gathers cost.
 
 Data movement (``design.py``): each column's shim reads the head's key and value tiles (KV_TILE x
 HEAD_DIM bf16, times parts) on its two input channels and its memtile broadcasts them to the column's
@@ -22,84 +34,112 @@ from __future__ import annotations
 
 from xdna_ep.ep.device import DeviceProfile
 from xdna_ep.kernels.timing import (
-    CALL_CYCLES,
+    EXP_ALU,
+    EXP_MULS,
     FP32_MUL_ISSUES,
-    LOOP_FILL_CYCLES,
+    LANES_F32,
+    REDUCE_ALU,
     DesignTime,
     Step,
     TileCycles,
-    fp32_vector_ops,
+    accesses,
+    loop,
+    sequence,
 )
 
 BF16 = 2
 FP32 = 4
-# exp2-based exp per 16 lanes (common/exp_f32.h xdna_exp_f32_v16): x * log2(e), then 2^f by a degree-6
-# polynomial on the fraction (6 Horner multiplies) and the exponent bits: 8 multiplies (log2e,
-# 6 Horner, the final scale); ALU: floor, int -> float, fraction, 6 Horner adds, clamp (2), exponent
-# shift + add (2) = 12
-EXP_MULS = 8
-EXP_ALU = 12
-REDUCE_ALU = 8  # 16 lanes -> 1: four shuffle + op pairs
-SCORE_MULS = 1 + EXP_MULS  # scale, exp
-SCORE_ALU = 1 + 1 + 1 + EXP_ALU + 1 + 1  # mask select, max, subtract, exp, sum, bf16 conversion
+LAYOUTS = ("row-major", "blocked")
 
 
 def step_cycles(
     profile: DeviceProfile, q_rows: int, kv_tile: int, head_dim: int, parts: int,
-    fp32_mul_issues: int = FP32_MUL_ISSUES[0],
+    fp32_mul_issues: int = FP32_MUL_ISSUES[0], layout: str = "row-major",
 ) -> TileCycles:  # fmt: skip
     """One key tile on one core."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     r, s, t = profile.intrinsic_bf16
     products = 1 if parts == 1 else 3
-    qk = (q_rows // r) * (head_dim // s) * (kv_tile // t)
-    pv = (q_rows // r) * (kv_tile // s) * (head_dim // t)
-    scores = q_rows * kv_tile
-    score_ops = fp32_vector_ops(scores, muls=SCORE_MULS, alu=SCORE_ALU + (2 if parts == 2 else 0),
-                                fp32_mul_issues=fp32_mul_issues)  # fmt: skip
-    correction = fp32_vector_ops(q_rows, muls=EXP_MULS, alu=EXP_ALU, fp32_mul_issues=fp32_mul_issues)  # exp(m_old - m_new)
-    rescale = fp32_vector_ops(q_rows * head_dim, muls=1, fp32_mul_issues=fp32_mul_issues)
-    return TileCycles(
-        kernel=f"xdna_attention_step_{'bf16' if parts == 1 else 'accurate'}",
-        mac_issues=products * (qk + pv) * profile.mmul_cycles_per_issue
-        + score_ops["mac_issues"] + correction["mac_issues"] + rescale["mac_issues"],
-        alu_issues=score_ops["alu_issues"] + q_rows * 2 * REDUCE_ALU + correction["alu_issues"],
-        load_bytes=parts * (q_rows + 2 * kv_tile) * head_dim * BF16 + 2 * q_rows * head_dim * FP32,
-        store_bytes=2 * q_rows * head_dim * FP32 + parts * scores * BF16,
-        fill_cycles=6 * LOOP_FILL_CYCLES + CALL_CYCLES,
+    mmul = 4 * products * profile.mmul_cycles_per_issue
+    vector = accesses(LANES_F32 * FP32, LANES_F32 * FP32)
+    score_vectors = q_rows * kv_tile // LANES_F32
+    row_groups = q_rows // LANES_F32
+    mul = fp32_mul_issues
+    if layout == "row-major":  # gathered: narrow loads, one insert each, k^T transposed
+        qk_loads = parts * 2 * (r + t)
+        qk_alu = parts * 2 * (r + t + 1)
+        pv_b_loads = parts * 2 * s
+        pv_alu = parts * 2 * s
+    else:  # contiguous blocks: full-width loads
+        qk_loads = parts * 2 * (accesses(r * s * BF16, r * s * BF16) + accesses(s * t * BF16, s * t * BF16))
+        qk_alu = 0
+        pv_b_loads = parts * 2 * accesses(s * t * BF16, s * t * BF16)
+        pv_alu = 0
+    qk_inner = loop("q @ k^T", head_dim // s, mac_issues=mmul, load_issues=qk_loads, alu_issues=qk_alu)
+    qk_blocks = (q_rows // (2 * r)) * (kv_tile // (2 * t))
+    qk = TileCycles(kernel="q @ k^T", store_issues=qk_blocks * 4 * r, fill_cycles=qk_blocks * qk_inner.cycles)
+    mask = loop("scale, mask, max", score_vectors, load_issues=vector, store_issues=vector, mac_issues=mul, alu_issues=4)
+    row_max = loop("row max", q_rows, alu_issues=REDUCE_ALU)
+    stats = loop("new max, correction", row_groups, mac_issues=EXP_MULS * mul, alu_issues=EXP_ALU + 6,
+                 load_issues=2 * vector, store_issues=3 * vector)  # fmt: skip
+    exp = loop(
+        "p = exp(s - max)", score_vectors,
+        load_issues=vector, mac_issues=EXP_MULS * mul,
+        alu_issues=EXP_ALU + 3 + (3 if parts == 2 else 0), store_issues=2 * parts,
+    )  # fmt: skip
+    row_sum = loop("row sum", q_rows, alu_issues=REDUCE_ALU)
+    l_update = loop("l update", row_groups, mac_issues=mul, alu_issues=1, load_issues=3 * vector, store_issues=vector)
+    pv_inner = loop(
+        "p @ v", kv_tile // s, mac_issues=mmul,
+        load_issues=parts * 2 * accesses(r * s * BF16, r * s * BF16) + pv_b_loads, alu_issues=pv_alu,
+    )  # fmt: skip
+    o_block = accesses(r * t * FP32, r * t * FP32)
+    pv_blocks = (q_rows // (2 * r)) * (head_dim // (2 * t))
+    pv_block = TileCycles(kernel="O block", load_issues=4 * o_block, store_issues=4 * o_block,
+                          mac_issues=4 * mul * r * t / LANES_F32, fill_cycles=pv_inner.cycles)  # fmt: skip
+    pv = TileCycles(kernel="O * correction + p @ v", alu_issues=(q_rows // r) * r, fill_cycles=pv_blocks * pv_block.cycles)
+    return sequence(
+        f"xdna_attention_step_{'bf16' if parts == 1 else 'accurate'}",
+        qk, mask, row_max, stats, exp, row_sum, l_update, pv,
     )
 
 
-def round_cycles(q_rows: int, head_dim: int, fp32_mul_issues: int = FP32_MUL_ISSUES[0]) -> TileCycles:
+def round_cycles(q_rows: int, head_dim: int, profile: DeviceProfile, fp32_mul_issues: int = FP32_MUL_ISSUES[0]) -> TileCycles:
     """``xdna_attention_init`` + ``xdna_attention_finish`` of one query tile."""
-    o = q_rows * head_dim
-    return TileCycles(
-        kernel="xdna_attention_init+finish",
-        load_bytes=o * FP32,
-        store_bytes=2 * o * FP32,
-        fill_cycles=2 * (LOOP_FILL_CYCLES + CALL_CYCLES),
-        **fp32_vector_ops(o, muls=1, fp32_mul_issues=fp32_mul_issues),
-    )
+    r, _, t = profile.intrinsic_bf16
+    o_vectors = q_rows * head_dim // LANES_F32
+    vector = accesses(LANES_F32 * FP32, LANES_F32 * FP32)
+    init = sequence("xdna_attention_init", loop("zero O, m, l", o_vectors + 2 * q_rows // LANES_F32, store_issues=vector))
+    finish = sequence(
+        "xdna_attention_finish",
+        loop("1 / l", q_rows // LANES_F32, mac_issues=2 * fp32_mul_issues, alu_issues=4, load_issues=vector),
+        loop("O / l", q_rows * head_dim // (r * t), load_issues=accesses(r * t * FP32, r * t * FP32),
+             mac_issues=fp32_mul_issues * r * t / LANES_F32, store_issues=r),
+    )  # fmt: skip
+    return sequence("xdna_attention_init+finish", init, finish)
 
 
 def design_time(
     profile: DeviceProfile, heads: int, n_q_pad: int, n_kv_pad: int, head_dim: int, parts: int,
-    *, q_rows: int, kv_tile: int, fp32_mul_issues: int = FP32_MUL_ISSUES[0],
+    *, q_rows: int, kv_tile: int, fp32_mul_issues: int = FP32_MUL_ISSUES[0], layout: str = "row-major",
 ) -> DesignTime:  # fmt: skip
     """One launch of the attention design on padded shapes (all heads)."""
     rounds = n_q_pad // (profile.cores * q_rows)
     kv_tiles = n_kv_pad // kv_tile
     kv_bytes = parts * kv_tile * head_dim * BF16
-    key_step = Step("key tile", kv_tiles, step_cycles(profile, q_rows, kv_tile, head_dim, parts, fp32_mul_issues), kv_bytes)
+    step = step_cycles(profile, q_rows, kv_tile, head_dim, parts, fp32_mul_issues, layout)
+    key_step = Step("key tile", kv_tiles, step, kv_bytes)
     q_bytes = profile.rows * parts * q_rows * head_dim * BF16  # the column's query tiles, on the key channel
     round_tile = TileCycles(
         kernel="query tile",
         fill_cycles=key_step.cycles(profile) + q_bytes / profile.shim_bytes_per_cycle
-        + round_cycles(q_rows, head_dim, fp32_mul_issues).cycles,
+        + round_cycles(q_rows, head_dim, profile, fp32_mul_issues).cycles,
     )
     o_bytes = profile.rows * q_rows * head_dim * FP32
     return DesignTime(
         design=f"attention {heads}x{n_q_pad}x{n_kv_pad}x{head_dim}",
-        steps=(Step(f"query tile ({kv_tiles} key tiles of {key_step.tile.cycles:.0f} cycles)", heads * rounds,
+        steps=(Step(f"query tile ({kv_tiles} key tiles of {step.cycles:.0f} cycles)", heads * rounds,
                     round_tile, o_bytes),),  # fmt: skip
         fill_dma_bytes=q_bytes + kv_bytes + o_bytes,
         profile=profile,
@@ -108,4 +148,4 @@ def design_time(
 
 def tiles(profile: DeviceProfile, q_rows: int, kv_tile: int, head_dim: int) -> list[TileCycles]:
     return [step_cycles(profile, q_rows, kv_tile, head_dim, 1), step_cycles(profile, q_rows, kv_tile, head_dim, 2),
-            round_cycles(q_rows, head_dim)]  # fmt: skip
+            round_cycles(q_rows, head_dim, profile)]  # fmt: skip

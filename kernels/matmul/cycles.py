@@ -1,16 +1,18 @@
-"""Cycle model of the whole-array GEMM (``matmul.cc`` on every core, ``design.py``'s dataflow).
+"""Cycle model of the whole-array GEMM: ``matmul.cc`` on every core, ``design.py``'s dataflow.
 
-Per core and per K step (``xdna_matmul_bf16_f32`` on one m x k x n tile, intrinsic r x s x t):
-- inner loop, (m / r / 2) x (n / t / 2) x (k / s) iterations: 4 ``mmul.mac`` issues, loads of two A
-  blocks (r x s bf16) and two B blocks (s x t bf16), 2 x (r*s + s*t) x 2 bytes on the two load units;
-- per 2 x 2 block of C: 4 accumulator loads and 4 stores (r x t fp32 each) and one loop fill.
-Per output tile: ``xdna_zero_f32`` (m x n fp32 stores), then K / k steps, then ``xdna_bias_gelu_f32``
-(one add per vector; with GELU the erf polynomial and a vector exp: ``GELU_MULS`` multiplies and
-``GELU_ALU`` ALU operations per 16 lanes, counted from ``matmul.cc``).
+Counted from the source, per core (intrinsic r x s x t; loads and stores in issues of up to 32 bytes,
+``kernels/timing.py``):
+- ``xdna_matmul_bf16_f32`` on one m x k x n tile: for each of the (m / 2r) x (n / 2t) 2 x 2 blocks of
+  C, 4 accumulator loads and stores (r x t fp32 each) and an inner loop of k / s iterations, each 4
+  ``mmul.mac`` issues and the loads of two A blocks (r x s bf16) and two B blocks (s x t bf16);
+- ``xdna_zero_f32``: m x n fp32 of vector stores;
+- ``xdna_bias_gelu_f32``: the bias vectors (one per column block), then per 16 lanes of C a load, the
+  bias add, a store, and with GELU the erf polynomial and the vector exp (``GELU_MULS`` fp32
+  multiplies, ``GELU_ALU`` ALU operations, counted from ``gelu_erf_f32``).
 
 Data movement (``design.py``): each column's shim reads one row group of A (m x k bf16 per K step,
 broadcast across the columns) on one channel and its B column block (k x n bf16) on the other; the
-memtile joins the column's ``rows`` C tiles (m x n fp32) onto one output channel. A step is bounded
+memtile joins the column's ``rows`` C tiles (m x n fp32) onto one output channel. A K step is bounded
 by the A channel (m * k * 2 bytes); an output tile by the C channel (rows * m * n * 4 bytes), which
 drains while the next tile computes (FIFO depth 2).
 """
@@ -19,60 +21,61 @@ from __future__ import annotations
 
 from xdna_ep.ep.device import DeviceProfile
 from xdna_ep.kernels.timing import (
-    CALL_CYCLES,
+    EXP_ALU,
+    EXP_MULS,
     FP32_MUL_ISSUES,
-    LOOP_FILL_CYCLES,
-    LOAD_BYTES_PER_CYCLE,
-    STORE_BYTES_PER_CYCLE,
+    LANES_F32,
     DesignTime,
     Step,
     TileCycles,
-    fp32_vector_ops,
+    accesses,
+    loop,
+    sequence,
 )
 
 BF16 = 2
 FP32 = 4
-# erf-GELU epilogue per 16 fp32 lanes (matmul.cc gelu_erf_f32), counted from the source: multiplies
-# x/sqrt2, |z| * p, the reciprocal (aie::inv, taken as 2 Newton multiplies), 5 Horner steps, z*z, the
-# exp (EXP_MULS of common/exp_f32.h: 8), poly * e, x/2, the final product = 20; ALU operations abs, add,
-# 5 Horner adds, neg, the exp (12), sub, compare, select, add = 24
-GELU_MULS = 20
-GELU_ALU = 24
+# gelu_erf_f32 per 16 lanes: multiplies x/sqrt2, |z| * p, the reciprocal (aie::inv, taken as 2),
+# 5 Horner multiplies, z * z, the exp, poly * e, x / 2, the final product; ALU abs, the denominator
+# add, 4 Horner adds, two negations, the exp, sub, compare, select, + 1
+GELU_MULS = 1 + 1 + 2 + 5 + 1 + EXP_MULS + 1 + 1 + 1
+GELU_ALU = 1 + 1 + 4 + 2 + EXP_ALU + 1 + 1 + 1 + 1
 
 
 def kernel_cycles(profile: DeviceProfile) -> TileCycles:
     """``xdna_matmul_bf16_f32`` on one m x k x n tile."""
     m, k, n = profile.gemm_tile
     r, s, t = profile.intrinsic_bf16
-    blocks = (m // r // 2) * (n // t // 2)  # 2 x 2 blocks of C
-    inner = blocks * (k // s)
-    acc_bytes = 4 * r * t * FP32  # 4 accumulators in and out per block
-    return TileCycles(
-        kernel="xdna_matmul_bf16_f32",
-        mac_issues=4 * inner * profile.mmul_cycles_per_issue,
-        load_bytes=inner * 2 * (r * s + s * t) * BF16,
-        fill_cycles=blocks * (LOOP_FILL_CYCLES + acc_bytes / LOAD_BYTES_PER_CYCLE + acc_bytes / STORE_BYTES_PER_CYCLE)
-        + CALL_CYCLES,
-    )
+    blocks = (m // (2 * r)) * (n // (2 * t))
+    inner = loop(
+        "K loop", k // s,
+        mac_issues=4 * profile.mmul_cycles_per_issue,
+        load_issues=2 * accesses(r * s * BF16, r * s * BF16) + 2 * accesses(s * t * BF16, s * t * BF16),
+    )  # fmt: skip
+    acc = 4 * accesses(r * t * FP32, r * t * FP32)
+    per_block = TileCycles(kernel="2x2 block", load_issues=acc, store_issues=acc, fill_cycles=inner.cycles)
+    return sequence("xdna_matmul_bf16_f32", TileCycles(kernel="blocks", fill_cycles=blocks * per_block.cycles))
 
 
 def zero_cycles(profile: DeviceProfile) -> TileCycles:
     m, _, n = profile.gemm_tile
-    return TileCycles(kernel="xdna_zero_f32", store_bytes=m * n * FP32, fill_cycles=LOOP_FILL_CYCLES + CALL_CYCLES)
+    vectors = m * n // LANES_F32
+    return sequence("xdna_zero_f32", loop("zero", vectors, store_issues=accesses(LANES_F32 * FP32, LANES_F32 * FP32)))
 
 
 def epilogue_cycles(profile: DeviceProfile, gelu: bool, fp32_mul_issues: int = FP32_MUL_ISSUES[0]) -> TileCycles:
     """``xdna_bias_gelu_f32`` on one m x n fp32 tile: bias add (+ erf-GELU), all on 16-lane vectors."""
     m, _, n = profile.gemm_tile
-    ops = fp32_vector_ops(m * n, muls=GELU_MULS if gelu else 0, alu=1 + (GELU_ALU if gelu else 0),
-                          fp32_mul_issues=fp32_mul_issues)  # fmt: skip
-    return TileCycles(
-        kernel="xdna_bias_gelu_f32",
-        load_bytes=m * n * FP32,
-        store_bytes=m * n * FP32,
-        fill_cycles=LOOP_FILL_CYCLES + CALL_CYCLES,
-        **ops,
-    )
+    _, _, t = profile.intrinsic_bf16
+    vector = accesses(LANES_F32 * FP32, LANES_F32 * FP32)
+    bias = loop("bias vectors", n // t, load_issues=1, alu_issues=1)
+    body = loop(
+        "bias + GELU" if gelu else "bias", m * n // LANES_F32,
+        load_issues=vector, store_issues=vector,
+        alu_issues=1 + (GELU_ALU if gelu else 0),
+        mac_issues=(GELU_MULS * fp32_mul_issues) if gelu else 0,
+    )  # fmt: skip
+    return sequence("xdna_bias_gelu_f32", bias, body)
 
 
 def design_time(

@@ -1,30 +1,43 @@
-"""Cycle model of the row softmax (``softmax.cc`` on every core, ``design.py``'s dataflow).
+"""Cycle model of the row softmax: ``softmax.cc`` on every core, ``design.py``'s dataflow.
 
-Per core and per row of ``cols`` fp32 (16-lane vectors, ``xdna_softmax_row_f32``): pass 1 the row max
-(one load, one max per vector, one 16-lane reduction); pass 2 subtract, exp2 (as attention's),
-running sum, store; pass 3 one multiply by the reciprocal of the sum per vector. Data movement: each
-column's shim reads the rows of its ``rows`` cores on one input channel and writes them on one output
-channel, so a step (one row per core) is bounded by rows * cols * 4 bytes on a channel.
+Counted from the source, per core and per row of ``cols`` fp32 (``xdna_softmax_row_f32``), per 16
+lanes: pass 1 a load, index add, compare, select, max; pass 2 a load, subtract, index add, compare,
+select, the exp (``EXP_MULS`` multiplies, ``EXP_ALU`` ALU operations), sum add, store; pass 3 a load,
+a multiply, a store; per row two lane reductions and one reciprocal. Data movement: each column's
+shim reads the rows of its ``rows`` cores on one input channel and writes them on one output channel,
+so a step (one row per core) is bounded by rows * cols * 4 bytes on a channel.
 """
 
 from __future__ import annotations
 
 from xdna_ep.ep.device import DeviceProfile
-from xdna_ep.kernels.attention.cycles import EXP_ALU, EXP_MULS, REDUCE_ALU
-from xdna_ep.kernels.timing import CALL_CYCLES, FP32_MUL_ISSUES, LOOP_FILL_CYCLES, DesignTime, Step, TileCycles, fp32_vector_ops
+from xdna_ep.kernels.timing import (
+    EXP_ALU,
+    EXP_MULS,
+    FP32_MUL_ISSUES,
+    LANES_F32,
+    REDUCE_ALU,
+    DesignTime,
+    Step,
+    TileCycles,
+    accesses,
+    loop,
+    sequence,
+)
 
 FP32 = 4
 
 
 def row_cycles(cols: int, fp32_mul_issues: int = FP32_MUL_ISSUES[0]) -> TileCycles:
-    ops = fp32_vector_ops(cols, muls=EXP_MULS + 1, alu=1 + 1 + EXP_ALU + 1 + 1, fp32_mul_issues=fp32_mul_issues)
-    return TileCycles(
-        kernel="xdna_softmax_row_f32",
-        mac_issues=ops["mac_issues"],
-        alu_issues=ops["alu_issues"] + 2 * REDUCE_ALU,
-        load_bytes=3 * cols * FP32,
-        store_bytes=2 * cols * FP32,
-        fill_cycles=3 * LOOP_FILL_CYCLES + CALL_CYCLES,
+    vectors = cols // LANES_F32
+    vector = accesses(LANES_F32 * FP32, LANES_F32 * FP32)
+    return sequence(
+        "xdna_softmax_row_f32",
+        loop("row max", vectors, load_issues=vector, alu_issues=4),
+        loop("exp, sum", vectors, load_issues=vector, store_issues=vector, mac_issues=EXP_MULS * fp32_mul_issues,
+             alu_issues=EXP_ALU + 5),  # fmt: skip
+        loop("scale", vectors, load_issues=vector, store_issues=vector, mac_issues=fp32_mul_issues),
+        TileCycles(kernel="reductions", alu_issues=2 * REDUCE_ALU, mac_issues=2 * fp32_mul_issues),
     )
 
 
