@@ -204,9 +204,26 @@ def comparisons(profile: DeviceProfile = NPU1) -> list[dict]:
     ]
 
 
+def kernel_check(profile: DeviceProfile = NPU1) -> dict:
+    """Cycles per tile of every kernel call, and the kernels whose cycle model shows a scalar float loop
+    per element (``kernels.timing.check_vector_only``: none is accepted)."""
+    from xdna_ep.kernels.attention import cycles as attention_cycles
+    from xdna_ep.kernels.matmul import cycles as matmul_cycles
+    from xdna_ep.kernels.softmax import cycles as softmax_cycles
+    from xdna_ep.kernels.timing import check_vector_only
+
+    tiles = (
+        matmul_cycles.tiles(profile)
+        + attention_cycles.tiles(profile, cost_model.ATTENTION_Q_ROWS_PER_CORE, cost_model.ATTENTION_KV_TILE, 64)
+        + softmax_cycles.tiles()
+    )
+    return {"cycles_per_call": {tile.kernel: round(tile.cycles) for tile in tiles}, "scalar_loops": check_vector_only(tiles)}
+
+
 def report(profile: DeviceProfile = NPU1) -> dict:
     """Everything ``bench --calibration`` prints: the points, the fitted parameter, comparisons, unused."""
     return {
+        "kernels": kernel_check(profile),
         "parameter": {"array_clock_hz": profile.array_clock_hz, "fitted_hz": fit_array_clock()},
         "points": [point.as_dict() for point in calibration_points(profile)],
         "comparisons": comparisons(profile),
@@ -236,6 +253,14 @@ def format_report(data: dict) -> list[str]:
         f"  {c['what']} [{c['source']}]: measured {c['measured_ms']} ms, ours modelled {c['modelled_ms']} ms "
         f"(ratio {c['ratio']}): {c['why']}"
         for c in data["comparisons"]
+    ]
+    kernels = data["kernels"]
+    lines.append(
+        "kernel cycle models (cycles per call, one core): "
+        + ", ".join(f"{name} {cycles}" for name, cycles in kernels["cycles_per_call"].items())
+    )
+    lines += [f"  scalar float loop: {line}" for line in kernels["scalar_loops"]] or [
+        "  no kernel runs a scalar float loop per element"
     ]
     lines.append("not used:")
     lines += [f"  {u['what']} [{u['source']}]: {u['why']}" for u in data["unused"]]
