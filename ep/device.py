@@ -24,6 +24,7 @@ class DeviceProfile:
 
     name: str  # driver name: "npu1" or "npu2"
     description: str
+    xrt_names: tuple[str, ...]  # what XRT's device name query returns for this generation (first: canonical)
     # --- array geometry
     columns: int  # usable columns with a shim DMA (whole-array designs spread N over them)
     rows: int  # compute rows per column (whole-array designs spread M over them)
@@ -93,6 +94,8 @@ class DeviceProfile:
 NPU1 = DeviceProfile(
     name="npu1",
     description="Phoenix / Hawk Point (XDNA, AIE2), 4 x 4 compute tiles",
+    # mlir-aie python/utils/hostruntime xrt runtime: the names it maps to NPU1
+    xrt_names=("RyzenAI-npu1", "NPU Phoenix"),
     # 4 usable columns x 4 compute rows; column 0 has no shim DMA (xdna-driver amdnpu.rst, npu1_regs.c)
     columns=4,
     rows=4,
@@ -133,6 +136,8 @@ NPU1 = DeviceProfile(
 NPU2 = DeviceProfile(
     name="npu2",
     description="Strix (XDNA2, AIE2P), 8 x 4 compute tiles",
+    # mlir-aie's xrt host runtime maps these to NPU2; RyzenAI-npu5 (Strix Halo, AIE2P) as reported by xrt-smi
+    xrt_names=("RyzenAI-npu4", "RyzenAI-npu5", "RyzenAI-npu6", "NPU Strix", "NPU Strix Halo", "NPU Krackan"),
     columns=8,  # xdna-driver npu4_family.h: 8 columns x 4 compute rows
     rows=4,
     tile_data_bytes=64 * 1024,  # AMD UG1603 / npu.md: 64 KB data memory per compute tile
@@ -169,6 +174,45 @@ NPU2 = DeviceProfile(
 PROFILES: dict[str, DeviceProfile] = {profile.name: profile for profile in (NPU1, NPU2)}
 
 DEFAULT_PROFILE = "npu1"
+
+
+# hardware contexts one process takes of the device's system-wide ones (npu1 has 6, shared with every
+# other process): an integer, or unset for half of them
+HW_CONTEXTS_ENV = "XDNA_EP_HW_CONTEXTS"
+
+
+def profile_for_device_name(device_name: str) -> str:
+    """The profile of the NPU XRT names ``device_name`` (its device name query); ValueError if unknown.
+
+    Longest match first, so "NPU Strix Halo" is not read as "NPU Strix"'s prefix of something else.
+    """
+    names = sorted(((xrt_name, profile.name) for profile in PROFILES.values() for xrt_name in profile.xrt_names),
+                   key=lambda pair: -len(pair[0]))  # fmt: skip
+    for xrt_name, profile_name in names:
+        if xrt_name in device_name:
+            return profile_name
+    known = ", ".join(name for name, _ in names)
+    raise ValueError(f"unknown NPU {device_name!r}: xdna-ep has profiles for {known}")
+
+
+def hw_context_share(profile: DeviceProfile, requested: str | int | None = None) -> int:
+    """Hardware contexts this process may hold: ``requested`` (or $XDNA_EP_HW_CONTEXTS), else half of the
+    device's; ValueError naming the variable when it is not an integer in 1..hw_contexts."""
+    import os
+
+    raw = requested if requested is not None else os.environ.get(HW_CONTEXTS_ENV)
+    if raw is None or raw == "":
+        return max(1, profile.hw_contexts // 2)
+    try:
+        share = int(raw)
+    except (TypeError, ValueError):
+        share = 0
+    if not 1 <= share <= profile.hw_contexts or str(raw).strip() != str(share):
+        raise ValueError(
+            f"{HW_CONTEXTS_ENV}={raw!r}: must be an integer from 1 to {profile.hw_contexts} "
+            f"(the hardware contexts of {profile.name}, shared with other processes)"
+        )
+    return share
 
 
 def get_profile(name: str | DeviceProfile) -> DeviceProfile:

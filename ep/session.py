@@ -74,10 +74,15 @@ def resolve_device(device: str) -> str:
     return resolved
 
 
-def resolve_profile(profile: str | None) -> str:
-    """The NPU profile to plan for: the given one (checked), else npu1 (no detection from a device yet)."""
+def resolve_profile(profile: str | None, device: str | None = None) -> str:
+    """The NPU profile to plan for: the given one (checked; the device refuses a mismatch when it opens),
+    else read from the NPU for device "npu" (XRT's device name query), else npu1."""
     from xdna_ep.ep.device import DEFAULT_PROFILE, get_profile
 
+    if profile is None and device == "npu":
+        from xdna_ep.ep.xrt_backend import detect_profile
+
+        return detect_profile("npu")
     return get_profile(profile or DEFAULT_PROFILE).name
 
 
@@ -172,7 +177,7 @@ def compile(
     check_precision(precision)
     if device is not None:
         device = resolve_device(device)
-    profile = resolve_profile(profile)
+    profile = resolve_profile(profile, device)
     proto = load_model(model)
     proto, report = run_passes(proto, profile=profile, placement=placement, precision=precision, any_model=any_model)
     return bind(proto, device=device, profile=profile, precision=precision, report=report)

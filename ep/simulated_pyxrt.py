@@ -273,7 +273,7 @@ class device:  # noqa: N801 - pyxrt's spelling
 
     def get_info(self, key: xrt_info_device) -> str:
         if key == xrt_info_device.name:
-            return f"{self._npu.profile.description} (simulated)"
+            return self._npu.profile.xrt_names[0]  # what XRT reports for this generation
         if key == xrt_info_device.bdf:
             return "0000:00:00.0"
         if key == xrt_info_device.max_clock_frequency_mhz:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from xdna_ep.ep import cost_model
-from xdna_ep.ep.device import DeviceProfile, get_profile
+from xdna_ep.ep.device import DeviceProfile, get_profile, hw_context_share, profile_for_device_name
 from xdna_ep.errors import DeviceError
 from xdna_ep.kernels import artifacts
 
@@ -48,6 +48,14 @@ STATE_MEANINGS = {
     "ERT_CMD_STATE_RUNNING": "the command is still running",
     "ERT_CMD_STATE_SUBMITTED": "the command is still submitted",
 }
+
+
+# What pyxrt raises: XRT throws C++ exceptions (xrt_core::system_error, std::runtime_error, ...) and
+# pybind11 translates them (pybind11 docs, "Built-in C++ to Python exception translation"):
+# std::exception and system errors -> RuntimeError, std::bad_alloc -> MemoryError, invalid_argument /
+# domain_error / length_error -> ValueError, out_of_range -> IndexError, overflow_error -> OverflowError,
+# a wrong argument type -> TypeError; OSError and KeyError for the file and map lookups of the bindings.
+PYXRT_ERRORS = (RuntimeError, MemoryError, ValueError, IndexError, OverflowError, TypeError, OSError, KeyError)
 
 
 def npu_status() -> tuple[bool, str]:
@@ -87,6 +95,33 @@ def check(binding, state, what: str) -> None:
         return
     name = getattr(state, "name", str(state))
     raise DeviceError(f"{what}: {name}: {STATE_MEANINGS.get(name, 'unknown command state')}", cause=name)
+
+
+def check_generation(device_name: str, profile: DeviceProfile) -> None:
+    """DeviceError unless XRT's name of the device is an NPU of ``profile``'s generation."""
+    try:
+        generation = profile_for_device_name(device_name)
+    except ValueError as error:
+        raise DeviceError(f"device {device_name!r}: {error}", cause="generation") from None
+    if generation != profile.name:
+        raise DeviceError(
+            f"profile {profile.name} does not match the device: XRT names it {device_name!r}, an {generation} "
+            f"(use profile={generation!r}, or leave the profile unset to read it from the device)",
+            cause="generation",
+        )
+
+
+def detect_profile(backend: str = "npu") -> str:
+    """The profile of the NPU ``backend`` drives, from XRT's device name query."""
+    binding = load_binding(backend)
+    try:
+        name = binding.device(0).get_info(binding.xrt_info_device.name)
+    except PYXRT_ERRORS as error:
+        raise DeviceError(f"{backend} device name query: {type(error).__name__}: {error}", cause="get_info") from error
+    try:
+        return profile_for_device_name(name)
+    except ValueError as error:
+        raise DeviceError(f"device {name!r}: {error}", cause="generation") from None
 
 
 class Buffer:
@@ -220,7 +255,9 @@ class XrtDevice:
     """The NPU as this process sees it: binding, device handle, open designs, shared counters.
 
     Every call into the binding goes through ``call`` (under one lock: the device is used by one
-    thread at a time), which turns the binding's RuntimeError into a DeviceError naming the step.
+    thread at a time), which turns every exception type pyxrt raises (``PYXRT_ERRORS``) into a
+    DeviceError naming the step. On opening, the device's name (XRT's device name query) must be an
+    NPU of ``profile``'s generation; the process takes ``hw_context_share`` of its hardware contexts.
     """
 
     def __init__(self, backend: str, profile: str | DeviceProfile, context_budget: int | None = None) -> None:
@@ -230,10 +267,12 @@ class XrtDevice:
         self.simulated = bool(getattr(self.binding, "SIMULATED", False))
         if self.simulated:
             self.binding.simulated_npu().configure(self.profile.name)
-        self.context_budget = context_budget or self.profile.hw_contexts
+        self.context_budget = context_budget or hw_context_share(self.profile)
         self.lock = threading.RLock()
         self.stats = DeviceStats()
         self.handle = self.call("device(0)", lambda: self.binding.device(0))
+        self.device_name = self.call("get_info", lambda: self.handle.get_info(self.binding.xrt_info_device.name))
+        check_generation(self.device_name, self.profile)
         self.designs: OrderedDict[str, Design] = OrderedDict()  # least recently used first
         self.loaded_design: str | None = None
 
@@ -242,8 +281,12 @@ class XrtDevice:
         with self.lock:
             try:
                 return function()
-            except RuntimeError as error:
-                raise DeviceError(f"{self.backend} {what}: {error}", cause=what.split()[0]) from error
+            except DeviceError:
+                raise
+            except PYXRT_ERRORS as error:
+                raise DeviceError(
+                    f"{self.backend} {what}: {type(error).__name__}: {error}", cause=what.split()[0]
+                ) from error
 
     def xclbin_path(self, spec) -> Path:
         """The xclbin file of ``spec``: built by CMake (npu), generated from the spec (sim)."""
