@@ -143,9 +143,10 @@ class NpuExecutor(Executor):
             self._params[full_key] = buffer
         return buffer
 
-    def _scratch_buffer(self, design: Design, arg: str, nbytes: int) -> Buffer:
-        """A per-call buffer of ``design`` for ``arg``, reused across calls, grown when too small."""
-        key = (design.spec.name, arg)
+    def _scratch_buffer(self, design: Design, arg: str, nbytes: int, copy: str = "") -> Buffer:
+        """A per-call buffer of ``design`` for ``arg``, reused across calls, grown when too small;
+        ``copy`` names another one for the same argument (launches batched in one runlist)."""
+        key = (design.spec.name, arg + copy)
         buffer = self._scratch.get(key)
         if buffer is None or buffer.nbytes < nbytes:
             buffer = design.buffer(arg, nbytes)
@@ -239,19 +240,29 @@ class NpuExecutor(Executor):
                 design, ("params", float(scale), n_q, n_kv, bool(causal)),
                 lambda: attention_reference.prepare_params(scale, n_q, n_kv, causal),
             )  # fmt: skip
-            for first in range(0, heads, group):
+            # head groups (more than one only when one launch could near the driver's timeout) go as one
+            # runlist, each on buffers of its own
+            runs, outputs = [], []
+            for index, first in enumerate(range(0, heads, group)):
                 hg = min(group, heads - first)
                 sizes = spec.arg_bytes(hg, q_pad, kv_pad)
-                buffers = {name: self._scratch_buffer(design, name, sizes[name]) for name in ("q", "k", "v", "o")}
+                suffix = "" if index == 0 else f"#{index}"
+                buffers = {
+                    name: self._scratch_buffer(design, name, sizes[name], suffix) for name in ("q", "k", "v", "o")
+                }
                 for name, source, n_pad in (("q", q3, q_pad), ("k", k3, kv_pad), ("v", v3, kv_pad)):
                     view = buffers[name].view(np.uint16, (parts, hg, n_pad, d_pad))
                     attention_reference.prepare_operand(source[first : first + hg], n_pad, d_pad, self.precision, out=view)
                     counters.sent(self.device, buffers[name].to_device(sizes[name]))
                 compute = cost_model.attention_compute_s(profile, hg, q_pad, kv_pad, d_pad, parts)
                 args = [buffers["q"], buffers["k"], buffers["v"], params, buffers["o"]]
-                counters.launched(design.launch((hg, q_pad, kv_pad, d_pad), args, compute))
-                counters.received(self.device, buffers["o"].from_device(sizes["o"]))
-                out[first : first + hg] = buffers["o"].view(np.float32, (hg, q_pad, d_pad))[:, :n_q, :head_dim]
+                runs.append(((hg, q_pad, kv_pad, d_pad), args, compute))
+                outputs.append((first, hg, buffers["o"], sizes["o"]))
+            for result in design.launch_batch(runs):
+                counters.launched(result)
+            for first, hg, o_buffer, o_bytes in outputs:
+                counters.received(self.device, o_buffer.from_device(o_bytes))
+                out[first : first + hg] = o_buffer.view(np.float32, (hg, q_pad, d_pad))[:, :n_q, :head_dim]
         counters.record(self.statistics, node, "attention", spec.name, start)
         return out.reshape(batch, n_head, n_q, head_dim)
 

@@ -66,3 +66,32 @@ def test_every_pyxrt_exception_type_becomes_a_device_error(error_type):
 
     with pytest.raises(DeviceError, match=rf"sim bo.sync: {error_type.__name__}: .*bad thing"):
         device.call("bo.sync", failing)
+
+
+def test_split_attention_launches_go_as_one_runlist_at_the_runlist_cost():
+    import dataclasses
+
+    import numpy as np
+
+    from xdna_ep.ep import cost_model
+    from xdna_ep.ep.npu_executor import NpuExecutor
+    from xdna_ep.kernels.attention.reference import attention_reference
+
+    # a driver timeout short enough that the 6 heads need 3 launches of 2
+    impatient = dataclasses.replace(NPU1, driver_timeout_s=2 * cost_model.attention_compute_s(NPU1, 1, 512, 64, 64, 1))
+    with xrt.separate_machine(impatient) as machine:
+        executor = NpuExecutor(device="sim", profile="npu1", precision="bf16")
+        executor.device = XrtDevice("sim", impatient)
+        executor.profile = impatient
+        rng = np.random.default_rng(4)
+        q, k, v = (rng.standard_normal((1, 6, 40, 64)).astype(np.float32) for _ in range(3))
+        out = executor.attention("attn", q, k, v, 0.125, False)
+        records = [record for record in machine.ledger.records if record.kind == "attention"]
+    # same numerics as one launch: each head group computes on buffers of its own
+    np.testing.assert_allclose(out, attention_reference(q, k, v, 0.125, False, "bf16"), rtol=1e-5, atol=1e-6)
+    assert [record.shape for record in records] == [(2, 512, 64, 64)] * 3
+    compute = cost_model.attention_compute_s(impatient, 2, 512, 64, 64, 1)
+    switch = impatient.design_switch_s
+    modelled = sum(record.modelled_s for record in records)
+    # each run at the runlist's 0.76 of a launch (whisper-xdna), one switch for the batch
+    assert modelled == pytest.approx(switch + 3 * (impatient.launch_s * impatient.runlist_launch_factor + compute), rel=1e-9)
