@@ -215,12 +215,14 @@ def script_args(spec, shape: tuple[int, ...]) -> list[str]:
 
 def compile_defines(spec) -> list[str]:
     """-D flags of the kernel's C++ for ``spec``."""
+    r, s, t = get_profile(spec.profile).intrinsic_bf16
+    mmul = [f"-DMMUL_R={r}", f"-DMMUL_S={s}", f"-DMMUL_T={t}"]  # the profile's bf16 aie::mmul shape
     if spec.kind == "matmul":
         m, k, n = spec.tile
-        return [f"-DDIM_M={m}", f"-DDIM_K={k}", f"-DDIM_N={n}"]
+        return [f"-DDIM_M={m}", f"-DDIM_K={k}", f"-DDIM_N={n}", *mmul]
     if spec.kind == "attention":
         flags = [f"-DHEAD_DIM={spec.head_dim}", f"-DQ_ROWS={cost_model.ATTENTION_Q_ROWS_PER_CORE}",
-                 f"-DKV_TILE={cost_model.ATTENTION_KV_TILE}"]  # fmt: skip
+                 f"-DKV_TILE={cost_model.ATTENTION_KV_TILE}", *mmul]  # fmt: skip
         return flags + (["-DXDNA_ACCURATE"] if spec.precision == "accurate" else [])
     return []
 

@@ -2,6 +2,7 @@
 //
 // Compiled with Peano (llvm-aie): clang++ --target=aie2-none-unknown-elf -std=c++20 -O2
 //   -DHEAD_DIM=64 -DQ_ROWS=32 -DKV_TILE=64 [-DMMUL_R=4 -DMMUL_S=8 -DMMUL_T=4] [-DXDNA_ACCURATE]
+// (one object per precision: xdna_attention_step_bf16, or with XDNA_ACCURATE xdna_attention_step_accurate)
 //   -I<mlir-aie>/include -I<kernels> -c attention.cc -o xdna_attention_d64_bf16.o
 // (CMakeLists.txt does this; MMUL_R/S/T is the profile's bf16 aie::mmul shape, 4 x 8 x 4 on npu1,
 // 8 x 8 x 8 on npu2). The host-side names live in kernels/attention/spec.py.
@@ -184,7 +185,11 @@ static inline void accumulate_pv(const bfloat16 *__restrict p_hi, const bfloat16
 
 static float scores[Q_ROWS * KV_TILE];
 static bfloat16 probs_hi[Q_ROWS * KV_TILE]; // r x s blocks, the A operand of p @ v
-static bfloat16 probs_lo[Q_ROWS * KV_TILE];
+#ifdef XDNA_ACCURATE
+static bfloat16 probs_lo[Q_ROWS * KV_TILE]; // the accurate build only: 4 KB of the tile's 64 KB
+#else
+static bfloat16 *const probs_lo = probs_hi; // never read: PARTS == 1
+#endif
 static float tile_max[Q_ROWS], row_sum[Q_ROWS], correction[Q_ROWS], safe_max[Q_ROWS];
 
 // 0, 1, ..., 15: the lane index (a constant; one integer add gives the keys of any vector)
@@ -297,17 +302,19 @@ void xdna_attention_init(float *__restrict state, int32_t q_row0) {
   state[STATE_ORIGIN + 1] = 0.0f;
 }
 
+#ifndef XDNA_ACCURATE
 void xdna_attention_step_bf16(const bfloat16 *q, const bfloat16 *k, const bfloat16 *v, const float *params,
                               float *state) {
   aie::set_rounding(aie::rounding_mode::conv_even);
   attention_step<1>(q, k, v, params, state);
 }
-
+#else
 void xdna_attention_step_accurate(const bfloat16 *q, const bfloat16 *k, const bfloat16 *v, const float *params,
                                   float *state) {
   aie::set_rounding(aie::rounding_mode::conv_even);
   attention_step<2>(q, k, v, params, state);
 }
+#endif
 
 // out (row-major Q_ROWS x HEAD_DIM fp32) = O / l; a row with l = 0 (nothing visible) gives 0
 void xdna_attention_finish(const float *__restrict state, float *__restrict out) {

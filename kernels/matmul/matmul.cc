@@ -39,9 +39,18 @@
 constexpr unsigned PARAMS_WORDS = 16;
 constexpr float ACTIVATION_GELU = 1.0f;
 
-constexpr unsigned R = 4; // aie::mmul<4, 8, 4, bfloat16, bfloat16, accfloat> on AIE2
-constexpr unsigned S = 8;
-constexpr unsigned T = 4;
+#ifndef MMUL_R // the profile's bf16 aie::mmul shape: 4 x 8 x 4 on AIE2 (npu1), 8 x 8 x 8 on AIE2P (npu2)
+#define MMUL_R 4
+#endif
+#ifndef MMUL_S
+#define MMUL_S 8
+#endif
+#ifndef MMUL_T
+#define MMUL_T 4
+#endif
+constexpr unsigned R = MMUL_R;
+constexpr unsigned S = MMUL_S;
+constexpr unsigned T = MMUL_T;
 static_assert(DIM_M % (2 * R) == 0 && DIM_K % S == 0 && DIM_N % (2 * T) == 0,
               "tile must be a multiple of the 2x2-unrolled bf16 intrinsic");
 
@@ -146,20 +155,23 @@ void xdna_bias_gelu_f32(const float *__restrict params, float *__restrict c) {
   const bool apply_gelu = params[0] == ACTIVATION_GELU;
   const float *__restrict bias = params + PARAMS_WORDS;
   constexpr unsigned colB = DIM_N / T;
-  static_assert(R * T == 16, "one r x t block of C is one 16-lane vector");
-  // 16 consecutive floats of the blocked tile = one r x t (4 x 4) block: columns jb*T .. jb*T + 3, so
-  // its bias vector is bias[jb*T .. jb*T + 3] repeated R times (built once per column block)
+  constexpr unsigned VECTORS_PER_BLOCK = R * T / 16; // 16-lane vectors per r x t block of C
+  static_assert(R * T % 16 == 0 && 16 % T == 0, "an r x t block of C is whole 16-lane vectors of whole rows");
+  // a 16-lane vector of a block holds 16 / T rows of its T columns jb*T .. jb*T + T - 1, so its bias
+  // vector is bias[jb*T .. jb*T + T - 1] repeated 16 / T times (built once per column block)
   aie::vector<float, 16> bias_blocks[colB];
   for (unsigned jb = 0; jb < colB; ++jb) {
     const aie::vector<float, T> b = aie::load_v<T>(bias + jb * T);
-    bias_blocks[jb] = aie::concat(b, b, b, b);
+    for (unsigned part = 0; part < 16 / T; ++part)
+      bias_blocks[jb].insert(part, b);
   }
-  for (unsigned block = 0; block < (DIM_M / R) * colB; ++block)
+  for (unsigned vec = 0; vec < DIM_M * DIM_N / 16; ++vec)
     chess_prepare_for_pipelining {
-      aie::vector<float, 16> v = aie::add(aie::load_v<16>(c + block * 16), bias_blocks[block % colB]);
+      const unsigned jb = (vec / VECTORS_PER_BLOCK) % colB;
+      aie::vector<float, 16> v = aie::add(aie::load_v<16>(c + vec * 16), bias_blocks[jb]);
       if (apply_gelu)
         v = gelu_erf_f32(v);
-      aie::store_v(c + block * 16, v);
+      aie::store_v(c + vec * 16, v);
     }
 }
 

@@ -31,7 +31,7 @@ R, S, T = 4, 8, 4  # npu1 bf16 aie::mmul
 
 
 def build(tmp_path_factory, source: str, defines: list[str]) -> ctypes.CDLL:
-    out = tmp_path_factory.mktemp("kernels") / (Path(source).stem + ".so")
+    out = tmp_path_factory.mktemp("kernels") / (Path(source).stem + "_".join(["", *defines]).replace("=", "") + ".so")
     subprocess.run(
         ["g++", "-O1", "-std=c++20", "-shared", "-fPIC", "-I", str(STUB), "-I", str(KERNELS), *defines,
          str(KERNELS / source), "-o", str(out)],
@@ -46,9 +46,12 @@ def ptr(array: np.ndarray) -> ctypes.c_void_p:
 
 
 @pytest.fixture(scope="module")
-def attention_lib(tmp_path_factory):
-    return build(tmp_path_factory, "attention/attention.cc",
-                 [f"-DHEAD_DIM={HEAD_DIM}", f"-DQ_ROWS={Q_ROWS}", f"-DKV_TILE={KV_TILE}"])  # fmt: skip
+def attention_libs(tmp_path_factory):
+    """One object per precision, as CMakeLists.txt builds them (kernels/designs.py compile_defines)."""
+    common = [f"-DHEAD_DIM={HEAD_DIM}", f"-DQ_ROWS={Q_ROWS}", f"-DKV_TILE={KV_TILE}", f"-DMMUL_R={R}",
+              f"-DMMUL_S={S}", f"-DMMUL_T={T}"]  # fmt: skip
+    return {"bf16": build(tmp_path_factory, "attention/attention.cc", common),
+            "accurate": build(tmp_path_factory, "attention/attention.cc", [*common, "-DXDNA_ACCURATE"])}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +62,9 @@ def softmax_lib(tmp_path_factory):
 @pytest.fixture(scope="module")
 def matmul_lib(tmp_path_factory):
     return build(tmp_path_factory, "matmul/matmul.cc", [f"-DDIM_M={M_TILE}", f"-DDIM_K={K_TILE}", f"-DDIM_N={N_TILE}"])
+
+
+NPU2_MMUL = (8, 8, 8)  # AIE2P bf16 aie::mmul (kernels/designs.py passes it as MMUL_R/S/T for npu2)
 
 
 def run_attention_tile(lib, q_bits, k_bits, v_bits, params, q_row0: int, precision: str) -> np.ndarray:
@@ -90,7 +96,8 @@ def run_attention_tile(lib, q_bits, k_bits, v_bits, params, q_row0: int, precisi
         ("accurate", True, 64, 150, 1e-5),
     ],
 )
-def test_attention_kernel_matches_the_reference(attention_lib, precision, causal, n_q, n_kv, tolerance):
+def test_attention_kernel_matches_the_reference(attention_libs, precision, causal, n_q, n_kv, tolerance):
+    attention_lib = attention_libs[precision]
     rng = np.random.default_rng(7)
     n_kv_pad = -(-n_kv // KV_TILE) * KV_TILE
     q = rng.standard_normal((1, n_q, HEAD_DIM), dtype=np.float32) * 2
@@ -151,6 +158,24 @@ def test_matmul_kernel_with_bias_and_gelu_matches_the_reference(matmul_lib):
     want = matmul_reference.gelu(from_bf16_bits(a_bits) @ from_bf16_bits(b_bits) + bias)
     # fp32 sums in another order, and the vector exp against NumPy's: measured 9.7e-8 of the scale
     assert np.abs(got - want).max() <= 5e-7 * np.abs(want).max()
+
+
+def test_matmul_kernel_at_the_npu2_intrinsic_shape(tmp_path_factory):
+    r, s, t = NPU2_MMUL
+    lib = build(tmp_path_factory, "matmul/matmul.cc",
+                [f"-DDIM_M={M_TILE}", f"-DDIM_K={K_TILE}", f"-DDIM_N={N_TILE}", f"-DMMUL_R={r}", f"-DMMUL_S={s}", f"-DMMUL_T={t}"])  # fmt: skip
+    rng = np.random.default_rng(6)
+    a_bits = to_bf16_bits(rng.standard_normal((M_TILE, K_TILE), dtype=np.float32))
+    b_bits = to_bf16_bits(rng.standard_normal((K_TILE, N_TILE), dtype=np.float32))
+    bias = rng.standard_normal(N_TILE, dtype=np.float32)
+    c = np.zeros(M_TILE * N_TILE, dtype=np.float32)
+    a_tile, b_tile = blocked(a_bits, r, s), blocked(b_bits, s, t)  # kept alive across the calls
+    params = matmul_reference.prepare_params(bias, "", N_TILE, N_TILE)
+    lib.xdna_matmul_bf16_f32(ptr(a_tile), ptr(b_tile), ptr(c))
+    lib.xdna_bias_gelu_f32(ptr(params), ptr(c))
+    got = c.reshape(M_TILE // r, N_TILE // t, r, t).transpose(0, 2, 1, 3).reshape(M_TILE, N_TILE)
+    want = from_bf16_bits(a_bits) @ from_bf16_bits(b_bits) + bias
+    assert np.abs(got - want).max() <= 5e-7 * np.abs(want).max()  # fp32 sums in another order
 
 
 def test_gelu_epilogue_max_error_against_fp32_erf_gelu(matmul_lib):
