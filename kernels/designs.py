@@ -173,6 +173,92 @@ def encoder_designs(d_model: int, n_head: int, profile: str = "npu1", precision:
     return designs
 
 
+@dataclass(frozen=True)
+class SwitchPlan:
+    """How an encoder pass shares the array between its GEMM design and its attention design.
+
+    - time-shared (today's plan): both designs take every column in turn, the array switches designs
+      twice a layer (GEMMs -> attention -> GEMMs; the dynamic-K design makes all GEMMs one xclbin);
+    - split: each design built for half the columns, both resident in their own hardware contexts at
+      once: no switch, but each runs on half the cores (modelled bottom-up at that width);
+    - one xclbin holding both core programs (OpenFlowLM's one-xclbin encoder runs GEMMs only): every
+      compute tile would hold both designs' buffers at once (``combined_tile_bytes``).
+    The planner takes the cheapest option that fits.
+    """
+
+    profile: str
+    switches: int  # design switches per pass, time-shared
+    time_shared_s: float  # compute + switches per pass
+    split_s: float  # compute per pass on half the columns each, no switch
+    combined_tile_bytes: int  # data memory per compute tile of one xclbin with both programs
+    tile_data_bytes: int
+
+    @property
+    def choice(self) -> str:
+        return "split" if self.split_s < self.time_shared_s else "time-shared"
+
+    @property
+    def reason(self) -> str:
+        combined = (
+            f"one xclbin for both would need {self.combined_tile_bytes / 1024:.0f} KB per tile of "
+            f"{self.tile_data_bytes / 1024:.0f} KB"
+        )
+        times = (
+            f"time-shared {self.time_shared_s * 1e3:.1f} ms ({self.switches} switches) vs split array "
+            f"{self.split_s * 1e3:.1f} ms (no switch, half the columns each)"
+        )
+        return f"{self.choice}: {times}; {combined} (per pass, modelled)"
+
+
+def combined_tile_bytes(profile: str = "npu1", precision: str = "bf16", head_dim: int = HEAD_DIM) -> int:
+    """Data memory per compute tile if one xclbin held the GEMM and the attention core programs: both
+    designs' FIFO buffers (depth 2, as ``design.py``), the attention state and the kernels' static
+    buffers; stacks not counted. An estimate from the designs' shapes (issue 10's verifier counts a
+    design exactly)."""
+    device = get_profile(profile)
+    m, k, n = device.gemm_tile
+    parts = cost_model.ATTENTION_PARTS[precision]
+    q_rows, kv_tile = cost_model.ATTENTION_Q_ROWS_PER_CORE, cost_model.ATTENTION_KV_TILE
+    bf16, fp32, depth = 2, 4, 2
+    gemm = depth * (m * k * bf16 + k * n * bf16 + m * n * fp32)
+    attention = depth * (parts * q_rows * head_dim * bf16 + 2 * parts * kv_tile * head_dim * bf16 + q_rows * head_dim * fp32)
+    attention += (q_rows * head_dim + 2 * q_rows + 2) * fp32  # state
+    attention += q_rows * kv_tile * (fp32 + parts * bf16)  # scores, probabilities (attention.cc statics)
+    return gemm + attention
+
+
+def plan_encoder_switches(
+    d_model: int, n_head: int, n_layers: int, profile: str = "npu1", precision: str = "bf16"
+) -> SwitchPlan:
+    """Model one encoder pass time-shared (with its design switches) and split over the columns."""
+    import dataclasses
+
+    device = get_profile(profile)
+    half = dataclasses.replace(device, columns=max(1, device.columns // 2))
+    parts = cost_model.ATTENTION_PARTS[cost_model.check_precision(precision)]
+
+    def compute(on) -> float:
+        shapes = [(d_model, d_model)] * 4 + [(d_model, 4 * d_model), (4 * d_model, d_model)]
+        gemm_parts = cost_model.GEMM_PARTS[precision]
+        layer = 0.0
+        for index, (k, n) in enumerate(shapes):
+            m_pad, k_pad, n_pad = cost_model.padded_gemm_shape(on, N_AUDIO_CTX, k, n)
+            layer += cost_model.gemm_compute_s(on, m_pad, gemm_parts * k_pad, n_pad, dynamic_k=True, gelu=index == 4)
+        q, kv, d = cost_model.padded_attention_shape(on, N_AUDIO_CTX, N_AUDIO_CTX, HEAD_DIM)
+        layer += cost_model.attention_compute_s(on, n_head, q, kv, d, parts)
+        return n_layers * layer
+
+    switches = 2 * n_layers
+    return SwitchPlan(
+        profile=device.name,
+        switches=switches,
+        time_shared_s=compute(device) + switches * device.design_switch_s,
+        split_s=compute(half),
+        combined_tile_bytes=combined_tile_bytes(profile, precision),
+        tile_data_bytes=device.tile_data_bytes,
+    )
+
+
 def plan(designs: list[Design], profile: str = "npu1") -> list[Design]:
     """``designs`` if they fit the device's hardware contexts; ValueError (a planning error) if not."""
     device = get_profile(profile)
