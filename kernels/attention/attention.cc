@@ -44,6 +44,7 @@
 #include <aie_api/aie.hpp>
 
 #include "common/exp_v16.h"
+#include "common/mmul_shape.h"
 
 #ifndef HEAD_DIM
 #define HEAD_DIM 64
@@ -54,18 +55,6 @@
 #ifndef KV_TILE
 #define KV_TILE 64
 #endif
-#ifndef MMUL_R
-#define MMUL_R 4
-#endif
-#ifndef MMUL_S
-#define MMUL_S 8
-#endif
-#ifndef MMUL_T
-#define MMUL_T 4
-#endif
-
-constexpr unsigned R = MMUL_R, S = MMUL_S, T = MMUL_T;
-using MMUL = aie::mmul<R, S, T, bfloat16, bfloat16, accfloat>;
 
 // params words (kernels/attention/spec.py): scale, n_q, n_kv, causal
 enum { P_SCALE = 0, P_NQ = 1, P_NKV = 2, P_CAUSAL = 3 };

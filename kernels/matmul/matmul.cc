@@ -24,6 +24,7 @@
 #include <aie_api/aie.hpp>
 
 #include "common/exp_v16.h"
+#include "common/mmul_shape.h"
 
 #ifndef DIM_M
 #define DIM_M 64
@@ -39,22 +40,9 @@
 constexpr unsigned PARAMS_WORDS = 16;
 constexpr float ACTIVATION_GELU = 1.0f;
 
-#ifndef MMUL_R // the profile's bf16 aie::mmul shape: 4 x 8 x 4 on AIE2 (npu1), 8 x 8 x 8 on AIE2P (npu2)
-#define MMUL_R 4
-#endif
-#ifndef MMUL_S
-#define MMUL_S 8
-#endif
-#ifndef MMUL_T
-#define MMUL_T 4
-#endif
-constexpr unsigned R = MMUL_R;
-constexpr unsigned S = MMUL_S;
-constexpr unsigned T = MMUL_T;
 static_assert(DIM_M % (2 * R) == 0 && DIM_K % S == 0 && DIM_N % (2 * T) == 0,
               "tile must be a multiple of the 2x2-unrolled bf16 intrinsic");
 
-using MMUL = aie::mmul<R, S, T, bfloat16, bfloat16, accfloat>;
 
 // C(m x n) += A(m x k) @ B(k x n) on blocked tiles; two row blocks x two column blocks per iteration
 // so that four accumulators keep the MAC unit busy (the structure of mlir-aie's mm.cc).
