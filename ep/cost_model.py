@@ -6,25 +6,19 @@ copies) + launch (kernel() + wait() from Python) + transfers (activations in, re
 resident and never counted per call) + compute on the array, for the shape padded to the design's
 bucket (whole-array GEMM: M to rows * m, K to k, N to columns * n).
 
-Compute of a whole-array GEMM (M, K, N padded; the accurate precision runs the same design with 3 x K)::
-
-    2 * M * K * N / gemm_flops_per_s  +  M * N * output_s_per_element
-
-The two constants are fitted (least squares on relative error, launch fixed at 60 us) to the measured
-whole-array GEMMs of npu.md: whisper-xdna README (4 columns, bf16, fp32 accumulation) 1761 GFLOPS for
-1536x1536x384, 1514 for 1536x5120x1280, 1409 for 1536x1280x1280, 386 for 1536x64x1536, and whisper-xdna
-HISTORY.md's 512^3 GEMM from raw pyxrt in 0.267 ms (launch and copies included). The fit reproduces them
-within 17 % (``tests/ep/test_cost_model.py`` asserts 25 %). The first term is the MAC work; the second
-is the per-output-element cost (accumulator drain to DDR) that makes skinny-K GEMMs slow.
+Compute on the array is bottom-up (``kernels/timing.py``): each kernel's cycles per tile, counted from
+its inner loops (``kernels/<op>/cycles.py``: matrix-unit issues, vector ALU operations, load and store
+issues, loop fills), summed along the design's steps, each step bounded by its busiest DMA channel;
+the accurate precision runs the same GEMM design with 3 x K. One parameter, the array clock, is fitted
+on one published GEMM and the model is checked on held-out measurements (``ep/calibration.py``,
+``xdna-ep bench --calibration``).
 
 The dynamic-K GEMM design (K in the instruction stream, ``kernels/matmul/spec.py``) adds its runtime
 parameters to every launch (``DeviceProfile.runtime_parameters_s``). Design switches are not part of a
 node's estimate: they depend on the order of a whole pass, which ``kernels/designs.py`` plans.
 
 Attention (one fused kernel, query rows spread over all cores, keys streamed in tiles with online
-softmax in fp32): the MACs of q @ k^T and p @ v at the GEMM rate, plus every score element at the
-per-output-element cost (assumed: on-core softmax work per score equals a GEMM's drain per element,
-unverified), plus the output drain. Softmax alone: streaming-bound on the shim DMAs (fp32 in and out).
+softmax in fp32) and softmax are modelled the same way from ``attention.cc`` and ``softmax.cc``.
 
 CPU time is ONNX Runtime's CPU EP on the 2-core x86 machines of this project, measured here with
 ``intra_op_num_threads=2`` (script in ``ep/cost_model.py``'s test): MatMul 58-110 GFLOPS for M >= 16,
