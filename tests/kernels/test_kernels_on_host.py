@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from xdna_ep.ep import cost_model
 from xdna_ep.kernels.attention import reference as attention_reference
 from xdna_ep.kernels.bf16 import from_bf16_bits, to_bf16_bits
 from xdna_ep.kernels.matmul import reference as matmul_reference
@@ -25,7 +26,8 @@ from xdna_ep.kernels.softmax import reference as softmax_reference
 HERE = Path(__file__).resolve().parent
 KERNELS = HERE.parents[1] / "kernels"
 STUB = HERE / "aie_host"
-Q_ROWS, KV_TILE, HEAD_DIM = 32, 64, 64  # cost_model.ATTENTION_Q_ROWS_PER_CORE, ATTENTION_KV_TILE; Whisper's head_dim
+Q_ROWS, KV_TILE = cost_model.ATTENTION_Q_ROWS_PER_CORE, cost_model.ATTENTION_KV_TILE  # the design's tiles
+HEAD_DIM = 64  # every Whisper size
 M_TILE, K_TILE, N_TILE = 64, 64, 32  # npu1 whole-array GEMM tile
 R, S, T = 4, 8, 4  # npu1 bf16 aie::mmul
 
