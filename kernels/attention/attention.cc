@@ -19,7 +19,8 @@
 //
 // Vector work only: q @ k^T and p @ v run on aie::mmul (2 x 2 blocks per iteration, four
 // accumulators); the blocks the intrinsic needs are gathered from the row-major tiles with narrow
-// loads (k^T blocks by aie::transpose). Masking, scale, row max, exp (common/exp_v16.h), row sums,
+// loads (k^T blocks by aie::transpose): q blocks once per pair of query blocks, v blocks once per
+// pair of output column blocks, k^T blocks once per pair of query blocks and key blocks. Masking, scale, row max, exp (common/exp_v16.h), row sums,
 // the bf16 rounding of p and the rescaling of O are 16-lane vector operations; what stays scalar is
 // per row (its max and sum, 2 x Q_ROWS values), never per score.
 //
@@ -94,25 +95,32 @@ static inline aie::vector<bfloat16, S * T> v_block(const bfloat16 *__restrict v,
   return block;
 }
 
-// scores (row-major Q_ROWS x KV_TILE fp32) [+]= q @ k^T for the parts given (1: hi*hi; 3: + hi*lo + lo*hi)
+// scores (row-major Q_ROWS x KV_TILE fp32) = q @ k^T (PARTS 2: hi*hi + hi*lo + lo*hi). Per pair of query
+// blocks the q blocks of every d are gathered once (2 x HEAD_DIM / s vectors, 1 KB per part on the
+// stack); the k^T blocks are gathered per pair of query blocks.
 template <unsigned PARTS>
 static inline void scores_qk(const bfloat16 *__restrict q, const bfloat16 *__restrict k, float *__restrict scores) {
-  constexpr unsigned Q_PART = Q_ROWS * HEAD_DIM, KV_PART = KV_TILE * HEAD_DIM;
-  for (unsigned i = 0; i < Q_ROWS; i += 2 * R)
+  constexpr unsigned Q_PART = Q_ROWS * HEAD_DIM, KV_PART = KV_TILE * HEAD_DIM, D_BLOCKS = HEAD_DIM / S;
+  for (unsigned i = 0; i < Q_ROWS; i += 2 * R) {
+    aie::vector<bfloat16, R * S> qa[PARTS][2][D_BLOCKS];
+    for (unsigned part = 0; part < PARTS; ++part)
+      for (unsigned h = 0; h < 2; ++h)
+        for (unsigned db = 0; db < D_BLOCKS; ++db)
+          qa[part][h][db] = rows_block(q + part * Q_PART, HEAD_DIM, i + h * R, db * S);
     for (unsigned j = 0; j < KV_TILE; j += 2 * T)
       chess_prepare_for_pipelining {
         const aie::vector<float, R * T> zero = aie::zeros<float, R * T>(); // accumulators start at 0
         MMUL c00(zero), c01(zero), c10(zero), c11(zero);
-        for (unsigned d = 0; d < HEAD_DIM; d += S) {
-          const auto a0 = rows_block(q, HEAD_DIM, i, d), a1 = rows_block(q, HEAD_DIM, i + R, d);
-          const auto b0 = kt_block(k, d, j), b1 = kt_block(k, d, j + T);
+        for (unsigned db = 0; db < D_BLOCKS; ++db) {
+          const auto &a0 = qa[0][0][db], &a1 = qa[0][1][db];
+          const auto b0 = kt_block(k, db * S, j), b1 = kt_block(k, db * S, j + T);
           c00.mac(a0, b0);
           c01.mac(a0, b1);
           c10.mac(a1, b0);
           c11.mac(a1, b1);
           if (PARTS == 2) {
-            const auto a0_lo = rows_block(q + Q_PART, HEAD_DIM, i, d), a1_lo = rows_block(q + Q_PART, HEAD_DIM, i + R, d);
-            const auto b0_lo = kt_block(k + KV_PART, d, j), b1_lo = kt_block(k + KV_PART, d, j + T);
+            const auto &a0_lo = qa[PARTS - 1][0][db], &a1_lo = qa[PARTS - 1][1][db];
+            const auto b0_lo = kt_block(k + KV_PART, db * S, j), b1_lo = kt_block(k + KV_PART, db * S, j + T);
             c00.mac(a0, b0_lo), c00.mac(a0_lo, b0);
             c01.mac(a0, b1_lo), c01.mac(a0_lo, b1);
             c10.mac(a1, b0_lo), c10.mac(a1_lo, b0);
@@ -125,31 +133,39 @@ static inline void scores_qk(const bfloat16 *__restrict q, const bfloat16 *__res
           for (unsigned r = 0; r < R; ++r) // r x t block -> rows of the row-major score tile
             aie::store_v(scores + (i + (b / 2) * R + r) * KV_TILE + j + (b % 2) * T, blocks[b].template extract<T>(r));
       }
+  }
 }
 
-// O (r x t blocks) = O * correction(row) + p @ v; p in r x s blocks [Q_ROWS / R][KV_TILE / S]
+// O (r x t blocks) = O * correction(row) + p @ v; p in r x s blocks [Q_ROWS / R][KV_TILE / S]. Per pair
+// of O block columns the v blocks of every key block are gathered once (2 x KV_TILE / s vectors, 1 KB
+// per part on the stack).
 template <unsigned PARTS>
 static inline void accumulate_pv(const bfloat16 *__restrict p_hi, const bfloat16 *__restrict p_lo,
                                  const bfloat16 *__restrict v, const float *__restrict correction,
                                  float *__restrict o) {
   constexpr unsigned KV_PART = KV_TILE * HEAD_DIM;
-  constexpr unsigned O_BLOCKS_PER_ROW = HEAD_DIM / T, P_BLOCKS_PER_ROW = KV_TILE / S;
-  for (unsigned i = 0; i < Q_ROWS / R; i += 2) {
-    aie::vector<float, R * T> scale[2]; // each row's correction over its t lanes
-    for (unsigned h = 0; h < 2; ++h)
-      for (unsigned r = 0; r < R; ++r)
-        scale[h].insert(r, aie::broadcast<float, T>(correction[(i + h) * R + r]));
-    for (unsigned j = 0; j < O_BLOCKS_PER_ROW; j += 2)
+  constexpr unsigned O_BLOCKS_PER_ROW = HEAD_DIM / T, P_BLOCKS_PER_ROW = KV_TILE / S, ROW_BLOCKS = Q_ROWS / R;
+  aie::vector<float, R * T> scale[ROW_BLOCKS]; // each row's correction over its t lanes, per block row
+  for (unsigned i = 0; i < ROW_BLOCKS; ++i)
+    for (unsigned r = 0; r < R; ++r)
+      scale[i].insert(r, aie::broadcast<float, T>(correction[i * R + r]));
+  for (unsigned j = 0; j < O_BLOCKS_PER_ROW; j += 2) {
+    aie::vector<bfloat16, S * T> vb[PARTS][2][P_BLOCKS_PER_ROW];
+    for (unsigned part = 0; part < PARTS; ++part)
+      for (unsigned h = 0; h < 2; ++h)
+        for (unsigned kk = 0; kk < P_BLOCKS_PER_ROW; ++kk)
+          vb[part][h][kk] = v_block(v + part * KV_PART, kk * S, (j + h) * T);
+    for (unsigned i = 0; i < ROW_BLOCKS; i += 2)
       chess_prepare_for_pipelining {
         float *o00 = o + ((i * O_BLOCKS_PER_ROW) + j) * R * T, *o10 = o00 + O_BLOCKS_PER_ROW * R * T;
-        MMUL c00(aie::mul(aie::load_v<R * T>(o00), scale[0]).template to_vector<float>());
-        MMUL c01(aie::mul(aie::load_v<R * T>(o00 + R * T), scale[0]).template to_vector<float>());
-        MMUL c10(aie::mul(aie::load_v<R * T>(o10), scale[1]).template to_vector<float>());
-        MMUL c11(aie::mul(aie::load_v<R * T>(o10 + R * T), scale[1]).template to_vector<float>());
+        MMUL c00(aie::mul(aie::load_v<R * T>(o00), scale[i]).template to_vector<float>());
+        MMUL c01(aie::mul(aie::load_v<R * T>(o00 + R * T), scale[i]).template to_vector<float>());
+        MMUL c10(aie::mul(aie::load_v<R * T>(o10), scale[i + 1]).template to_vector<float>());
+        MMUL c11(aie::mul(aie::load_v<R * T>(o10 + R * T), scale[i + 1]).template to_vector<float>());
         for (unsigned kk = 0; kk < P_BLOCKS_PER_ROW; ++kk) {
           const unsigned a_offset = (i * P_BLOCKS_PER_ROW + kk) * R * S;
           const auto a0 = aie::load_v<R * S>(p_hi + a_offset), a1 = aie::load_v<R * S>(p_hi + a_offset + P_BLOCKS_PER_ROW * R * S);
-          const auto b0 = v_block(v, kk * S, j * T), b1 = v_block(v, kk * S, (j + 1) * T);
+          const auto &b0 = vb[0][0][kk], &b1 = vb[0][1][kk];
           c00.mac(a0, b0);
           c01.mac(a0, b1);
           c10.mac(a1, b0);
@@ -157,7 +173,7 @@ static inline void accumulate_pv(const bfloat16 *__restrict p_hi, const bfloat16
           if (PARTS == 2) {
             const auto a0_lo = aie::load_v<R * S>(p_lo + a_offset);
             const auto a1_lo = aie::load_v<R * S>(p_lo + a_offset + P_BLOCKS_PER_ROW * R * S);
-            const auto b0_lo = v_block(v + KV_PART, kk * S, j * T), b1_lo = v_block(v + KV_PART, kk * S, (j + 1) * T);
+            const auto &b0_lo = vb[PARTS - 1][0][kk], &b1_lo = vb[PARTS - 1][1][kk];
             c00.mac(a0, b0_lo), c00.mac(a0_lo, b0);
             c01.mac(a0, b1_lo), c01.mac(a0_lo, b1);
             c10.mac(a1, b0_lo), c10.mac(a1_lo, b0);

@@ -3,19 +3,20 @@
 Counted from the source, per core and per key tile (``xdna_attention_step_<precision>``: Q_ROWS
 queries x KV_TILE keys x HEAD_DIM, intrinsic r x s x t, ``products`` = 1 bf16, 3 accurate), loop by
 loop (loads and stores in issues of up to 32 bytes, ``kernels/timing.py``):
-1. q @ k^T: per 2 x 2 block of scores, HEAD_DIM / s iterations of 4 x products ``mmul`` issues and the
-   gathers of two q blocks (r narrow loads of s) and two k^T blocks (t narrow loads of s and a
-   transpose), each narrow piece inserted into its vector (one ALU issue: unverified, the compiler
-   may load pieces straight into sub-registers); then the 4 blocks stored as rows (4r narrow stores);
+1. q @ k^T: per pair of query blocks, the gathers of its q blocks (r narrow loads of s each); then per
+   2 x 2 block of scores, HEAD_DIM / s iterations of 4 x products ``mmul`` issues and the gathers of two
+   k^T blocks (t narrow loads of s and a transpose); each narrow piece is inserted into its vector (one
+   ALU issue: unverified, the compiler may load pieces straight into sub-registers); then the 4 blocks
+   stored as rows (4r narrow stores);
 2. scale, mask, running max: per 16 scores a load, 1 multiply, 4 ALU (index add, compare, select,
    max), a store; per row a lane reduction;
 3. per 16 rows: new max, correction exp, selects (``EXP_MULS`` multiplies, ``EXP_ALU`` + 6 ALU);
 4. p = exp(s - max): per 16 scores a load, the exp, subtract, sum add, bf16 conversion (accurate: + 3
    for the lo part), 2 narrow stores of p (accurate: 4); per row a lane reduction;
 5. l update: per 16 rows 1 multiply, 1 add;
-6. O = O * correction + p @ v: per 2 x 2 block of O, 4 loads, 4 multiplies, KV_TILE / s iterations of
-   4 x products ``mmul`` issues, two p block loads and the gathers of two v blocks (s narrow loads
-   of t, inserted), 4 stores.
+6. O = O * correction + p @ v: per pair of O block columns, the gathers of its v blocks (s narrow loads
+   of t each, inserted); then per 2 x 2 block of O, 4 loads, 4 multiplies, KV_TILE / s iterations of
+   4 x products ``mmul`` issues and two p block loads, 4 stores.
 Per (head, query tile) ``xdna_attention_init`` (vector stores) and ``xdna_attention_finish``
 (a multiply per O block, r narrow stores).
 
@@ -66,19 +67,23 @@ def step_cycles(
     score_vectors = q_rows * kv_tile // LANES_F32
     row_groups = q_rows // LANES_F32
     mul = fp32_mul_issues
-    if layout == "row-major":  # gathered: narrow loads, one insert each, k^T transposed
-        qk_loads = parts * 2 * (r + t)
-        qk_alu = parts * 2 * (r + t + 1)
-        pv_b_loads = parts * 2 * s
-        pv_alu = parts * 2 * s
-    else:  # contiguous blocks: full-width loads
-        qk_loads = parts * 2 * (accesses(r * s * BF16, r * s * BF16) + accesses(s * t * BF16, s * t * BF16))
-        qk_alu = 0
-        pv_b_loads = parts * 2 * accesses(s * t * BF16, s * t * BF16)
-        pv_alu = 0
-    qk_inner = loop("q @ k^T", head_dim // s, mac_issues=mmul, load_issues=qk_loads, alu_issues=qk_alu)
-    qk_blocks = (q_rows // (2 * r)) * (kv_tile // (2 * t))
-    qk = TileCycles(kernel="q @ k^T", store_issues=qk_blocks * 4 * r, fill_cycles=qk_blocks * qk_inner.cycles)
+    d_blocks, kv_blocks = head_dim // s, kv_tile // s
+    qk_pairs, pv_pairs = (q_rows // (2 * r), kv_tile // (2 * t)), (head_dim // (2 * t), q_rows // (2 * r))
+    if layout == "row-major":  # gathered: narrow loads, one insert each; k^T transposed
+        q_gather = loop("gather q blocks", parts * 2 * d_blocks, load_issues=r, alu_issues=r)
+        kt_loads, kt_alu = parts * 2 * t, parts * 2 * (t + 1)
+        v_gather = loop("gather v blocks", parts * 2 * kv_blocks, load_issues=s, alu_issues=s)
+    else:  # contiguous blocks: full-width loads, nothing to gather
+        q_gather = loop("load q blocks", parts * 2 * d_blocks, load_issues=accesses(r * s * BF16, r * s * BF16))
+        kt_loads, kt_alu = parts * 2 * accesses(s * t * BF16, s * t * BF16), 0
+        v_gather = loop("load v blocks", parts * 2 * kv_blocks, load_issues=accesses(s * t * BF16, s * t * BF16))
+    # 1. per pair of query blocks: its q blocks once, then per pair of key blocks d_blocks iterations
+    qk_inner = loop("q @ k^T", d_blocks, mac_issues=mmul, load_issues=kt_loads, alu_issues=kt_alu)
+    qk_pair = TileCycles(kernel="key block pair", store_issues=4 * r, fill_cycles=qk_inner.cycles)
+    qk = TileCycles(
+        kernel="q @ k^T",
+        fill_cycles=qk_pairs[0] * (q_gather.cycles + qk_pairs[1] * qk_pair.cycles),
+    )
     mask = loop("scale, mask, max", score_vectors, load_issues=vector, store_issues=vector, mac_issues=mul, alu_issues=4)
     row_max = loop("row max", q_rows, alu_issues=REDUCE_ALU)
     stats = loop("new max, correction", row_groups, mac_issues=EXP_MULS * mul, alu_issues=EXP_ALU + 6,
@@ -90,15 +95,16 @@ def step_cycles(
     )  # fmt: skip
     row_sum = loop("row sum", q_rows, alu_issues=REDUCE_ALU)
     l_update = loop("l update", row_groups, mac_issues=mul, alu_issues=1, load_issues=3 * vector, store_issues=vector)
-    pv_inner = loop(
-        "p @ v", kv_tile // s, mac_issues=mmul,
-        load_issues=parts * 2 * accesses(r * s * BF16, r * s * BF16) + pv_b_loads, alu_issues=pv_alu,
-    )  # fmt: skip
+    # 6. per pair of O block columns: its v blocks once, then per pair of query blocks kv_blocks iterations
+    pv_inner = loop("p @ v", kv_blocks, mac_issues=mmul, load_issues=parts * 2 * accesses(r * s * BF16, r * s * BF16))
     o_block = accesses(r * t * FP32, r * t * FP32)
-    pv_blocks = (q_rows // (2 * r)) * (head_dim // (2 * t))
-    pv_block = TileCycles(kernel="O block", load_issues=4 * o_block, store_issues=4 * o_block,
-                          mac_issues=4 * mul * r * t / LANES_F32, fill_cycles=pv_inner.cycles)  # fmt: skip
-    pv = TileCycles(kernel="O * correction + p @ v", alu_issues=(q_rows // r) * r, fill_cycles=pv_blocks * pv_block.cycles)
+    pv_pair = TileCycles(kernel="O block pair", load_issues=4 * o_block, store_issues=4 * o_block,
+                         mac_issues=4 * mul * r * t / LANES_F32, fill_cycles=pv_inner.cycles)  # fmt: skip
+    pv = TileCycles(
+        kernel="O * correction + p @ v",
+        alu_issues=(q_rows // r) * r,  # the correction vectors
+        fill_cycles=pv_pairs[0] * (v_gather.cycles + pv_pairs[1] * pv_pair.cycles),
+    )
     return sequence(
         f"xdna_attention_step_{'bf16' if parts == 1 else 'accurate'}",
         qk, mask, row_max, stats, exp, row_sum, l_update, pv,
