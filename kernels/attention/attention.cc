@@ -95,14 +95,25 @@ static inline aie::vector<bfloat16, S * T> v_block(const bfloat16 *__restrict v,
   return block;
 }
 
+#ifdef XDNA_ACCURATE
+constexpr unsigned BUILD_PARTS = 2;
+#else
+constexpr unsigned BUILD_PARTS = 1;
+#endif
+// gathered blocks (static, so a core's data memory counts them; the stack is the design's stack_size):
+// q blocks of a pair of query blocks (2 x HEAD_DIM / s), v blocks of a pair of O block columns
+// (2 x KV_TILE / s), per part: with 64 / 64 / 4 x 8 x 4, 1 KB + 1 KB per part
+static aie::vector<bfloat16, R * S> q_blocks[BUILD_PARTS][2][HEAD_DIM / S];
+static aie::vector<bfloat16, S * T> v_blocks[BUILD_PARTS][2][KV_TILE / S];
+
 // scores (row-major Q_ROWS x KV_TILE fp32) = q @ k^T (PARTS 2: hi*hi + hi*lo + lo*hi). Per pair of query
-// blocks the q blocks of every d are gathered once (2 x HEAD_DIM / s vectors, 1 KB per part on the
-// stack); the k^T blocks are gathered per pair of query blocks.
+// blocks the q blocks of every d are gathered once; the k^T blocks are gathered per pair of query blocks.
 template <unsigned PARTS>
 static inline void scores_qk(const bfloat16 *__restrict q, const bfloat16 *__restrict k, float *__restrict scores) {
   constexpr unsigned Q_PART = Q_ROWS * HEAD_DIM, KV_PART = KV_TILE * HEAD_DIM, D_BLOCKS = HEAD_DIM / S;
+  static_assert(PARTS <= BUILD_PARTS, "the accurate step needs the XDNA_ACCURATE build");
+  auto &qa = q_blocks;
   for (unsigned i = 0; i < Q_ROWS; i += 2 * R) {
-    aie::vector<bfloat16, R * S> qa[PARTS][2][D_BLOCKS];
     for (unsigned part = 0; part < PARTS; ++part)
       for (unsigned h = 0; h < 2; ++h)
         for (unsigned db = 0; db < D_BLOCKS; ++db)
@@ -137,8 +148,7 @@ static inline void scores_qk(const bfloat16 *__restrict q, const bfloat16 *__res
 }
 
 // O (r x t blocks) = O * correction(row) + p @ v; p in r x s blocks [Q_ROWS / R][KV_TILE / S]. Per pair
-// of O block columns the v blocks of every key block are gathered once (2 x KV_TILE / s vectors, 1 KB
-// per part on the stack).
+// of O block columns the v blocks of every key block are gathered once.
 template <unsigned PARTS>
 static inline void accumulate_pv(const bfloat16 *__restrict p_hi, const bfloat16 *__restrict p_lo,
                                  const bfloat16 *__restrict v, const float *__restrict correction,
@@ -149,8 +159,8 @@ static inline void accumulate_pv(const bfloat16 *__restrict p_hi, const bfloat16
   for (unsigned i = 0; i < ROW_BLOCKS; ++i)
     for (unsigned r = 0; r < R; ++r)
       scale[i].insert(r, aie::broadcast<float, T>(correction[i * R + r]));
+  auto &vb = v_blocks;
   for (unsigned j = 0; j < O_BLOCKS_PER_ROW; j += 2) {
-    aie::vector<bfloat16, S * T> vb[PARTS][2][P_BLOCKS_PER_ROW];
     for (unsigned part = 0; part < PARTS; ++part)
       for (unsigned h = 0; h < 2; ++h)
         for (unsigned kk = 0; kk < P_BLOCKS_PER_ROW; ++kk)
