@@ -38,9 +38,9 @@ UNIT_BYTES = 32  # one load or store issue moves up to 256 bits; a narrower acce
 # emits per operation: the device time is reported at both ends.
 FP32_MUL_ISSUES = (3, 6)
 # common/exp_v16.h per 16 lanes, counted from the source: multiplies x * log2(e), n * ln2_hi, n * ln2_lo,
-# 7 Horner steps, the final scale; ALU two compares, clamp (max, min), to_fixed, to_float, two
-# subtractions, 7 Horner adds, the exponent add and shift, two selects
-EXP_MULS = 11
+# 7 Horner steps; ALU two compares, clamp (max, min), to_fixed, to_float, two subtractions, 7 Horner
+# adds, the exponent shift and add, two selects
+EXP_MULS = 10
 EXP_ALU = 19
 REDUCE_ALU = 8  # 16 lanes -> 1 (reduce_max / reduce_add): four shuffle + operation pairs
 LOOP_FILL_CYCLES = 8  # prologue + epilogue of a software-pipelined loop (unverified; AIE2 pipeline depth)
