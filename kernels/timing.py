@@ -23,7 +23,6 @@ and ``xdna-ep bench`` reports the device time at both ends of it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from xdna_ep.ep.device import DeviceProfile
@@ -124,7 +123,7 @@ class DesignTime:
 
 def accesses(nbytes: float, width_bytes: float = UNIT_BYTES) -> float:
     """Load or store issues to move ``nbytes`` in accesses of ``width_bytes`` (wider ones split in 32-byte issues)."""
-    return nbytes / min(width_bytes, UNIT_BYTES) if width_bytes <= UNIT_BYTES else nbytes / UNIT_BYTES
+    return nbytes / min(width_bytes, UNIT_BYTES)
 
 
 def loop(kernel: str, iterations: float, **per_iteration: float) -> TileCycles:
@@ -138,12 +137,6 @@ def sequence(kernel: str, *loops: TileCycles) -> TileCycles:
     """Loops that run one after the other in one kernel call (plus the call's overhead)."""
     return TileCycles(kernel=kernel, fill_cycles=sum(part.cycles for part in loops) + CALL_CYCLES,
                       scalar_float_per_element=max((part.scalar_float_per_element for part in loops), default=0.0))  # fmt: skip
-
-
-def fp32_vector_ops(elements: int, muls: float = 0, alu: float = 0, fp32_mul_issues: int = FP32_MUL_ISSUES[0]) -> dict:
-    """Issues of ``muls`` fp32 multiplies and ``alu`` ALU ops on each of ``elements`` fp32 values."""
-    vectors = math.ceil(elements / LANES_F32)
-    return {"mac_issues": vectors * muls * fp32_mul_issues, "alu_issues": vectors * alu}
 
 
 def check_vector_only(tiles: list[TileCycles]) -> list[str]:
