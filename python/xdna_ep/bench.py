@@ -451,9 +451,10 @@ def run_command(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.calibration:
         from xdna_ep.ep import calibration
-        from xdna_ep.ep.device import get_profile
 
-        data = calibration.report(get_profile(args.profile))
+        if args.profile != "npu1":
+            raise ValueError("bench --calibration: every published measurement is of npu1; npu2's figures are derived")
+        data = calibration.report()
         print(json.dumps(data["points"], indent=1) if args.json else "\n".join(calibration.format_report(data)))
         return 0
     if args.json and not args.memory:

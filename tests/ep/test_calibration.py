@@ -80,3 +80,18 @@ def test_attention_time_grows_with_the_fp32_multiply_cost_and_the_accurate_produ
     accurate = attention_cycles.design_time(*args, 2, fp32_mul_issues=3, **kw).seconds
     assert fast < safe < 2 * fast  # the multiplies are most but not all of a key-tile step
     assert fast < accurate
+
+
+def test_bench_calibration_json_is_the_list_of_points(capsys):
+    import argparse
+
+    from xdna_ep import bench
+
+    parser = argparse.ArgumentParser()
+    bench.configure_parser(parser)
+    assert bench.run_command(parser.parse_args(["--calibration", "--json"])) == 0
+    points = json.loads(capsys.readouterr().out)
+    assert [p["role"] for p in points].count("held-out") == 4
+    assert all(abs(p["error"]) <= calibration.HELD_OUT_TOLERANCE for p in points if p["role"] == "held-out")
+    with pytest.raises(ValueError, match=r"every published measurement is of npu1"):
+        bench.run_command(parser.parse_args(["--calibration", "--profile", "npu2"]))
