@@ -1,15 +1,18 @@
 """``xdna-ep bench``: what one 30-s encoder pass costs on the NPU, per model, and where the time goes.
 
-    xdna-ep bench --device sim [--profile npu1] [--precision bf16] [--model tiny.en --model base]
+    xdna-ep bench --device sim [--profile npu1] [--precision bf16] [--model tiny.en --model base] [--json]
+    xdna-ep bench --calibration [--json]      the timing model against published measurements (ep/calibration.py)
 
 For each model the encoder is compiled for the NPU, run once to load its designs, then run on a real
 30-s window (jfk.wav's log-mel padded to 3000 frames, as the pipeline feeds it) three times with the
-counters reset each time; the pass with the median wall time is reported. Printed per model: NPU nodes, launches, design switches, hardware contexts, bytes each way,
+counters reset each time; the pass with the median wall time is reported. Printed per model: NPU
+nodes, launches, design switches, hardware contexts, bytes each way,
 the modelled device time on the profile's NPU split into compute, design switches, launches, runtime
-parameters (dynamic-K GEMM design) and transfers, and by op kind (the cost model of
-``ep/cost_model.py``, calibrated on npu.md's measurements), the session's GEMM design plan and its reason
-(``kernels/designs.py``), the host time measured here, and ONNX Runtime's CPU encoder on the same input
-for scale. Also the host overhead of one xdna op at the Python boundary (``ep/ops.py``'s measurement).
+parameters (dynamic-K GEMM design) and transfers, and by op kind (bottom-up, ``kernels/timing.py``;
+a range over the unverified cost of an fp32 multiply), the session's GEMM design plan and its reason
+(``kernels/designs.py``), the host time measured here (bf16 packing and copies, the partitioned graph's
+CPU nodes, the op boundary), the clip's log-mel and decoder on the CPU (the modelled wall time of a
+whole transcription), and ONNX Runtime's CPU encoder on the same input for scale. Also the host overhead of one xdna op at the Python boundary (``ep/ops.py``'s measurement).
 
 On ``--device sim`` the device time is modelled (the simulator's wall time is NumPy's, not the NPU's);
 on ``--device npu`` the measured wall time of the launches is printed next to it.
