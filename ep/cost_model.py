@@ -54,7 +54,7 @@ FP32_BYTES = 4
 
 # attention kernel tiling (kernels/attention/spec.py uses the same figures)
 ATTENTION_Q_ROWS_PER_CORE = 32  # query rows per core per step: n_q pads to cores * this
-ATTENTION_KV_TILE = 64  # keys per streamed tile: n_kv pads to this
+ATTENTION_KV_TILE = 32  # keys per streamed tile: n_kv pads to this (64 would not fit a core's 64 KB)
 ATTENTION_HEAD_DIM_MULTIPLE = 8  # head_dim pads to the bf16 intrinsic's reduction size
 
 # softmax kernel tiling: rows spread over all cores, columns in vectors of 16 fp32 lanes

@@ -284,6 +284,21 @@ def build_list(profile: str, precisions: tuple[str, ...]) -> list[Design]:
     return [Design(spec, tuple(sorted(shapes))) for spec, shapes in merged.values()]
 
 
+def describe(spec, shape: tuple[int, ...]):
+    """The dataflow description (``kernels/dataflow.py``) of ``spec`` at the runtime ``shape``."""
+    if spec.kind == "matmul":
+        from xdna_ep.kernels.matmul.design import describe as describe_matmul
+
+        return describe_matmul(spec, *shape)
+    if spec.kind == "attention":
+        from xdna_ep.kernels.attention.design import describe as describe_attention
+
+        return describe_attention(spec, *shape)
+    from xdna_ep.kernels.softmax.design import describe as describe_softmax
+
+    return describe_softmax(spec, *shape)
+
+
 def script_args(spec, shape: tuple[int, ...]) -> list[str]:
     """Arguments of the design script that emits the MLIR of ``spec`` for the runtime ``shape``."""
     if spec.kind == "matmul":

@@ -25,6 +25,111 @@ import sys
 
 import numpy as np
 
+from xdna_ep.ep.cost_model import ATTENTION_KV_TILE, ATTENTION_Q_ROWS_PER_CORE
+from xdna_ep.kernels.attention.spec import PARAMS_WORDS
+from xdna_ep.kernels.dataflow import (
+    AccessPattern,
+    Core,
+    Dataflow,
+    Fifo,
+    HostArg,
+    KernelCall,
+    Link,
+    LocalBuffer,
+    Tile,
+    Transfer,
+    chunked,
+)
+
+STACK_BYTES = 0x800  # each core's stack (IRON Worker stack_size)
+RTP_WORDS = 16  # runtime-parameter words per core (kernels/iron_util.py)
+
+
+def q_tile_elements(spec) -> int:
+    """bf16 elements of one query tile object: [parts, q_rows, head_dim] (also the params header's size)."""
+    return spec.parts * ATTENTION_Q_ROWS_PER_CORE * spec.head_dim
+
+
+def kv_depth(spec) -> int:
+    """Key/value tiles in flight per core: two (double-buffered) in bf16; one in accurate, whose hi + lo
+    tiles would not fit 64 KB twice."""
+    return 2 if spec.parts == 1 else 1
+
+
+def describe(spec, heads: int, n_q: int, n_kv: int) -> Dataflow:
+    """The dataflow of ``spec`` (an ``AttentionSpec``) at (heads, n_q, n_kv), padded.
+
+    Host buffers: ``q`` = [params header object | heads x n_q / q_rows query tiles, each
+    [parts, q_rows, d]], ``kv`` = [heads, n_kv / kv_tile, (k, v), parts, kv_tile, d], ``o`` = [heads, n_q, d].
+    Per column: the shim streams the query tiles of the column's cores (after one header object per
+    core) and the head's key/value tiles, once per round; the memtile splits the query objects over the
+    column's cores, broadcasts the key/value tiles down the column and joins the output tiles. Core
+    (col, row) owns query tile ``round * cores + col * rows + row`` of every head.
+    """
+    spec.check_shape(heads, n_q, n_kv)
+    profile = spec.device_profile
+    n_cols, n_rows, cores = profile.columns, profile.rows, profile.cores
+    parts, d = spec.parts, spec.head_dim
+    q_rows, kv_tile = ATTENTION_Q_ROWS_PER_CORE, ATTENTION_KV_TILE
+    rounds = n_q // (cores * q_rows)
+    q_tile = q_tile_elements(spec)
+    kv_object = 2 * parts * kv_tile * d
+    state_words = q_rows * d + 2 * q_rows + 2 + PARAMS_WORDS
+    fifos, links, transfers, core_programs, buffers = [], [], [], [], []
+    calls = (
+        KernelCall(spec.params_symbol, ("bf16[]", "f32[]"), ("bf16[]", "f32[]"), "launch"),
+        KernelCall(spec.init_symbol, ("f32[]", "i32"), ("f32[]", "i32"), "query tile"),  # index cast to i32
+        KernelCall(spec.c_symbol, ("bf16[]", "bf16[]", "f32[]"), ("bf16[]", "bf16[]", "f32[]"), "key/value tile"),
+        KernelCall(spec.finish_symbol, ("f32[]", "f32[]"), ("f32[]", "f32[]"), "query tile"),
+    )
+    q_chunks, q_chunk = chunked(n_rows * q_tile, "bf16")
+    kv_chunks, kv_chunk = chunked(n_kv // kv_tile * kv_object, "bf16")
+    o_chunks, o_chunk = chunked(n_rows * q_rows * d, "f32")
+    for col in range(n_cols):
+        shim, memtile = Tile(col, 0), Tile(col, 1)
+        column_cores = tuple(Tile(col, 2 + row) for row in range(n_rows))
+        fifos.append(Fifo(f"Q_{col}", shim, (memtile,), 2, "bf16", (n_rows, q_tile)))
+        fifos.append(Fifo(f"KV_{col}", shim, (memtile,), 2, "bf16", (kv_object,)))
+        fifos.append(Fifo(f"KV_L1_{col}", memtile, column_cores, kv_depth(spec), "bf16", (kv_object,)))
+        fifos.append(Fifo(f"O_{col}", memtile, (shim,), 2, "f32", (n_rows * q_rows, d)))
+        for row, core in enumerate(column_cores):
+            fifos.append(Fifo(f"Q_L1_{col}_{row}", memtile, (core,), 2, "bf16", (q_tile,)))
+            fifos.append(Fifo(f"O_L1_{col}_{row}", core, (memtile,), 1, "f32", (q_rows, d)))
+            core_programs.append(Core(core, (f"Q_L1_{col}_{row}", f"KV_L1_{col}"), (f"O_L1_{col}_{row}",), calls,
+                                      STACK_BYTES, (("HEAD_DIM", d), ("Q_ROWS", q_rows), ("KV_TILE", kv_tile))))  # fmt: skip
+            buffers += [
+                LocalBuffer(core, f"state_{col}_{row}", "f32", state_words),
+                LocalBuffer(core, f"rtp_{col}_{row}", "i32", RTP_WORDS),
+                # attention.cc's static arrays: scores (f32), probabilities hi and lo (bf16)
+                LocalBuffer(core, f"scores_{col}_{row}", "f32", q_rows * kv_tile),
+                LocalBuffer(core, f"probs_{col}_{row}", "bf16", 2 * q_rows * kv_tile),
+            ]
+        links.append(Link(memtile, (f"Q_{col}",), tuple(f"Q_L1_{col}_{row}" for row in range(n_rows))))
+        links.append(Link(memtile, (f"KV_{col}",), (f"KV_L1_{col}",)))
+        links.append(Link(memtile, tuple(f"O_L1_{col}_{row}" for row in range(n_rows)), (f"O_{col}",)))
+        header_chunks, header_chunk = chunked(q_tile, "bf16")
+        transfers.append(Transfer(shim, f"Q_{col}", "q", "fill", AccessPattern(
+            0, (1, n_rows, header_chunks, header_chunk), (0, 0, header_chunk, 1)), 0))  # fmt: skip
+        for head in range(heads):
+            first_tile = 1 + head * (n_q // q_rows) + col * n_rows
+            transfers.append(Transfer(shim, f"Q_{col}", "q", "fill", AccessPattern(
+                first_tile * q_tile, (1, rounds, q_chunks, q_chunk), (0, cores * q_tile, q_chunk, 1)), head))  # fmt: skip
+            transfers.append(Transfer(shim, f"KV_{col}", "kv", "fill", AccessPattern(
+                head * (n_kv // kv_tile) * kv_object, (rounds, 1, kv_chunks, kv_chunk), (0, 0, kv_chunk, 1)), head))  # fmt: skip
+            transfers.append(Transfer(shim, f"O_{col}", "o", "drain", AccessPattern(
+                (head * n_q + col * n_rows * q_rows) * d, (1, rounds, o_chunks, o_chunk),
+                (0, cores * q_rows * d, o_chunk, 1)), head))  # fmt: skip
+    args = (
+        HostArg("q", "bf16", (1 + heads * (n_q // q_rows)) * q_tile, "in"),
+        HostArg("kv", "bf16", heads * (n_kv // kv_tile) * kv_object, "in"),
+        HostArg("o", "f32", heads * n_q * d, "out"),
+    )
+    return Dataflow(
+        name=f"{spec.name}:{heads}x{n_q}x{n_kv}", profile=spec.profile, shape=(heads, n_q, n_kv, d), args=args,
+        fifos=tuple(fifos), links=tuple(links), cores=tuple(core_programs), buffers=tuple(buffers),
+        transfers=tuple(transfers), rtp_words=RTP_WORDS,
+    )  # fmt: skip
+
 
 def build(profile_name: str, head_dim: int, precision: str, heads: int, n_q: int, n_kv: int):
     """The MLIR module of the attention design, with the runtime sequence of one (heads, n_q, n_kv) bucket."""

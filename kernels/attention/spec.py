@@ -94,6 +94,11 @@ class AttentionSpec:
         return f"xdna_attention_step_{self.precision}"
 
     @property
+    def params_symbol(self) -> str:
+        """Copies the launch's params header object into the core's state (once per launch)."""
+        return "xdna_attention_params"
+
+    @property
     def init_symbol(self) -> str:
         return "xdna_attention_init"
 

@@ -28,6 +28,110 @@ import sys
 
 import numpy as np
 
+from xdna_ep.kernels.dataflow import (
+    AccessPattern,
+    Core,
+    Dataflow,
+    Fifo,
+    HostArg,
+    KernelCall,
+    Link,
+    LocalBuffer,
+    Tile,
+    Transfer,
+    chunked,
+)
+
+STACK_BYTES = 0xD00  # each core's stack (IRON Worker stack_size)
+
+
+def describe(spec, M: int, K: int, N: int) -> Dataflow:
+    """The dataflow of ``spec`` (a ``MatmulSpec``) at the runtime shape (M, K, N).
+
+    Per column ``col``: the shim reads A row blocks (columns < rows only: row ``r``'s A enters at column
+    ``r`` and its memtile broadcasts it along the row of cores) and this column's blocks of B, each
+    followed by its params object, on its two MM2S channels; the memtile re-blocks A into r x s and B
+    into s x t blocks for the mmul intrinsic and joins the column's C tiles back into row-major order.
+    Each core: per output tile, zero; per K tile, acquire A and B and accumulate; then acquire the
+    params object from the B stream and apply bias (+ GELU).
+    """
+    from xdna_ep.kernels.matmul.spec import RTP_WORDS
+
+    spec.check_shape(M, K, N)
+    profile = spec.device_profile
+    m, k, n = spec.tile
+    r, s, t = profile.intrinsic_bf16
+    n_cols, n_rows = profile.columns, profile.rows
+    blocks_per_col = N // n // n_cols
+    row_blocks = M // (m * n_rows)
+    k_rows = K + k  # K weight rows + one k x n params object per column block
+    a_cols = min(n_cols, n_rows)  # columns whose shim carries A
+    depth = 2
+
+    fifos, links, transfers = [], [], []
+    for col in range(a_cols):
+        fifos.append(Fifo(f"A_{col}", Tile(col, 0), (Tile(col, 1),), depth, "bf16", (m, k)))
+        fifos.append(Fifo(
+            f"A_L1_{col}", Tile(col, 1), tuple(Tile(c, 2 + col) for c in range(n_cols)), depth, "bf16", (m, k),
+            dims=AccessPattern(0, (m // r, k // s, r, s), (r * k, s, k, 1)),
+        ))  # fmt: skip
+        links.append(Link(Tile(col, 1), (f"A_{col}",), (f"A_L1_{col}",)))
+    for col in range(n_cols):
+        fifos.append(Fifo(f"B_{col}", Tile(col, 0), (Tile(col, 1),), depth, "bf16", (k, n)))
+        fifos.append(Fifo(
+            f"B_L1_{col}", Tile(col, 1), tuple(Tile(col, 2 + row) for row in range(n_rows)), depth, "bf16", (k, n),
+            dims=AccessPattern(0, (k // s, n // t, s, t), (s * n, t, n, 1)),
+        ))  # fmt: skip
+        links.append(Link(Tile(col, 1), (f"B_{col}",), (f"B_L1_{col}",)))
+        for row in range(n_rows):
+            fifos.append(Fifo(f"C_L1_{col}_{row}", Tile(col, 2 + row), (Tile(col, 1),), depth, "f32", (m, n)))
+        fifos.append(Fifo(
+            f"C_{col}", Tile(col, 1), (Tile(col, 0),), depth, "f32", (n_rows * m, n),
+            dims=AccessPattern(0, (n_rows * m // r, r, n // t, t), (r * n, t, r * t, 1)),
+        ))  # fmt: skip
+        links.append(Link(Tile(col, 1), tuple(f"C_L1_{col}_{row}" for row in range(n_rows)), (f"C_{col}",)))
+
+    b_chunks, b_chunk = chunked(k_rows * n, "bf16")
+    for row_block in range(row_blocks):
+        for col in range(n_cols):
+            shim = Tile(col, 0)
+            if col < a_cols:
+                # this core row's m rows of A, once per column block the cores compute
+                a_rows = (row_block * n_rows + col) * m
+                transfers.append(Transfer(shim, f"A_{col}", "a", "fill", AccessPattern(
+                    a_rows * K, (blocks_per_col, K // k, m, k), (0, k, K, 1)), row_block))  # fmt: skip
+            # this column's blocks of B (tile-major [N / n, K + k, n]), in chunks the BD can address
+            transfers.append(Transfer(shim, f"B_{col}", "b", "fill", AccessPattern(
+                col * k_rows * n, (1, blocks_per_col, b_chunks, b_chunk), (0, n_cols * k_rows * n, b_chunk, 1)),
+                row_block))  # fmt: skip
+            transfers.append(Transfer(shim, f"C_{col}", "c", "drain", AccessPattern(
+                row_block * n_rows * m * N + col * n, (1, blocks_per_col, n_rows * m, n), (0, n_cols * n, N, 1)),
+                row_block))  # fmt: skip
+
+    calls = (
+        KernelCall(spec.zero_symbol, ("f32[]",), ("f32[]",), "output tile"),
+        KernelCall(spec.c_symbol, ("bf16[]", "bf16[]", "f32[]"), ("bf16[]", "bf16[]", "f32[]"), "K tile"),
+        KernelCall(spec.epilogue_symbol, ("bf16[]", "f32[]"), ("bf16[]", "f32[]"), "output tile"),
+    )
+    defines = (("DIM_M", m), ("DIM_K", k), ("DIM_N", n), ("MMUL_R", r), ("MMUL_S", s), ("MMUL_T", t))
+    cores, buffers = [], []
+    for col in range(n_cols):
+        for row in range(n_rows):
+            tile = Tile(col, 2 + row)
+            cores.append(Core(tile, (f"A_L1_{row}", f"B_L1_{col}"), (f"C_L1_{col}_{row}",), calls, STACK_BYTES, defines))
+            if spec.dynamic_k:
+                buffers.append(LocalBuffer(tile, f"rtp_{col}_{row}", "i32", RTP_WORDS))
+    args = (
+        HostArg("a", "bf16", M * K, "in"),
+        HostArg("b", "bf16", (N // n) * k_rows * n, "in"),
+        HostArg("c", "f32", M * N, "out"),
+    )
+    return Dataflow(
+        name=f"{spec.name}:{'x'.join(map(str, (M, K, N)))}", profile=spec.profile, shape=(M, K, N), args=args,
+        fifos=tuple(fifos), links=tuple(links), cores=tuple(cores), buffers=tuple(buffers),
+        transfers=tuple(transfers), rtp_words=RTP_WORDS if spec.dynamic_k else 0,
+    )  # fmt: skip
+
 
 def build(profile_name: str, M: int, K: int, N: int, dynamic_k: bool = False):
     """The MLIR module of the GEMM design (for K, or dynamic K) with the runtime sequence of (M, K, N)."""

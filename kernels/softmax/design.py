@@ -19,6 +19,68 @@ import sys
 
 import numpy as np
 
+from xdna_ep.kernels.dataflow import (
+    AccessPattern,
+    Core,
+    Dataflow,
+    Fifo,
+    HostArg,
+    KernelCall,
+    Link,
+    LocalBuffer,
+    Tile,
+    Transfer,
+    chunked,
+)
+
+STACK_BYTES = 0x400  # each core's stack (IRON Worker default stack_size)
+RTP_WORDS = 16  # runtime-parameter words per core (kernels/iron_util.py)
+
+
+def describe(spec, rows: int) -> Dataflow:
+    """The dataflow of ``spec`` (a ``SoftmaxSpec``) for ``rows`` rows.
+
+    Per column: the shim streams the params object straight to the column's cores and the column's
+    block of rows to the memtile (``rows / columns`` consecutive rows, in chunks the BD can address);
+    the memtile splits each group of ``rows`` rows (one per core) and joins the results back.
+    """
+    from xdna_ep.kernels.softmax.spec import PARAMS_WORDS
+
+    spec.check_shape(rows)
+    profile = spec.device_profile
+    n_cols, n_rows, cols = profile.columns, profile.rows, spec.cols
+    rows_per_column = rows // n_cols
+    fifos, links, transfers, cores, buffers = [], [], [], [], []
+    calls = (KernelCall(spec.c_symbol, ("f32[]", "f32[]", "f32[]", "i32"), ("f32[]", "f32[]", "f32[]", "i32"), "row"),)
+    chunks, chunk = chunked(rows_per_column * cols, "f32")
+    for col in range(n_cols):
+        shim, memtile = Tile(col, 0), Tile(col, 1)
+        column_cores = tuple(Tile(col, 2 + row) for row in range(n_rows))
+        fifos.append(Fifo(f"P_{col}", shim, column_cores, 1, "f32", (PARAMS_WORDS,)))
+        fifos.append(Fifo(f"X_{col}", shim, (memtile,), 2, "f32", (n_rows, cols)))
+        fifos.append(Fifo(f"Y_{col}", memtile, (shim,), 2, "f32", (n_rows, cols)))
+        for row, core in enumerate(column_cores):
+            fifos.append(Fifo(f"X_L1_{col}_{row}", memtile, (core,), 2, "f32", (cols,)))
+            fifos.append(Fifo(f"Y_L1_{col}_{row}", core, (memtile,), 2, "f32", (cols,)))
+            cores.append(Core(core, (f"P_{col}", f"X_L1_{col}_{row}"), (f"Y_L1_{col}_{row}",), calls, STACK_BYTES))
+            buffers.append(LocalBuffer(core, f"rtp_{col}_{row}", "i32", RTP_WORDS))
+        links.append(Link(memtile, (f"X_{col}",), tuple(f"X_L1_{col}_{row}" for row in range(n_rows))))
+        links.append(Link(memtile, tuple(f"Y_L1_{col}_{row}" for row in range(n_rows)), (f"Y_{col}",)))
+        rows_pattern = AccessPattern(col * rows_per_column * cols, (1, 1, chunks, chunk), (0, 0, chunk, 1))
+        transfers.append(Transfer(shim, f"P_{col}", "params", "fill", AccessPattern(0, (PARAMS_WORDS,), (1,)), 0))
+        transfers.append(Transfer(shim, f"X_{col}", "x", "fill", rows_pattern, 0))
+        transfers.append(Transfer(shim, f"Y_{col}", "y", "drain", rows_pattern, 0))
+    args = (
+        HostArg("x", "f32", rows * cols, "in"),
+        HostArg("params", "f32", PARAMS_WORDS, "in"),
+        HostArg("y", "f32", rows * cols, "out"),
+    )
+    return Dataflow(
+        name=f"{spec.name}:{rows}", profile=spec.profile, shape=(rows, cols), args=args, fifos=tuple(fifos),
+        links=tuple(links), cores=tuple(cores), buffers=tuple(buffers), transfers=tuple(transfers),
+        rtp_words=RTP_WORDS,
+    )
+
 
 def build(profile_name: str, cols: int, rows: int):
     """The MLIR module of the softmax design for ``cols``, with the runtime sequence for ``rows``."""
