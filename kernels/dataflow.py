@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-DTYPE_BYTES = {"bf16": 2, "f32": 4, "i32": 4}
+DTYPE_BYTES = {"bf16": 2, "f32": 4, "i32": 4, "i16": 2, "i8": 1}
 
 
 @dataclass(frozen=True)

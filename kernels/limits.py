@@ -22,6 +22,8 @@ class TileLimits:
     locks: int
     data_bytes: int  # memory for FIFO buffers, local buffers (and the stack, on a core)
     bd_dims: int  # dimensions a BD of this tile can address
+    bd_wrap: int  # max size of one BD dimension (DMABDOp::verify: "Size may not exceed 1023.")
+    bd_step: int  # max stride of one BD dimension, 32-bit words (DMABDOp::verify: "Stride may not exceed N.")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ NPU1 = Limits(
         locks=16,  # AIE2TargetModel::getNumLocks: 16 per compute tile
         data_bytes=64 * 1024,  # AIE2TargetModel::getLocalMemorySize = 0x10000; AM020: 64 KB data memory
         bd_dims=3,  # AM020: tile DMA BDs address 3 dimensions
+        bd_wrap=1023,  # AIE2TargetModel::getDmaBdWrapBits: 10-bit wraps
+        bd_step=1 << 13,  # AIE2TargetModel::getDmaBdStepBits: 13-bit steps on a core tile (unverified in a test)
     ),
     memtile=TileLimits(
         dma_in=6,  # AM020 ch. 5 (memory tile DMA: 6 S2MM + 6 MM2S)
@@ -60,6 +64,8 @@ NPU1 = Limits(
         locks=64,  # AIE2TargetModel::getNumLocks(memtile) = 64
         data_bytes=512 * 1024,  # AIE2TargetModel::getMemTileSize = 0x80000; AM020: 512 KB
         bd_dims=4,  # AM020: memtile BDs address 4 dimensions
+        bd_wrap=1023,  # bd_verify_size_stride_bounds.mlir: memtile wrap 10 bits, 1023 accepted, 1024 refused
+        bd_step=1 << 17,  # bd_verify_size_stride_bounds.mlir: "a MemTile's step field is 17-bit (max stride 131072)"
     ),
     shim=TileLimits(
         dma_in=2,  # AM020 ch. 6 (shim DMA: 2 S2MM + 2 MM2S per column)
@@ -68,6 +74,8 @@ NPU1 = Limits(
         locks=16,  # AIE2TargetModel::getNumLocks(shim) = 16
         data_bytes=0,  # the shim has no memory: it reads and writes DDR
         bd_dims=4,  # npu_dma_memcpy_nd: 3 dimensions + the repeat dimension d3
+        bd_wrap=1023,  # AIE2TargetModel::getDmaBdWrapBits: 10-bit wraps
+        bd_step=1 << 20,  # bd_verify_size_stride_bounds.mlir: shim step 20 bits, 1048576 accepted, 1048577 refused
     ),
     program_bytes=16 * 1024,  # AM020: 16 KB program memory per core
     bd_inner_words=1023,  # NpuDmaMemcpyNdOp::verify: "Size 0/1 exceeds the [0:1023] range" (bad_npu_nd.mlir)

@@ -101,6 +101,23 @@ def pattern_errors(pattern: AccessPattern, dtype: str, limits: Limits) -> list[s
     return errors
 
 
+def bd_errors(pattern: AccessPattern, dtype: str, tile_kind: str, limits: Limits) -> list[str]:
+    """mlir-aie's ``DMABDOp::verify`` diagnostics for a tile BD (a FIFO's ``dims``), empty: accepted."""
+    tile = limits.tile(tile_kind)
+    nbytes = DTYPE_BYTES[dtype]
+    errors = []
+    if len(pattern.sizes) > tile.bd_dims:
+        errors.append(f"{len(pattern.sizes)} dimensions, a {tile_kind} BD has at most {tile.bd_dims}")
+    for size, stride in zip(pattern.sizes, pattern.strides):
+        if size > tile.bd_wrap:
+            errors.append(f"Size may not exceed {tile.bd_wrap}.")
+        if size > 1 and stride <= 0:
+            errors.append("Invalid step size; must be a positive integer.")
+        if max(1, stride * nbytes // limits.address_bytes) > tile.bd_step:
+            errors.append(f"Stride may not exceed {tile.bd_step}.")
+    return errors
+
+
 def _endpoints(flow: Dataflow) -> dict[Tile, list[tuple[str, str]]]:
     """Per tile, its FIFO ends: (fifo name, "out" | "in")."""
     ends: dict[Tile, list[tuple[str, str]]] = defaultdict(list)
@@ -165,11 +182,8 @@ def verify(flow: Dataflow, limits: Limits | None = None) -> Report:
     for fifo in flow.fifos:
         if fifo.dims is None:
             continue
-        dims_limit = limits.tile(fifo.producer.kind).bd_dims
-        if len(fifo.dims.sizes) > dims_limit:
-            violations.append(
-                f"{flow.name}: {fifo.producer}: bd_dims of FIFO {fifo.name}: {len(fifo.dims.sizes)} > limit {dims_limit}"
-            )
+        for error in bd_errors(fifo.dims, fifo.dtype, fifo.producer.kind, limits):
+            violations.append(f"{flow.name}: {fifo.producer}: bd_dims of FIFO {fifo.name}: {error}")
         if fifo.dims.length != fifo.elements or int(fifo.dims.indices().max()) >= fifo.elements:
             violations.append(
                 f"{flow.name}: {fifo.producer}: object_size: FIFO {fifo.name} reorders {fifo.dims.length} elements "
