@@ -2,8 +2,10 @@
 launch per fused op, weights resident for the session's life.
 
 - Weights (2-D constants) are converted once when added: padded to the design's bucket, bf16 (or
-  the hi/lo/hi stack of the accurate precision), in the GEMM's tile-major layout, written into a
-  device buffer and synced once; biases and the activation go into a params buffer, also once.
+  the hi/lo/hi stack of the accurate precision), in the GEMM's tile-major layout with one params
+  object per column block (bias and activation, ``kernels/matmul/design.py``: ``pack_weight``),
+  written into a device buffer and synced once; a node's bias and activation are written into the
+  params objects on its first call (again only when another node uses the weight differently).
 - ``matmul``: the whole GEMM in one launch (M padded to rows * m, N to columns * n) of the design the
   compiled model's plan chose (``use_gemm_plan``: the dynamic-K design, or the design for its K; without
   a plan, the design for its K); only the activations' real rows go to the device, only the result's
@@ -30,8 +32,10 @@ from xdna_ep.ep import cost_model
 from xdna_ep.ep.executor import Executor
 from xdna_ep.ep.stats import ExecutorStats
 from xdna_ep.ep.xrt_backend import BACKENDS, Buffer, Design, XrtDevice, get_device
+from xdna_ep.kernels.attention import design as attention_design
 from xdna_ep.kernels.attention import reference as attention_reference
 from xdna_ep.kernels.attention.spec import AttentionSpec
+from xdna_ep.kernels.matmul import design as matmul_design
 from xdna_ep.kernels.matmul import reference as matmul_reference
 from xdna_ep.kernels.matmul.spec import MatmulSpec
 from xdna_ep.kernels.softmax import reference as softmax_reference
@@ -64,6 +68,7 @@ class ResidentWeight:
     k_pad: int
     n_pad: int
     k_launch: int  # K of its launches: k_pad, or 3 * k_pad in the accurate precision
+    params_key: tuple = ("", "")  # (bias key, activation) its params objects hold
 
 
 def _float32(name: str, array: np.ndarray) -> np.ndarray:
@@ -122,14 +127,30 @@ class NpuExecutor(Executor):
         spec = plan.gemm_spec(k_launch) if plan is not None else MatmulSpec(k=k_launch, profile=self.profile.name)
         design = self.device.design(spec)
         tiled = matmul_reference.prepare_weight(w, k_pad, n_pad, spec.tile[2], self.precision)
-        buffer = design.buffer("b", tiled.nbytes)
-        buffer.view(np.uint16)[: tiled.size] = tiled
+        params = matmul_reference.prepare_params(None, "", n_pad, spec.tile[2])
+        packed = matmul_design.pack_weight(tiled, params, k_launch, n_pad, spec)
+        buffer = design.buffer("b", packed.nbytes)
+        buffer.view(np.uint16)[: packed.size] = packed
         self._record_constant(buffer.to_device())
         return ResidentWeight(spec=spec, buffer=buffer, k=k, n=n, k_pad=k_pad, n_pad=n_pad, k_launch=k_launch)
 
     def _record_constant(self, nbytes: int) -> None:
         self.device.record_transfer(nbytes, to_device=True)
         self.statistics.record_weight(nbytes)
+
+    def _set_params(self, weight: ResidentWeight, bias_key: str, bias: np.ndarray | None, activation: str) -> None:
+        """Write the bias and activation of a node into the params objects of its resident weight."""
+        if weight.params_key == (bias_key, activation):
+            return
+        spec = weight.spec
+        _, k_tile, n_tile = spec.tile
+        blocks = weight.n_pad // n_tile
+        params = matmul_reference.prepare_params(bias, activation, weight.n_pad, n_tile)
+        objects = matmul_design.params_objects(params, blocks, spec)  # (blocks, k * n)
+        view = weight.buffer.view(np.uint16, (blocks, weight.k_launch + k_tile, n_tile))
+        view[:, weight.k_launch :, :] = objects.reshape(blocks, k_tile, n_tile)
+        self._record_constant(weight.buffer.to_device())
+        weight.params_key = (bias_key, activation)
 
     def _constant_buffer(self, design: Design, key: tuple, make_values) -> Buffer:
         """A params buffer of ``design`` built once per ``key`` from ``make_values()`` (f32) and synced once."""
@@ -184,10 +205,7 @@ class NpuExecutor(Executor):
         counters = _CallCounters()
         with self.device.lock:
             design = self.device.design(spec)
-            params = self._constant_buffer(
-                design, ("params", bias_key, activation, weight.n_pad),
-                lambda: matmul_reference.prepare_params(bias, activation, weight.n_pad, spec.tile[2]),
-            )  # fmt: skip
+            self._set_params(weight, bias_key, bias, activation)
             for first in range(0, m, chunk):
                 part = rows[first : first + chunk]
                 rows_here = part.shape[0]
@@ -201,7 +219,7 @@ class NpuExecutor(Executor):
                     profile, rows_pad, k_launch, weight.n_pad, dynamic_k=spec.dynamic_k, gelu=activation == "gelu"
                 )
                 shape = (rows_pad, k_launch, weight.n_pad)
-                counters.launched(design.launch(shape, [a, weight.buffer, params, c], compute))
+                counters.launched(design.launch(shape, [a, weight.buffer, c], compute))
                 counters.received(self.device, c.from_device(rows_here * weight.n_pad * 4))
                 y[first : first + rows_here] = c.view(np.float32, (rows_pad, weight.n_pad))[:rows_here, : weight.n]
         counters.record(self.statistics, node, "matmul", spec.name, start)
@@ -236,10 +254,7 @@ class NpuExecutor(Executor):
         counters = _CallCounters()
         with self.device.lock:
             design = self.device.design(spec)
-            params = self._constant_buffer(
-                design, ("params", float(scale), n_q, n_kv, bool(causal)),
-                lambda: attention_reference.prepare_params(scale, n_q, n_kv, causal),
-            )  # fmt: skip
+            params = attention_reference.prepare_params(scale, n_q, n_kv, causal)
             # head groups (more than one only when one launch could near the driver's timeout) go as one
             # runlist, each on buffers of its own
             runs, outputs = [], []
@@ -247,15 +262,17 @@ class NpuExecutor(Executor):
                 hg = min(group, heads - first)
                 sizes = spec.arg_bytes(hg, q_pad, kv_pad)
                 suffix = "" if index == 0 else f"#{index}"
-                buffers = {
-                    name: self._scratch_buffer(design, name, sizes[name], suffix) for name in ("q", "k", "v", "o")
-                }
-                for name, source, n_pad in (("q", q3, q_pad), ("k", k3, kv_pad), ("v", v3, kv_pad)):
-                    view = buffers[name].view(np.uint16, (parts, hg, n_pad, d_pad))
-                    attention_reference.prepare_operand(source[first : first + hg], n_pad, d_pad, self.precision, out=view)
+                buffers = {name: self._scratch_buffer(design, name, sizes[name], suffix) for name in ("q", "kv", "o")}
+                operands = {
+                    name: attention_reference.prepare_operand(source[first : first + hg], n_pad, d_pad, self.precision)
+                    for name, source, n_pad in (("q", q3, q_pad), ("k", k3, kv_pad), ("v", v3, kv_pad))
+                }  # bf16 bits [parts, hg, n_pad, d_pad] each
+                attention_design.pack_q(operands["q"], params, spec, out=buffers["q"].view(np.uint16))
+                attention_design.pack_kv(operands["k"], operands["v"], out=buffers["kv"].view(np.uint16))
+                for name in ("q", "kv"):
                     counters.sent(self.device, buffers[name].to_device(sizes[name]))
                 compute = cost_model.attention_compute_s(profile, hg, q_pad, kv_pad, d_pad, parts)
-                args = [buffers["q"], buffers["k"], buffers["v"], params, buffers["o"]]
+                args = [buffers["q"], buffers["kv"], buffers["o"]]
                 runs.append(((hg, q_pad, kv_pad, d_pad), args, compute))
                 outputs.append((first, hg, buffers["o"], sizes["o"]))
             for result in design.launch_batch(runs):

@@ -21,9 +21,13 @@ message naming the problem where the real stack would crash, hang, or silently c
 - the faults of ``ep/faults.py`` (launch error, timeout, no hardware context, device lost, missing
   xclbin) fire where a test injects them.
 
-Kernels execute their NumPy reference (``kernels/<kind>/reference.py``) on the device copies. Every
-launch, sync and design switch is recorded in the ledger of the simulated machine, with a modelled time
-from ``ep/cost_model.py`` (the same model the partitioner uses).
+A launch executes the design's dataflow on the device copies (``ep/design_sim.py``): the runtime
+sequence's access patterns gather from and scatter to the buffers, objects pass through the memtile
+links of the design's description (``kernels/<kind>/design.py``: ``describe``), and each core runs its
+per-tile model (``kernels/<kind>/tile.py``). The op references are not called here; they are the
+oracle the tests compare with. Every launch, sync and design switch is recorded in the ledger of the
+simulated machine, with a modelled time from ``ep/cost_model.py`` (the same model the partitioner
+uses), through ``_modelled_time``.
 
 Simulated xclbins are JSON files generated from the kernel specs (``kernels/artifacts.py``); the real
 ones are binary and load only into the real pyxrt.
@@ -427,37 +431,41 @@ def _dtype(name: str) -> np.dtype:
 
 
 def _execute(spec, shape: tuple[int, ...], buffers: dict[str, bo]) -> dict[str, np.ndarray]:
-    """Run the kernel's reference on the device copies; returns the outputs (device dtype)."""
-    views = {arg.name: buffers[arg.name].device_view(_dtype(arg.dtype)) for arg in spec.args}
+    """Run the design's dataflow on the device copies (``ep/design_sim.py``); returns the outputs."""
+    from xdna_ep.ep import design_sim
+    from xdna_ep.kernels.designs import describe
+
+    flow = describe(spec, spec.design_shape(shape))
+    host = {}
+    for arg in flow.args:
+        view = buffers[arg.name].device_view(_dtype(arg.dtype))
+        host[arg.name] = view[: arg.elements]
+    return design_sim.run(flow, host, lambda flow, streams: _tile_model(spec).run_cores(flow, streams, spec))
+
+
+def _tile_model(spec):
+    """The per-tile model module of ``spec``'s kernel (``kernels/<kind>/tile.py``)."""
     if spec.kind == "matmul":
-        from xdna_ep.kernels.matmul import reference
+        from xdna_ep.kernels.matmul import tile
+    elif spec.kind == "attention":
+        from xdna_ep.kernels.attention import tile
+    else:
+        from xdna_ep.kernels.softmax import tile
+    return tile
+
+
+def _modelled_time(profile: DeviceProfile, spec, shape: tuple[int, ...], buffers: dict[str, bo]) -> float:
+    """Modelled array time of one launch: the one place the simulator times a launch (the cost model's
+    compute term for the padded shape; a GEMM pays its GELU epilogue when the params objects its cores
+    read ask for it). The design's dataflow is ``kernels.designs.describe(spec, shape)``.
+    """
+    if spec.kind == "matmul":
+        from xdna_ep.kernels.matmul.design import read_params
+        from xdna_ep.kernels.matmul.spec import ACTIVATIONS
 
         m, k, n = shape
-        c = reference.run_on_device(views["a"], views["b"], views["params"], m, k, n, spec.tile[2])
-        return {"c": c}
-    if spec.kind == "attention":
-        from xdna_ep.kernels.attention import reference
-
-        heads, n_q, n_kv, head_dim = shape
-        o = reference.run_on_device(
-            views["q"], views["k"], views["v"], views["params"], heads, n_q, n_kv, head_dim, spec.precision
-        )
-        return {"o": o}
-    from xdna_ep.kernels.softmax import reference
-
-    rows, cols = shape
-    return {"y": reference.run_on_device(views["x"], views["params"], rows, cols)}
-
-
-def _compute_s(profile: DeviceProfile, spec, shape: tuple[int, ...], buffers: dict[str, bo]) -> float:
-    """Modelled array time of one launch (the cost model's compute term for the padded shape); a GEMM
-    pays its GELU epilogue when the params buffer the cores read asks for it."""
-    if spec.kind == "matmul":
-        from xdna_ep.kernels.matmul.spec import ACTIVATIONS, PARAMS_WORDS
-
-        m, k, n = shape
-        params = buffers["params"].device_view(np.float32)[: spec.params_words(n)]
-        gelu = bool(np.any(params.reshape(-1, PARAMS_WORDS + spec.tile[2])[:, 0] == ACTIVATIONS["gelu"]))
+        words = read_params(buffers["b"].device_view(np.uint16), k, n, spec)
+        gelu = bool(np.any(words[:, 0] == ACTIVATIONS["gelu"]))
         return cost_model.gemm_compute_s(profile, m, k, n, dynamic_k=spec.dynamic_k, gelu=gelu)
     if spec.kind == "attention":
         heads, n_q, n_kv, head_dim = shape
@@ -574,7 +582,7 @@ class kernel:  # noqa: N801 - pyxrt's spelling
         return value
 
     def _launch(self, args: list) -> ert_cmd_state:
-        """Check a launch like XRT and the firmware would, then run the reference on the device copies."""
+        """Check a launch like XRT and the firmware would, then run the design on the device copies."""
         spec = self._spec
         n_data = len(spec.args)
         expected = 3 + n_data
@@ -640,7 +648,7 @@ class kernel:  # noqa: N801 - pyxrt's spelling
         fault = _check_device(f"kernel {self.name}", point="launch")
         with npu.lock:
             switched = npu.loaded_design != design
-            compute = _compute_s(profile, spec, shape, buffers)
+            compute = _modelled_time(profile, spec, shape, buffers)
             launch = profile.launch_s * (profile.runlist_launch_factor if npu.in_runlist else 1.0)
             modelled = launch + compute + (profile.design_switch_s if switched else 0.0)
             npu.loaded_design = design

@@ -56,6 +56,35 @@ def kv_depth(spec) -> int:
     return 2 if spec.parts == 1 else 1
 
 
+def pack_q(q_bits: np.ndarray, params: np.ndarray, spec, out: np.ndarray | None = None) -> np.ndarray:
+    """The ``q`` buffer: params header object, then query tiles [heads, n_q / q_rows, parts, q_rows, d].
+
+    q_bits: bf16 bits [parts, heads, n_q_pad, d] (``reference.prepare_operand``); params: f32 words.
+    """
+    parts, heads, n_q, d = q_bits.shape
+    q_tile = q_tile_elements(spec)
+    size = (1 + heads * n_q // ATTENTION_Q_ROWS_PER_CORE) * q_tile
+    out = np.empty(size, dtype=np.uint16) if out is None else out[:size]
+    header = np.zeros(q_tile // 2, dtype=np.float32)
+    header[: params.size] = params
+    out[:q_tile] = header.view(np.uint16)
+    tiles = q_bits.reshape(parts, heads, n_q // ATTENTION_Q_ROWS_PER_CORE, ATTENTION_Q_ROWS_PER_CORE, d)
+    out[q_tile:].reshape(heads, -1, parts, ATTENTION_Q_ROWS_PER_CORE, d)[...] = tiles.transpose(1, 2, 0, 3, 4)
+    return out
+
+
+def pack_kv(k_bits: np.ndarray, v_bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The ``kv`` buffer [heads, n_kv / kv_tile, (k, v), parts, kv_tile, d] from bf16 bits
+    [parts, heads, n_kv_pad, d] each."""
+    parts, heads, n_kv, d = k_bits.shape
+    size = 2 * k_bits.size
+    out = np.empty(size, dtype=np.uint16) if out is None else out[:size]
+    view = out.reshape(heads, n_kv // ATTENTION_KV_TILE, 2, parts, ATTENTION_KV_TILE, d)
+    for index, bits in enumerate((k_bits, v_bits)):
+        view[:, :, index] = bits.reshape(parts, heads, -1, ATTENTION_KV_TILE, d).transpose(1, 2, 0, 3, 4)
+    return out
+
+
 def describe(spec, heads: int, n_q: int, n_kv: int) -> Dataflow:
     """The dataflow of ``spec`` (an ``AttentionSpec``) at (heads, n_q, n_kv), padded.
 

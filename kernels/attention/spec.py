@@ -8,11 +8,11 @@ xclbin; heads, padded n_q and n_kv live in the instruction stream; scale, true n
 causal flag in the params buffer. The ``accurate`` precision is its own design: q, k, v arrive as bf16
 hi + lo parts and both products use three bf16 products (hi*hi + hi*lo + lo*hi).
 
-Device buffers, in runtime-sequence order (group ids 3..7):
-- ``q``: bf16 [parts, heads, n_q_pad, head_dim]
-- ``k``: bf16 [parts, heads, n_kv_pad, head_dim]
-- ``v``: bf16 [parts, heads, n_kv_pad, head_dim]
-- ``params``: f32 [PARAMS_WORDS]: scale, n_q, n_kv, causal
+Device buffers, in runtime-sequence order (group ids 3, 4, 5), laid out as the dataflow of
+``kernels/attention/design.py`` streams them:
+- ``q``: bf16 [header object | heads x n_q_pad / q_rows query tiles of [parts, q_rows, head_dim]]; the
+  header object (one query tile's size) holds the f32 params: scale, n_q, n_kv, causal
+- ``kv``: bf16 [heads, n_kv_pad / kv_tile, (k, v), parts, kv_tile, head_dim]
 - ``o``: f32 [heads, n_q_pad, head_dim]
 """
 
@@ -36,10 +36,8 @@ PARTS = {"bf16": 1, "accurate": 2}  # bf16 copies of each of q, k, v per precisi
 
 ARGS = (
     ArgSpec("q", 3, "bf16", "in"),
-    ArgSpec("k", 4, "bf16", "in"),
-    ArgSpec("v", 5, "bf16", "in"),
-    ArgSpec("params", 6, "f32", "in"),
-    ArgSpec("o", 7, "f32", "out"),
+    ArgSpec("kv", 4, "bf16", "in"),
+    ArgSpec("o", 5, "f32", "out"),
 )
 
 
@@ -130,12 +128,10 @@ class AttentionSpec:
         return heads, n_q, n_kv
 
     def arg_bytes(self, heads: int, n_q: int, n_kv: int) -> dict[str, int]:
-        d = self.head_dim
+        d, q_tile = self.head_dim, self.parts * ATTENTION_Q_ROWS_PER_CORE * self.head_dim
         return {
-            "q": self.parts * heads * n_q * d * 2,
-            "k": self.parts * heads * n_kv * d * 2,
-            "v": self.parts * heads * n_kv * d * 2,
-            "params": PARAMS_WORDS * 4,
+            "q": (1 + heads * n_q // ATTENTION_Q_ROWS_PER_CORE) * q_tile * 2,
+            "kv": 2 * self.parts * heads * n_kv * d * 2,
             "o": heads * n_q * d * 4,
         }
 

@@ -45,6 +45,59 @@ from xdna_ep.kernels.dataflow import (
 STACK_BYTES = 0xD00  # each core's stack (IRON Worker stack_size)
 
 
+def a_reblock(spec) -> AccessPattern:
+    """The memtile's reordering of an (m, k) A tile into r x s blocks for the mmul intrinsic."""
+    (m, k, _), (r, s, _) = spec.tile, spec.device_profile.intrinsic_bf16
+    return AccessPattern(0, (m // r, k // s, r, s), (r * k, s, k, 1))
+
+
+def b_reblock(spec) -> AccessPattern:
+    """The memtile's reordering of a (k, n) B tile into s x t blocks for the mmul intrinsic."""
+    (_, k, n), (_, s, t) = spec.tile, spec.device_profile.intrinsic_bf16
+    return AccessPattern(0, (k // s, n // t, s, t), (s * n, t, n, 1))
+
+
+def c_unblock(spec, rows: int) -> AccessPattern:
+    """The memtile's reordering of ``rows`` cores' (m, n) C tiles, each in r x t blocks, into row-major."""
+    (m, _, n), (r, _, t) = spec.tile, spec.device_profile.intrinsic_bf16
+    return AccessPattern(0, (rows * m // r, r, n // t, t), (r * n, t, r * t, 1))
+
+
+def pack_weight(tiled: np.ndarray, params: np.ndarray, k_launch: int, n_pad: int, spec) -> np.ndarray:
+    """The ``b`` buffer: tiled weights [N / n, K, n] (bf16 bits) and per column block its params object.
+
+    ``params`` (f32 [N / n, PARAMS_WORDS + n]) goes into the last k rows of each block, pre-permuted with
+    the inverse of ``b_reblock`` so that the memtile's re-blocking delivers it to the core in order.
+    Returns uint16 [N / n, K + k, n], flat.
+    """
+    _, k, n = spec.tile
+    blocks = n_pad // n
+    packed = np.zeros((blocks, k_launch + k, n), dtype=np.uint16)
+    packed[:, :k_launch, :] = tiled[: blocks * k_launch * n].reshape(blocks, k_launch, n)
+    packed[:, k_launch:, :] = params_objects(params, blocks, spec).reshape(blocks, k, n)
+    return packed.reshape(-1)
+
+
+def params_objects(params: np.ndarray, blocks: int, spec) -> np.ndarray:
+    """Per column block, the k x n bf16 object carrying its params (f32 words), as the host stores it."""
+    _, k, n = spec.tile
+    words = np.zeros((blocks, k * n // 2), dtype=np.float32)
+    per_block = params.size // blocks
+    words[:, :per_block] = params.reshape(blocks, per_block)
+    linear = words.view(np.uint16)  # (blocks, k * n): what the core must read, in order
+    stored = np.empty_like(linear)
+    stored[:, b_reblock(spec).indices()] = linear  # the memtile reads stored[indices] -> linear
+    return stored
+
+
+def read_params(b_bits: np.ndarray, k_launch: int, n_pad: int, spec) -> np.ndarray:
+    """The params words (f32 [N / n, k * n / 2]) of each column block of a ``b`` buffer, as the core reads them."""
+    _, k, n = spec.tile
+    blocks = n_pad // n
+    stored = b_bits[: blocks * (k_launch + k) * n].reshape(blocks, k_launch + k, n)[:, k_launch:, :].reshape(blocks, k * n)
+    return np.ascontiguousarray(stored[:, b_reblock(spec).indices()]).view(np.float32)
+
+
 def describe(spec, M: int, K: int, N: int) -> Dataflow:
     """The dataflow of ``spec`` (a ``MatmulSpec``) at the runtime shape (M, K, N).
 
@@ -73,21 +126,21 @@ def describe(spec, M: int, K: int, N: int) -> Dataflow:
         fifos.append(Fifo(f"A_{col}", Tile(col, 0), (Tile(col, 1),), depth, "bf16", (m, k)))
         fifos.append(Fifo(
             f"A_L1_{col}", Tile(col, 1), tuple(Tile(c, 2 + col) for c in range(n_cols)), depth, "bf16", (m, k),
-            dims=AccessPattern(0, (m // r, k // s, r, s), (r * k, s, k, 1)),
+            dims=a_reblock(spec),
         ))  # fmt: skip
         links.append(Link(Tile(col, 1), (f"A_{col}",), (f"A_L1_{col}",)))
     for col in range(n_cols):
         fifos.append(Fifo(f"B_{col}", Tile(col, 0), (Tile(col, 1),), depth, "bf16", (k, n)))
         fifos.append(Fifo(
             f"B_L1_{col}", Tile(col, 1), tuple(Tile(col, 2 + row) for row in range(n_rows)), depth, "bf16", (k, n),
-            dims=AccessPattern(0, (k // s, n // t, s, t), (s * n, t, n, 1)),
+            dims=b_reblock(spec),
         ))  # fmt: skip
         links.append(Link(Tile(col, 1), (f"B_{col}",), (f"B_L1_{col}",)))
         for row in range(n_rows):
             fifos.append(Fifo(f"C_L1_{col}_{row}", Tile(col, 2 + row), (Tile(col, 1),), depth, "f32", (m, n)))
         fifos.append(Fifo(
             f"C_{col}", Tile(col, 1), (Tile(col, 0),), depth, "f32", (n_rows * m, n),
-            dims=AccessPattern(0, (n_rows * m // r, r, n // t, t), (r * n, t, r * t, 1)),
+            dims=c_unblock(spec, n_rows),
         ))  # fmt: skip
         links.append(Link(Tile(col, 1), tuple(f"C_L1_{col}_{row}" for row in range(n_rows)), (f"C_{col}",)))
 

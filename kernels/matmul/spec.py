@@ -11,10 +11,12 @@ design with three times the K: A' = [a_hi | a_hi | a_lo], B' = [b_hi; b_lo; b_hi
 
 The design shape of a launch is (M, K, N) for both variants (the instruction stream encodes all three).
 
-Device buffers, in runtime-sequence order (group ids 3, 4, 5, 6):
+Device buffers, in runtime-sequence order (group ids 3, 4, 5):
 - ``a``: bf16 [M, K] row-major (activations, written per call; the DMA tiles it on the way in)
-- ``b``: bf16 weights in tile-major layout [N / n, K, n] (converted once, resident)
-- ``params``: f32 [N / n, PARAMS_WORDS + n] per column block: word 0 = activation code, then n biases
+- ``b``: bf16 weights in tile-major layout [N / n, K + k, n] (converted once, resident): each column
+  block's K rows, then one k x n params object (f32 words: word 0 = activation code, words
+  PARAMS_WORDS.. = the block's n biases), stored pre-permuted so the memtile's s x t re-blocking
+  delivers it in order (``kernels/matmul/design.py``: ``pack_weight``)
 - ``c``: f32 [M, N] row-major (results)
 """
 
@@ -39,8 +41,7 @@ RTP_WORDS = 2
 ARGS = (
     ArgSpec("a", 3, "bf16", "in"),
     ArgSpec("b", 4, "bf16", "in"),
-    ArgSpec("params", 5, "f32", "in"),
-    ArgSpec("c", 6, "f32", "out"),
+    ArgSpec("c", 5, "f32", "out"),
 )
 
 
@@ -126,12 +127,13 @@ class MatmulSpec:
         self.check_shape(m, k, n)
         return m, k, n
 
-    def params_words(self, n: int) -> int:
-        return (n // self.tile[2]) * (PARAMS_WORDS + self.tile[2])
+    def b_elements(self, k: int, n: int) -> int:
+        """bf16 elements of the ``b`` buffer for (K, N): per column block K rows and one params object."""
+        return (k + self.tile[1]) * n
 
     def arg_bytes(self, m: int, k: int, n: int) -> dict[str, int]:
         """Minimum size of each buffer argument for the (M, K, N) bucket."""
-        return {"a": m * k * 2, "b": k * n * 2, "params": self.params_words(n) * 4, "c": m * n * 4}
+        return {"a": m * k * 2, "b": self.b_elements(k, n) * 2, "c": m * n * 4}
 
     def instruction_words(self, m: int, k: int, n: int):
         """The simulated instruction stream of the (M, K, N) bucket."""
