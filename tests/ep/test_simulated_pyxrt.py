@@ -18,6 +18,7 @@ from xdna_ep.ep.xrt_backend import check
 from xdna_ep.errors import DeviceError
 from xdna_ep.kernels import artifacts
 from xdna_ep.kernels.matmul import reference
+from xdna_ep.kernels.matmul.design import pack_weight
 from xdna_ep.kernels.matmul.spec import MatmulSpec
 
 M, K, N = 256, 64, 128  # the smallest legal npu1 GEMM bucket
@@ -32,6 +33,18 @@ def machine():
 
 def _xclbin_file(spec) -> str:
     return str(artifacts.write_sim_artifacts(artifacts.sim_kernel_dir(), spec.xclbin_name, spec.sim_manifest()))
+
+
+def weight(w: np.ndarray, k: int, spec: MatmulSpec) -> np.ndarray:
+    """The b buffer of W (k, N): tile-major bf16 with a no-bias, no-activation params object per block."""
+    tiled = reference.prepare_weight(w, k, N, spec.tile[2], "bf16")
+    return pack_weight(tiled, reference.prepare_params(None, "", N, spec.tile[2]), k, N, spec)
+
+
+# the design-level simulator accumulates each K tile's products in fp32 and adds the tiles in order;
+# the oracle multiplies all of K at once: measured max |difference| 3.8e-6 (K = 64) and 7.6e-6 (K = 128)
+# at |C| <= 52
+ACCUMULATION_ATOL = 1.5e-5
 
 
 class Gemm:
@@ -52,22 +65,22 @@ class Gemm:
         sizes = self.spec.arg_bytes(M, k, N)
         self.bos = {
             name: xrt.bo(self.device, sizes[name], xrt.bo.host_only, self.kernel.group_id(3 + i))
-            for i, name in enumerate(("a", "b", "params", "c"))
+            for i, name in enumerate(("a", "b", "c"))
         }
         rng = np.random.default_rng(0)
         self.x = rng.standard_normal((M, k)).astype(np.float32)
         self.w = rng.standard_normal((k, N)).astype(np.float32)
         self.write("a", reference.prepare_activations(self.x, k, "bf16"))
-        self.write("b", reference.prepare_weight(self.w, k, N, self.spec.tile[2], "bf16"))
-        self.write("params", reference.prepare_params(None, "", N, self.spec.tile[2]))
+        self.write("b", weight(self.w, k, self.spec))
 
     def write(self, name: str, array: np.ndarray, sync: bool = True) -> None:
+        """Write ``array``'s bytes at the start of buffer ``name`` (and sync it to the device)."""
         self.bos[name].write(np.ascontiguousarray(array).view(np.uint8).reshape(-1), 0)
         if sync:
             self.bos[name].sync(xrt.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
 
     def launch(self, *data):
-        data = data or tuple(self.bos[name] for name in ("a", "b", "params", "c"))
+        data = data or tuple(self.bos[name] for name in ("a", "b", "c"))
         return self.kernel(3, self.insts, self.n_insts, *data)
 
     def result(self) -> np.ndarray:
@@ -81,7 +94,7 @@ def test_a_correct_launch_computes_the_reference():
     run = gemm.launch()
     assert run.wait() == xrt.ert_cmd_state.ERT_CMD_STATE_COMPLETED
     expected = reference.matmul_reference(gemm.x, gemm.w)
-    np.testing.assert_allclose(gemm.result(), expected, rtol=0, atol=0)
+    np.testing.assert_allclose(gemm.result(), expected, rtol=0, atol=ACCUMULATION_ATOL)
 
 
 def test_forgotten_sync_to_device_is_an_error():
@@ -114,14 +127,14 @@ def test_wrong_group_id_is_an_error():
     misplaced.write(gemm.bos["a"].map(), 0)
     misplaced.sync(xrt.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
     with pytest.raises(RuntimeError, match=r"argument 3 \(a\) is a bo on group id 4, the kernel declares group id 3"):
-        gemm.launch(misplaced, gemm.bos["b"], gemm.bos["params"], gemm.bos["c"])
+        gemm.launch(misplaced, gemm.bos["b"], gemm.bos["c"])
 
 
 def test_too_small_buffer_is_an_error():
     gemm = Gemm()
-    small = xrt.bo(gemm.device, M * N * 4 - 4, xrt.bo.host_only, gemm.kernel.group_id(6))
-    with pytest.raises(RuntimeError, match=r"buffer 'c' \(argument 6\) has 131068 bytes, the shape .* needs 131072"):
-        gemm.launch(gemm.bos["a"], gemm.bos["b"], gemm.bos["params"], small)
+    small = xrt.bo(gemm.device, M * N * 4 - 4, xrt.bo.host_only, gemm.kernel.group_id(5))
+    with pytest.raises(RuntimeError, match=r"buffer 'c' \(argument 5\) has 131068 bytes, the shape .* needs 131072"):
+        gemm.launch(gemm.bos["a"], gemm.bos["b"], small)
 
 
 def test_more_buffers_than_declared_is_an_error_not_a_crash():
@@ -188,15 +201,15 @@ def test_dynamic_k_design_runs_any_k_that_is_a_multiple_of_its_k_tile(machine):
 
     gemm = Gemm(MatmulSpec(k=None), k=2 * K)
     assert gemm.launch().wait() == xrt.ert_cmd_state.ERT_CMD_STATE_COMPLETED
-    np.testing.assert_allclose(gemm.result(), reference.matmul_reference(gemm.x, gemm.w), rtol=0, atol=0)
+    np.testing.assert_allclose(gemm.result(), reference.matmul_reference(gemm.x, gemm.w), rtol=0, atol=ACCUMULATION_ATOL)
     # the same xclbin, context and buffers, now K = 64: only the instruction stream and the operands change
     x, w = gemm.x[:, :K], gemm.w[:K]
     gemm.insts.write(gemm.spec.instruction_words(M, K, N), 0)
     gemm.insts.sync(xrt.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
     gemm.write("a", reference.prepare_activations(x, K, "bf16"))
-    gemm.write("b", reference.prepare_weight(w, K, N, gemm.spec.tile[2], "bf16"))
+    gemm.write("b", weight(w, K, gemm.spec))
     assert gemm.launch().wait() == xrt.ert_cmd_state.ERT_CMD_STATE_COMPLETED
-    np.testing.assert_allclose(gemm.result(), reference.matmul_reference(x, w), rtol=0, atol=0)
+    np.testing.assert_allclose(gemm.result(), reference.matmul_reference(x, w), rtol=0, atol=ACCUMULATION_ATOL)
     ledger = machine.ledger
     assert ledger.contexts_created == 1 and ledger.design_switches == 1
     assert [record.shape for record in ledger.records] == [(M, 2 * K, N), (M, K, N)]
@@ -287,4 +300,4 @@ def test_runlist_runs_every_added_run():
     runs.execute()
     runs.wait()
     assert xrt.simulated_npu().ledger.launches == launches_before + 3
-    np.testing.assert_allclose(gemm.result(), reference.matmul_reference(gemm.x, gemm.w), rtol=0, atol=0)
+    np.testing.assert_allclose(gemm.result(), reference.matmul_reference(gemm.x, gemm.w), rtol=0, atol=ACCUMULATION_ATOL)
