@@ -5,8 +5,9 @@ Per head: scores = q @ k^T from bf16 operands with fp32 accumulation (accurate: 
 products), times ``scale`` in fp32; keys past the true n_kv and, if causal, keys after the query's
 position are masked; softmax statistics in fp32 (row max subtracted, fp32 exp, fp32 row sum);
 probabilities rounded to bf16 (accurate: split hi + lo) for p @ v with fp32 accumulation; the output
-divided by the fp32 row sum. The kernel does the softmax online over key tiles; that reorders fp32
-sums, nothing else.
+divided by the fp32 row sum. The kernel does the softmax online over key tiles (its per-tile model,
+``tile.py``, is what the simulator runs): that reorders fp32 sums and, in bf16, rounds exp(s - running
+max) instead of exp(s - final max) to bf16, a difference of the same size as bf16's own error.
 """
 
 from __future__ import annotations

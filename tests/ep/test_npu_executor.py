@@ -98,8 +98,14 @@ def test_a_plan_given_after_the_weight_moves_it_to_the_dynamic_design_without_se
     y = executor.matmul("late", x, "w128x128", "", "")
     np.testing.assert_allclose(y, matmul_reference(x, w, precision=executor.precision), rtol=1e-6, atol=1e-6)
     assert executor.stats()["nodes"]["late"]["design"] == "xdna_matmul_kdyn_npu1"
-    params_bytes = MatmulSpec(k=None).params_words(128) * 4  # the dynamic design's params buffer, once
-    assert executor.statistics.weight_bytes_to_device - weight_bytes == params_bytes  # the weight stayed
+    # the weight (and the params objects packed with it, the same in both designs) stayed on the device
+    assert executor.statistics.weight_bytes_to_device - weight_bytes == 0
+
+
+# The simulator runs attention.cc's online softmax: in bf16 it rounds exp(s - running max) to bf16 per
+# key tile and rescales later, where the reference rounds exp(s - final max) once. Measured max |sim -
+# reference| on these shapes: bf16 4.1e-4 (both are 1.1e-3 from an fp64 result), accurate 1.3e-6.
+ONLINE_SOFTMAX_ATOL = {"bf16": 6e-4, "accurate": 2e-6}
 
 
 @pytest.mark.parametrize(("n_q", "n_kv", "causal"), [(1500, 1500, False), (5, 29, True), (1, 1500, False)])
@@ -110,9 +116,7 @@ def test_attention_equals_the_reference_in_one_launch(executor, n_q, n_kv, causa
     v = rng.standard_normal((1, 6, n_kv, 64)).astype(np.float32)
     out = executor.attention("attn", q, k, v, 0.125, causal)
     expected = attention_reference(q, k, v, 0.125, causal, executor.precision)
-    # padding changes the order of fp32 sums (BLAS blocking over the padded shape); in bf16 a score one
-    # ulp off can round a probability to the neighbouring bf16 value (2**-8 of p ~ 1/n_kv)
-    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=ONLINE_SOFTMAX_ATOL[executor.precision])
     assert executor.stats()["nodes"]["attn"]["launches"] == 1
 
 
@@ -127,7 +131,7 @@ def test_attention_splits_heads_only_when_a_launch_could_time_out():
         rng = np.random.default_rng(4)
         q, k, v = (rng.standard_normal((1, 6, 1500, 64)).astype(np.float32) for _ in range(3))
         out = executor.attention("attn", q, k, v, 0.125, False)
-    np.testing.assert_allclose(out, attention_reference(q, k, v, 0.125, False, "bf16"), rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(out, attention_reference(q, k, v, 0.125, False, "bf16"), rtol=0, atol=ONLINE_SOFTMAX_ATOL["bf16"])
     launches = executor.stats()["nodes"]["attn"]["launches"]
     assert 1 < launches <= 6
 
