@@ -300,7 +300,9 @@ def estimate_attention(
     qp, kvp, dp = padded_attention_shape(profile, n_q, n_kv, head_dim)
     compute = attention_compute_s(profile, heads, qp, kvp, dp, parts)
     launches = launches_for(profile, compute)
-    to_device = heads * parts * (qp + 2 * kvp) * dp * BF16_BYTES
+    # q, k, v, plus each launch's params header object (one query tile, kernels/attention/design.py)
+    header = parts * ATTENTION_Q_ROWS_PER_CORE * dp * BF16_BYTES
+    to_device = heads * parts * (qp + 2 * kvp) * dp * BF16_BYTES + launches * header
     from_device = heads * qp * dp * FP32_BYTES
     transfer = transfer_s(profile, to_device + from_device)
     in_elements = heads * (n_q + 2 * n_kv) * head_dim
