@@ -33,17 +33,30 @@ def block(tiles: np.ndarray, block_rows: int, block_cols: int) -> np.ndarray:
     return blocked.transpose(0, 1, 3, 2, 4).reshape(t, rows * cols)
 
 
-def output_tiles(a_objects: np.ndarray, b_objects: np.ndarray, tile, intrinsic) -> np.ndarray:
-    """One core's output tiles: a_objects (T, K / k, m * k), b_objects (T, K / k + 1, k * n), bf16 bits
-    -> C objects (T, m * n) f32 in r x t block order."""
-    (m, k, n), (r, s, t) = tile, intrinsic
-    count, k_tiles = a_objects.shape[0], a_objects.shape[1]
-    acc = np.zeros((count, m, n), dtype=np.float32)
-    for step in range(k_tiles):
-        a = unblock(from_bf16_bits(a_objects[:, step]), m, k, r, s)
-        b = unblock(from_bf16_bits(b_objects[:, step]), k, n, s, t)
-        acc += np.matmul(a, b, dtype=np.float32)
-    words = np.ascontiguousarray(b_objects[:, k_tiles]).view(np.float32)  # (T, k * n / 2) params words
+def a_tiles(objects: np.ndarray, k_tiles: int, tile, intrinsic) -> np.ndarray:
+    """A objects as the core's mmul reads them: (T * K / k, m * k) bf16 bits in r x s blocks -> fp32
+    (T, K / k, m, k)."""
+    (m, k, _), (r, s, _) = tile, intrinsic
+    return unblock(from_bf16_bits(objects), m, k, r, s).reshape(-1, k_tiles, m, k)
+
+
+def b_tiles(objects: np.ndarray, k_tiles: int, tile, intrinsic) -> tuple[np.ndarray, np.ndarray]:
+    """B objects of a column: (T * (K / k + 1), k * n) bf16 bits -> fp32 B tiles (T, K / k, k, n) in s x t
+    block order undone, and the params words (T, k * n / 2) f32 of each output tile."""
+    (_, k, n), (_, s, t) = tile, intrinsic
+    per_tile = objects.reshape(-1, k_tiles + 1, k * n)
+    b = unblock(from_bf16_bits(per_tile[:, :k_tiles].reshape(-1, k * n)), k, n, s, t)
+    words = np.ascontiguousarray(per_tile[:, k_tiles]).view(np.float32)
+    return b.reshape(-1, k_tiles, k, n), words
+
+
+def output_tiles(a: np.ndarray, b: np.ndarray, words: np.ndarray, tile, intrinsic) -> np.ndarray:
+    """One core's output tiles: a (T, K / k, m, k), b (T, K / k, k, n) fp32, params words (T, k * n / 2)
+    -> C objects (T, m * n) f32 in r x t block order. The K tiles accumulate in order, in fp32."""
+    (m, _, n), (r, _, t) = tile, intrinsic
+    acc = np.zeros((a.shape[0], m, n), dtype=np.float32)
+    for step in range(a.shape[1]):
+        acc += np.matmul(a[:, step], b[:, step], dtype=np.float32)
     acc += words[:, PARAMS_WORDS : PARAMS_WORDS + n][:, None, :]
     gelu_tiles = words[:, 0] == ACTIVATIONS["gelu"]
     if gelu_tiles.any():
@@ -52,18 +65,27 @@ def output_tiles(a_objects: np.ndarray, b_objects: np.ndarray, tile, intrinsic) 
 
 
 def run_cores(flow, streams: dict[str, np.ndarray], spec) -> dict[str, np.ndarray]:
-    """Every core of the launch: its output FIFO's objects from its input FIFOs' objects."""
+    """Every core of the launch: its output FIFO's objects from its input FIFOs' objects.
+
+    A row's A objects and a column's B objects are broadcast: each is unpacked once for all its cores.
+    """
     _, K, _ = flow.shape
     k_tiles = K // spec.tile[1]
+    intrinsic = spec.device_profile.intrinsic_bf16
+    a_cache: dict[str, np.ndarray] = {}
+    b_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     outputs = {}
     for core in flow.cores:
         a_name, b_name = core.inputs
-        a = streams[a_name].reshape(-1, k_tiles, streams[a_name].shape[1])
-        b = streams[b_name].reshape(-1, k_tiles + 1, streams[b_name].shape[1])
+        if a_name not in a_cache:
+            a_cache[a_name] = a_tiles(streams[a_name], k_tiles, spec.tile, intrinsic)
+        if b_name not in b_cache:
+            b_cache[b_name] = b_tiles(streams[b_name], k_tiles, spec.tile, intrinsic)
+        a, (b, words) = a_cache[a_name], b_cache[b_name]
         if a.shape[0] != b.shape[0]:
             raise RuntimeError(
                 f"{flow.name}: {core.tile} receives {a.shape[0]} output tiles of A and {b.shape[0]} of B: the "
                 f"core would wait forever"
             )
-        outputs[core.outputs[0]] = output_tiles(a, b, spec.tile, spec.device_profile.intrinsic_bf16)
+        outputs[core.outputs[0]] = output_tiles(a, b, words, spec.tile, intrinsic)
     return outputs
