@@ -19,6 +19,7 @@ nothing here can touch a run on an NPU.
 | ``no_context`` | hw_context | RuntimeError: no hardware context left (other processes hold all of them) |
 | ``device_lost`` | bo, sync, register_xclbin, hw_context, launch | RuntimeError: No such device (the device went away between runs) |
 | ``missing_xclbin`` | xclbin | RuntimeError: No such file or directory (the xclbin of a design is not there) |
+| ``corrupt_result`` | launch | the run completes but its outputs are wrong (a design that does not do on silicon what it should: a stale sub-buffer, a wrong stride) |
 
 Faults are process-wide, like the simulated machine they act on; ``inject`` is a context manager, so
 a test's faults end with its block. ``$XDNA_EP_SIM_FAULT`` injects one for the whole process, to try
@@ -42,6 +43,7 @@ POINTS: dict[str, frozenset[str]] = {
     "no_context": frozenset({"hw_context"}),
     "device_lost": frozenset({"bo", "sync", "register_xclbin", "hw_context", "launch"}),
     "missing_xclbin": frozenset({"xclbin"}),
+    "corrupt_result": frozenset({"launch"}),
 }
 FAULTS = tuple(POINTS)
 FAULT_ENV = "XDNA_EP_SIM_FAULT"  # KIND[:AFTER[:TIMES]]: a fault injected for the whole process

@@ -13,6 +13,9 @@ launch per fused op, weights resident for the session's life.
 - ``attention``: all heads of the call in one launch (split into head groups only if a launch could
   come near the driver's 2-s timeout).
 - ``softmax``: all rows in one launch.
+- The first time the process opens a design on the device, ``ep/self_check.py`` runs one small launch
+  against the reference; a design that fails is disabled (its calls raise, so they fall back to the
+  CPU, counted under a cause naming the design).
 
 Every call is counted per node in ``ep/stats.py``: launches, bytes each way, modelled device time (the
 cost model the partitioner uses), wall time of the launch, host overhead, design switches.
@@ -20,6 +23,7 @@ cost model the partitioner uses), wall time of the launch, host overhead, design
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -28,10 +32,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from xdna_ep.ep import cost_model
+from xdna_ep.ep import cost_model, self_check
 from xdna_ep.ep.executor import Executor
 from xdna_ep.ep.stats import ExecutorStats
 from xdna_ep.ep.xrt_backend import BACKENDS, Buffer, Design, XrtDevice, get_device
+from xdna_ep.errors import DeviceError
 from xdna_ep.kernels.attention import design as attention_design
 from xdna_ep.kernels.attention import reference as attention_reference
 from xdna_ep.kernels.attention.spec import AttentionSpec
@@ -40,6 +45,8 @@ from xdna_ep.kernels.matmul import reference as matmul_reference
 from xdna_ep.kernels.matmul.spec import MatmulSpec
 from xdna_ep.kernels.softmax import reference as softmax_reference
 from xdna_ep.kernels.softmax.spec import MAX_COLS, SoftmaxSpec
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,24 @@ class NpuExecutor(Executor):
     def _record_constant(self, nbytes: int) -> None:
         self.device.record_transfer(nbytes, to_device=True)
         self.statistics.record_weight(nbytes)
+
+    def _design(self, spec) -> Design:
+        """The open design of ``spec``, self-checked the first time the process opens it on this device.
+
+        A design whose check failed stays disabled: DeviceError, with the design named in its cause.
+        """
+        design = self.device.design(spec)
+        with self.device.lock:
+            if spec.name not in self.device.self_checks:
+                self.device.self_checks[spec.name] = ""  # one check per design, even if it raises
+                failure = self_check.check_design(self.device, spec)
+                self.device.self_checks[spec.name] = failure
+                if failure:
+                    logger.warning("NPU design %s disabled: %s; its nodes run on the CPU", spec.name, failure)
+            failure = self.device.self_checks[spec.name]
+        if failure:
+            raise DeviceError(f"design {spec.name} is disabled: {failure}", cause=f"self-check failed: {spec.name}")
+        return design
 
     def _set_params(self, weight: ResidentWeight, bias_key: str, bias: np.ndarray | None, activation: str) -> None:
         """Write the bias and activation of a node into the params objects of its resident weight."""
@@ -253,7 +278,7 @@ class NpuExecutor(Executor):
         q3, k3, v3 = (a.reshape(heads, a.shape[2], head_dim) for a in (q, k, v))
         counters = _CallCounters()
         with self.device.lock:
-            design = self.device.design(spec)
+            design = self._design(spec)
             params = attention_reference.prepare_params(scale, n_q, n_kv, causal)
             # head groups (more than one only when one launch could near the driver's timeout) go as one
             # runlist, each on buffers of its own
@@ -301,7 +326,7 @@ class NpuExecutor(Executor):
         rows_pad = cost_model.round_up(rows, spec.row_multiple)
         counters = _CallCounters()
         with self.device.lock:
-            design = self.device.design(spec)
+            design = self._design(spec)
             params = self._constant_buffer(design, ("params", cols), lambda: softmax_reference.prepare_params(cols))
             sizes = spec.arg_bytes(rows_pad)
             xb = self._scratch_buffer(design, "x", sizes["x"])

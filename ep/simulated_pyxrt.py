@@ -670,6 +670,8 @@ class kernel:  # noqa: N801 - pyxrt's spelling
             except ValueError as error:  # the kernel's params contradict the launch: a hang or garbage on the device
                 raise RuntimeError(f"kernel {self.name}: {error}") from None
             for name, values in outputs.items():
+                if fault == "corrupt_result":  # completes, but with wrong numbers
+                    values = np.asarray(values) + np.float32(1.0)
                 buffer = buffers[name]
                 raw = np.ascontiguousarray(values).reshape(-1).view(np.uint8)
                 buffer.device_copy[: raw.size] = raw

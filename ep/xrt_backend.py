@@ -310,6 +310,7 @@ class XrtDevice:
         self.context_budget = context_budget or hw_context_share(self.profile)
         self.lock = threading.RLock()
         self.stats = DeviceStats()
+        self.self_checks: dict[str, str] = {}  # design name -> "" (passed) or why its start-up check failed
         self.handle = self.call("device(0)", lambda: self.binding.device(0))
         self.device_name = self.call("get_info", lambda: self.handle.get_info(self.binding.xrt_info_device.name))
         check_generation(self.device_name, self.profile)

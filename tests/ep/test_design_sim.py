@@ -185,3 +185,30 @@ def test_a_launch_never_calls_the_op_reference(monkeypatch):
     executor.add_weight("w", w)
     y = executor.matmul("n", np.ones((3, 64), np.float32), "w", "", "")
     np.testing.assert_array_equal(y, np.full((3, 64), 64.0, np.float32))  # exact: sums of ones
+
+
+def test_a_design_whose_start_up_check_fails_is_disabled_and_its_nodes_fall_back(caplog):
+    from xdna_ep.ep import faults
+    from xdna_ep.ep import simulated_pyxrt as xrt
+    from xdna_ep.ep.npu_executor import NpuExecutor
+    from xdna_ep.errors import DeviceError
+
+    with xrt.separate_machine("npu1"):
+        from xdna_ep.ep.xrt_backend import XrtDevice
+
+        executor = NpuExecutor("sim", "npu1", "bf16")
+        executor.device = XrtDevice("sim", "npu1")  # a device of its own: nothing checked yet
+        x = np.random.default_rng(6).standard_normal((4, 40)).astype(np.float32)
+        with faults.inject("corrupt_result", times=1) as fault:  # only the self-check launch is corrupted
+            with pytest.raises(DeviceError, match=r"xdna_softmax_c48_npu1 is disabled: its start-up self-check launch "
+                                                  r"differs from the softmax reference") as raised:
+                executor.softmax("s", x, -1)
+        assert fault.fired == 1
+        assert raised.value.cause == "self-check failed: xdna_softmax_c48_npu1"
+        assert "NPU design xdna_softmax_c48_npu1 disabled" in caplog.text
+        with pytest.raises(DeviceError, match="is disabled"):  # stays disabled, without a new check
+            executor.softmax("s", x, -1)
+        assert executor.device.stats.launches == 1
+        # a design that passes its check runs as before
+        y = executor.softmax("s", x[:, :20], -1)
+        np.testing.assert_allclose(y, softmax_reference.softmax_reference(x[:, :20]), rtol=0, atol=1e-6)
