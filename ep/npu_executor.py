@@ -153,8 +153,11 @@ class NpuExecutor(Executor):
         design = self.device.design(spec)
         with self.device.lock:
             if spec.name not in self.device.self_checks:
-                self.device.self_checks[spec.name] = ""  # one check per design, even if it raises
-                failure = self_check.check_design(self.device, spec)
+                try:
+                    failure = self_check.check_design(self.device, spec)
+                except BaseException:  # the device failed (not the design): check again on the next open
+                    self.device.self_checks.pop(spec.name, None)
+                    raise
                 self.device.self_checks[spec.name] = failure
                 if failure:
                     logger.warning("NPU design %s disabled: %s; its nodes run on the CPU", spec.name, failure)
@@ -229,7 +232,7 @@ class NpuExecutor(Executor):
         chunk = cost_model.round_up(math.ceil(m / launches), profile.gemm_m_multiple)
         counters = _CallCounters()
         with self.device.lock:
-            design = self.device.design(spec)
+            design = self._design(spec)
             self._set_params(weight, bias_key, bias, activation)
             for first in range(0, m, chunk):
                 part = rows[first : first + chunk]

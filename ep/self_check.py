@@ -19,10 +19,11 @@ from xdna_ep.kernels.matmul import design as matmul_design
 from xdna_ep.kernels.matmul import reference as matmul_reference
 from xdna_ep.kernels.softmax import reference as softmax_reference
 
-# largest |device - reference| accepted, relative to max |reference| (plus the same absolute floor): the
-# design-level numerics differ from the references by at most about 1e-3 of the output range in bf16
-# (the online softmax's rounding, tests/ep/test_design_sim.py); a wrong stride or a stale buffer is O(1)
-TOLERANCE = 1e-2
+# largest |device - reference| accepted, relative to max |reference|: the design-level numerics differ
+# from the references by fp32 summation order in the GEMM and softmax (about 1e-6 relative) and by the
+# online softmax's bf16 rounding in attention (about 1.5e-3 of the output range, tests/ep/test_design_sim.py);
+# a wrong stride or a stale buffer is O(1)
+TOLERANCE = {"matmul": 1e-4, "softmax": 1e-4, "attention": 5e-3}
 
 
 def _launch(device: XrtDevice, spec, shape: tuple[int, ...], inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -93,9 +94,7 @@ def check_design(device: XrtDevice, spec) -> str:
     got, expected = run(device, spec, rng)
     scale = float(np.abs(expected).max()) or 1.0
     error = float(np.nanmax(np.abs(got - expected))) if np.isfinite(got).all() else float("inf")
-    if error > TOLERANCE * scale:
-        return (
-            f"its start-up self-check launch differs from the {spec.kind} reference by {error:.3g} "
-            f"(allowed {TOLERANCE * scale:.3g})"
-        )
+    allowed = TOLERANCE[spec.kind] * scale
+    if error > allowed:
+        return f"its start-up self-check launch differs from the {spec.kind} reference by {error:.3g} (allowed {allowed:.3g})"
     return ""

@@ -120,7 +120,11 @@ def test_a_fault_from_the_environment_lasts_for_the_process(monkeypatch):
         faults._inject_from_environment()
 
 
-@pytest.mark.parametrize("kind", faults.FAULTS)
+# corrupt_result completes with wrong numbers: only the start-up self-check can see it (test below)
+CRASHING_FAULTS = [kind for kind in faults.FAULTS if kind != "corrupt_result"]
+
+
+@pytest.mark.parametrize("kind", CRASHING_FAULTS)
 def test_each_fault_recomputes_on_the_cpu_counted_and_warned_once_per_cause(kind, session, model, caplog, monkeypatch):
     monkeypatch.setattr(ops, "_warned", set())
     x = inputs(1)
@@ -142,6 +146,31 @@ def test_each_fault_recomputes_on_the_cpu_counted_and_warned_once_per_cause(kind
     launches = xrt.simulated_npu().ledger.launches
     np.testing.assert_allclose(session.run(None, {"input_features": x})[0], expected, rtol=2e-2, atol=1e-3)
     assert xrt.simulated_npu().ledger.launches == launches + 2
+
+
+def test_a_design_corrupted_at_start_up_is_disabled_its_nodes_fall_back_and_strict_fails(model, caplog):
+    """A design whose first launch computes wrong numbers (what a wrong stride does on silicon) is caught
+    by the start-up self-check: disabled, its nodes recomputed on the CPU under a cause naming it."""
+    strict = xdna_ep.InferenceSession(model, device="sim", placement="npu", strict=True)
+    device = strict.compiled.executor().device
+    close_designs(strict)
+    checked = dict(device.self_checks)
+    device.self_checks.clear()  # as in a new process: no design opened or checked yet
+    try:
+        x = inputs(7)
+        before = ops.fallback_counts()
+        with faults.inject("corrupt_result", times=1):  # the first launch: the GEMM design's self-check
+            with pytest.raises(FallbackError, match=r"self-check failed: xdna_matmul_k128_npu1"):
+                strict.run(None, {"input_features": x})
+        after = ops.fallback_counts()
+        cause = "DeviceError: self-check failed: xdna_matmul_k128_npu1"
+        assert sum(n for (_, c), n in after.items() if c == cause) - sum(n for (_, c), n in before.items() if c == cause) == 1
+        assert "NPU design xdna_matmul_k128_npu1 disabled" in caplog.text
+        lenient = xdna_ep.InferenceSession(model, device="sim", placement="npu")
+        np.testing.assert_allclose(lenient.run(None, {"input_features": x})[0], fp32_reference(model, x), rtol=1e-5, atol=1e-6)
+    finally:
+        device.self_checks.clear()
+        device.self_checks.update(checked)  # the process's verdicts of the other tests, re-enabling the design
 
 
 def test_a_fault_on_one_launch_costs_one_fallback(session, model):
@@ -281,7 +310,7 @@ SURVIVAL_SCRIPT = textwrap.dedent(
     import sys
     import numpy as np
     sys.path[:0] = [{tests!r}, {tests_ep!r}]
-    from test_faults import encoder_shaped_model, fp32_reference, inputs, close_designs
+    from test_faults import CRASHING_FAULTS, encoder_shaped_model, fp32_reference, inputs, close_designs
     import xdna_ep
     from xdna_ep.cli import main
     from xdna_ep.ep import faults
@@ -292,7 +321,7 @@ SURVIVAL_SCRIPT = textwrap.dedent(
     strict = xdna_ep.InferenceSession(model, device="sim", placement="npu", strict=True)
     x = inputs(1)
     expected = fp32_reference(model, x)
-    for kind in faults.FAULTS:
+    for kind in CRASHING_FAULTS:
         close_designs(lenient)
         with faults.inject(kind):
             y = lenient.run(None, {{"input_features": x}})[0]
@@ -313,7 +342,7 @@ def test_the_process_survives_every_fault_and_strict_transcribe_exits_with_an_er
     script = SURVIVAL_SCRIPT.format(tests=str(tests), tests_ep=str(tests / "ep"), clip=str(AUDIO_DIR / "jfk.wav"))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     lines = result.stdout.splitlines()
-    assert lines == [f"{kind} survived True" for kind in faults.FAULTS], result.stdout + result.stderr
+    assert lines == [f"{kind} survived True" for kind in CRASHING_FAULTS], result.stdout + result.stderr
     assert result.returncode == 2, result.stderr  # the CLI's error exit, not a crash (negative: a signal)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "strict" in errors[0] and "ERT_CMD_STATE_TIMEOUT" in errors[0], result.stderr
@@ -337,7 +366,7 @@ def tiny_sim():
 @pytest.mark.parametrize(
     "kind, after, times",
     [("timeout", 5, 3)]  # three launches mid-encoder time out: device and CPU results mix
-    + [pytest.param(kind, 0, None, marks=pytest.mark.slow) for kind in faults.FAULTS],
+    + [pytest.param(kind, 0, None, marks=pytest.mark.slow) for kind in CRASHING_FAULTS],
 )
 def test_the_transcript_with_a_fault_equals_the_one_without(kind, after, times, tiny_sim):
     model, baseline = tiny_sim
