@@ -7,11 +7,17 @@ them in tiles of ``ATTENTION_KV_TILE`` (each column's shim reads them and its me
 to the column's cores), and each core runs ``attention.cc``'s online-softmax step per key tile, then
 writes its query tile's output. The loop counts (heads, rounds per head, key tiles) are runtime
 parameters written by the instruction stream (``kernels/iron_util.py``): one xclbin per head
-dimension and precision. Per launch each core first takes one params object (scale, true n_q, n_kv,
-causal). Names come from ``kernels/attention/spec.py``.
+dimension and precision. Per launch each core first takes the params header object from its query
+stream (scale, true n_q, n_kv, causal) into its state. Names come from ``kernels/attention/spec.py``.
 
-Device buffers: q [parts, heads, n_q, d], k and v [parts, heads, n_kv, d] (bf16), params (f32),
-o [heads, n_q, d] (f32).
+Fixed against the hardware's limits (``xdna-ep designs check``): two input streams per core (the
+params header rides in the query stream, keys and values share one stream), key tiles of 32 so a core
+fits 64 KB (the accurate variant single-buffers its key/value tiles), access patterns split to at most
+1023 words per innermost dimension, the query row passed to ``init`` cast from index to i32.
+
+Device buffers (``describe``): q [header | query tiles], kv [heads, key tiles, (k, v), parts, kv_tile, d]
+(bf16), o [heads, n_q, d] (f32). The data movement is emitted from ``describe`` by
+``kernels/iron_emit.py``; ``build`` writes only the cores' loops.
 
 Needs the MLIR-AIE toolchain (not on this project's machines: it has not been compiled here);
 CMakeLists.txt runs it as
@@ -162,79 +168,51 @@ def describe(spec, heads: int, n_q: int, n_kv: int) -> Dataflow:
 
 def build(profile_name: str, head_dim: int, precision: str, heads: int, n_q: int, n_kv: int):
     """The MLIR module of the attention design, with the runtime sequence of one (heads, n_q, n_kv) bucket."""
-    from aie.dialects.arith import AddIOp, MulIOp
+    from aie.dialects.arith import AddIOp, IndexCastOp, MulIOp
     from aie.extras.dialects.arith import constant
-    from aie.iron import Buffer, Kernel, ObjectFifo, Runtime, Worker
+    from aie.iron import Buffer, Kernel, Worker
     from aie.iron.controlflow import range_
     from aie.iron.device import Tile
-    from aie.helpers.taplib import TensorAccessPattern
-    from ml_dtypes import bfloat16
+    from aie.ir import IntegerType
 
-    from xdna_ep.ep.cost_model import ATTENTION_KV_TILE, ATTENTION_Q_ROWS_PER_CORE
-    from xdna_ep.kernels.attention.spec import PARAMS_WORDS, AttentionSpec
+    from xdna_ep.kernels import iron_emit
+    from xdna_ep.kernels.attention.spec import AttentionSpec
     from xdna_ep.kernels.iron_util import resolve, rtp_buffer, rtp_index, while_range
 
+    iron_emit.check_release()
     spec = AttentionSpec(head_dim=head_dim, precision=precision, profile=profile_name)
-    spec.check_shape(heads, n_q, n_kv)
+    flow = describe(spec, heads, n_q, n_kv)
+    fifos = iron_emit.fifo_handles(flow)
     profile = spec.device_profile
-    n_cols, n_rows, cores = profile.columns, profile.rows, profile.cores
-    parts, d = spec.parts, head_dim
-    q_rows, kv_tile = ATTENTION_Q_ROWS_PER_CORE, ATTENTION_KV_TILE
-    rounds = n_q // (cores * q_rows)
-    kv_tiles = n_kv // kv_tile
-    state_words = q_rows * d + 2 * q_rows + 2
+    first = flow.cores[0]
+    q_type, kv_type = (iron_emit.object_type(flow.fifo(name)) for name in first.inputs)
+    o_type = iron_emit.object_type(flow.fifo(first.outputs[0]))
+    state_buffer = next(b for b in flow.buffers if b.tile == first.tile and b.name.startswith("state_"))
+    state_type = np.ndarray[(state_buffer.elements,), np.dtype[np.float32]]
 
-    q_ty = np.ndarray[(parts * heads * n_q * d,), np.dtype[bfloat16]]
-    kv_ty = np.ndarray[(parts * heads * n_kv * d,), np.dtype[bfloat16]]
-    params_ty = np.ndarray[(PARAMS_WORDS,), np.dtype[np.float32]]
-    o_ty = np.ndarray[(heads * n_q * d,), np.dtype[np.float32]]
-    q_tile_ty = np.ndarray[(parts * q_rows * d,), np.dtype[bfloat16]]
-    q_column_ty = np.ndarray[(parts * q_rows * d * n_rows,), np.dtype[bfloat16]]
-    kv_tile_ty = np.ndarray[(parts * kv_tile * d,), np.dtype[bfloat16]]
-    o_tile_ty = np.ndarray[(q_rows * d,), np.dtype[np.float32]]
-    o_column_ty = np.ndarray[(q_rows * d * n_rows,), np.dtype[np.float32]]
-    state_ty = np.ndarray[(state_words,), np.dtype[np.float32]]
+    params = Kernel(spec.params_symbol, spec.object_name, [q_type, state_type])  # header object -> state
+    init = Kernel(spec.init_symbol, spec.object_name, [state_type, np.int32])
+    step = Kernel(spec.c_symbol, spec.object_name, [q_type, kv_type, state_type])
+    finish = Kernel(spec.finish_symbol, spec.object_name, [state_type, o_type])
 
-    init = Kernel(spec.init_symbol, spec.object_name, [state_ty, np.int32])
-    step = Kernel(spec.c_symbol, spec.object_name, [q_tile_ty, kv_tile_ty, kv_tile_ty, params_ty, state_ty])
-    finish = Kernel(spec.finish_symbol, spec.object_name, [state_ty, o_tile_ty])
-
-    q_fifos, q_l1, k_fifos, k_l1, v_fifos, v_l1, p_fifos, o_fifos, o_l1 = ([] for _ in range(9))
-    for col in range(n_cols):
-        q_fifos.append(ObjectFifo(q_column_ty, name=f"Q_{col}", depth=2))
-        q_l1.append(q_fifos[col].cons().split(
-            [parts * q_rows * d * i for i in range(n_rows)], obj_types=[q_tile_ty] * n_rows,
-            names=[f"Q_L1_{col}_{row}" for row in range(n_rows)], placement=Tile(col, 1),
-        ))  # fmt: skip
-        k_fifos.append(ObjectFifo(kv_tile_ty, name=f"K_{col}", depth=2))
-        k_l1.append(k_fifos[col].cons().forward(name=f"K_L1_{col}", placement=Tile(col, 1)))
-        v_fifos.append(ObjectFifo(kv_tile_ty, name=f"V_{col}", depth=2))
-        v_l1.append(v_fifos[col].cons().forward(name=f"V_L1_{col}", placement=Tile(col, 1)))
-        p_fifos.append(ObjectFifo(params_ty, name=f"P_{col}", depth=1))
-        o_fifos.append(ObjectFifo(o_column_ty, name=f"O_{col}", depth=2))
-        o_l1.append(o_fifos[col].prod().join(
-            [q_rows * d * i for i in range(n_rows)], obj_types=[o_tile_ty] * n_rows,
-            names=[f"O_L1_{col}_{row}" for row in range(n_rows)], placement=Tile(col, 1),
-        ))  # fmt: skip
-
-    def core_fn(q_in, k_in, v_in, params_in, o_out, state, init_k, step_k, finish_k, rtp, core_index):
+    def core_fn(q_in, kv_in, o_out, state, params_k, init_k, step_k, finish_k, rtp, core_index):
         for _ in range_(sys.maxsize):  # one iteration per launch
-            params = params_in.acquire(1)
+            header = q_in.acquire(1)
+            params_k(header, state)
+            q_in.release(1)
 
             def one_head(_):
                 def one_round(round_index):
                     q = q_in.acquire(1)
-                    first_row = MulIOp(AddIOp(MulIOp(round_index, constant(cores, index=True)).result,
-                                              constant(core_index, index=True)).result,
-                                       constant(q_rows, index=True)).result  # fmt: skip
-                    init_k(state, first_row)
+                    tile_index = AddIOp(MulIOp(round_index, constant(profile.cores, index=True)).result,
+                                        constant(core_index, index=True)).result  # fmt: skip
+                    first_row = MulIOp(tile_index, constant(ATTENTION_Q_ROWS_PER_CORE, index=True)).result
+                    init_k(state, IndexCastOp(IntegerType.get_signless(32), first_row).result)  # index -> i32
 
                     def one_key_tile(_):
-                        k = k_in.acquire(1)
-                        v = v_in.acquire(1)
-                        step_k(q, k, v, params, state)
-                        k_in.release(1)
-                        v_in.release(1)
+                        kv = kv_in.acquire(1)
+                        step_k(q, kv, state)
+                        kv_in.release(1)
 
                     while_range(rtp_index(rtp, 2), one_key_tile)
                     o = o_out.acquire(1)
@@ -245,54 +223,29 @@ def build(profile_name: str, head_dim: int, precision: str, heads: int, n_q: int
                 while_range(rtp_index(rtp, 1), one_round)
 
             while_range(rtp_index(rtp, 0), one_head)
-            params_in.release(1)
 
     rtps, workers = [], []
-    for row in range(n_rows):
-        for col in range(n_cols):
-            rtp = rtp_buffer(f"rtp_{col}_{row}")
-            rtps.append(rtp)
-            state = Buffer(type=state_ty, name=f"state_{col}_{row}")
-            workers.append(Worker(
-                core_fn,
-                [q_l1[col][row].cons(), k_l1[col].cons(), v_l1[col].cons(), p_fifos[col].cons(),
-                 o_l1[col][row].prod(), state, init, step, finish, rtp, row * n_cols + col],
-                placement=Tile(col, 2 + row), dynamic_objfifo_lowering=True, stack_size=0x800,
-            ))  # fmt: skip
+    for core in flow.cores:
+        col, row = core.tile.col, core.tile.row
+        rtp = rtp_buffer(f"rtp_{col}_{row}")
+        rtps.append(rtp)
+        state = Buffer(type=state_type, name=f"state_{col}_{row}")
+        q_name, kv_name = core.inputs
+        core_index = col * profile.rows + (row - 2)  # query tile round * cores + this (describe's order)
+        workers.append(Worker(
+            core_fn,
+            [fifos[q_name].cons(), fifos[kv_name].cons(), fifos[core.outputs[0]].prod(), state, params, init, step,
+             finish, rtp, core_index],
+            placement=Tile(col, row), dynamic_objfifo_lowering=True, stack_size=core.stack_bytes,
+        ))  # fmt: skip
 
-    rt = Runtime()
-    with rt.sequence(q_ty, kv_ty, kv_ty, params_ty, o_ty) as (Q, K, V, P, O):
+    def write_rtps(rt, host):
         for rtp in rtps:
             rt.write_rtp(rtp, 0, heads)
-            rt.write_rtp(rtp, 1, rounds)
-            rt.write_rtp(rtp, 2, kv_tiles)
-        rt.start(*workers)
-        for col in range(n_cols):
-            rt.fill(p_fifos[col].prod(), P, placement=Tile(col, 0))
-        for head in range(heads):
-            tg = rt.task_group()
-            for col in range(n_cols):
-                # query tiles of this column's cores, round after round: parts stay together per tile
-                q_tap = TensorAccessPattern(
-                    (parts, heads * n_q * d), head * n_q * d + col * n_rows * q_rows * d,
-                    [rounds, n_rows, parts, q_rows * d], [cores * q_rows * d, q_rows * d, heads * n_q * d, 1],
-                )  # fmt: skip
-                rt.fill(q_fifos[col].prod(), Q, tap=q_tap, task_group=tg, placement=Tile(col, 0))
-                # the head's key and value tiles, once per round (every core of the column sees them)
-                kv_tap = TensorAccessPattern(
-                    (parts, heads * n_kv * d), head * n_kv * d,
-                    [rounds, kv_tiles, parts, kv_tile * d], [0, kv_tile * d, heads * n_kv * d, 1],
-                )  # fmt: skip
-                rt.fill(k_fifos[col].prod(), K, tap=kv_tap, task_group=tg, placement=Tile(col, 0))
-                rt.fill(v_fifos[col].prod(), V, tap=kv_tap, task_group=tg, placement=Tile(col, 0))
-                o_tap = TensorAccessPattern(
-                    (heads * n_q, d), (head * n_q + col * n_rows * q_rows) * d,
-                    [1, rounds, n_rows * q_rows, d], [0, cores * q_rows * d, d, 1],
-                )  # fmt: skip
-                rt.drain(o_fifos[col].cons(), O, tap=o_tap, wait=True, task_group=tg, placement=Tile(col, 0))
-            rt.finish_task_group(tg)
+            rt.write_rtp(rtp, 1, n_q // (profile.cores * ATTENTION_Q_ROWS_PER_CORE))
+            rt.write_rtp(rtp, 2, n_kv // ATTENTION_KV_TILE)
 
-    return resolve(profile_name, rt)
+    return resolve(profile_name, iron_emit.runtime_sequence(flow, fifos, workers, before=write_rtps))
 
 
 def main(argv: list[str] | None = None) -> int:

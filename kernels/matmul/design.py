@@ -5,9 +5,13 @@ After mlir-aie ``programming_examples/basic/matrix_multiplication/whole_array`` 
 LLVM-exception), with three changes:
 - the cores loop forever, so M and N live only in the runtime sequence (the instruction stream) and
   the xclbin depends on K alone: one xclbin per K, one instruction stream per (M, N) bucket;
-- B arrives in xdna-ep's tile-major layout [N / n, K, n] (each column block contiguous, converted once
-  on the host), so each shim reads its column blocks with one contiguous transfer each;
-- a per-column-block params object (activation code + n biases) feeds the fused fp32 epilogue.
+- B arrives in xdna-ep's tile-major layout [N / n, K + k, n] (each column block contiguous, converted
+  once on the host) with one params object (activation code + n biases, f32) after each block's K
+  rows: the epilogue's parameters share B's stream, so a core needs two input channels, not three;
+- every transfer is split so that no innermost BD dimension exceeds 1023 words.
+
+The data movement is described once (``describe``); ``kernels/iron_emit.py`` emits it for mlir-aie,
+``kernels/verify.py`` checks it against the hardware limits and ``ep/design_sim.py`` runs it.
 
 ``--dynamic-k`` builds the dynamic-K variant, after mlir-aie's ``whole_array_dyn.py``: each core owns
 a runtime-parameter buffer (K / k and its number of output tiles) that the runtime sequence writes
@@ -188,95 +192,28 @@ def describe(spec, M: int, K: int, N: int) -> Dataflow:
 
 def build(profile_name: str, M: int, K: int, N: int, dynamic_k: bool = False):
     """The MLIR module of the GEMM design (for K, or dynamic K) with the runtime sequence of (M, K, N)."""
-    from aie.helpers.taplib import TensorAccessPattern, TensorTiler2D
-    from aie.iron import Buffer, Kernel, ObjectFifo, Runtime, Worker, WorkerRuntimeBarrier
+    from aie.iron import Buffer, Kernel, Worker, WorkerRuntimeBarrier
     from aie.iron.controlflow import range_
     from aie.iron.device import Tile
-    from ml_dtypes import bfloat16
 
+    from xdna_ep.kernels import iron_emit
     from xdna_ep.kernels.iron_util import resolve
-    from xdna_ep.kernels.matmul.spec import PARAMS_WORDS, RTP_WORDS, MatmulSpec
+    from xdna_ep.kernels.matmul.spec import RTP_WORDS, MatmulSpec
 
+    iron_emit.check_release()
     spec = MatmulSpec(k=None if dynamic_k else K, profile=profile_name)
-    spec.check_shape(M, K, N)
-    profile = spec.device_profile
+    flow = describe(spec, M, K, N)
+    fifos = iron_emit.fifo_handles(flow)
     m, k, n = spec.tile
-    n_rows = profile.rows
-    n_cols = profile.columns
-    r, s, t = profile.intrinsic_bf16
-    assert m % r == 0 and k % s == 0 and n % t == 0
-    fifo_depth = 2
-    n_a_tiles_per_shim = max(1, n_rows // n_cols)
-    params_len = PARAMS_WORDS + n
+    first = flow.cores[0]
+    a_type, b_type = (iron_emit.object_type(flow.fifo(name)) for name in first.inputs)
+    c_type = iron_emit.object_type(flow.fifo(first.outputs[0]))
+    zero_kernel = Kernel(spec.zero_symbol, spec.object_name, [c_type])
+    matmul_kernel = Kernel(spec.c_symbol, spec.object_name, [a_type, b_type, c_type])
+    epilogue_kernel = Kernel(spec.epilogue_symbol, spec.object_name, [b_type, c_type])  # params object, C
 
-    A_ty = np.ndarray[(M * K,), np.dtype[bfloat16]]
-    B_ty = np.ndarray[(K * N,), np.dtype[bfloat16]]
-    P_ty = np.ndarray[((N // n) * params_len,), np.dtype[np.float32]]
-    C_ty = np.ndarray[(M * N,), np.dtype[np.float32]]
-    A_l2_ty = np.ndarray[(m * k * n_a_tiles_per_shim,), np.dtype[bfloat16]]
-    B_l2_ty = np.ndarray[(k * n,), np.dtype[bfloat16]]
-    C_l2_ty = np.ndarray[(m * n * n_rows,), np.dtype[np.float32]]
-    A_l1_ty = np.ndarray[(m, k), np.dtype[bfloat16]]
-    B_l1_ty = np.ndarray[(k, n), np.dtype[bfloat16]]
-    P_l1_ty = np.ndarray[(params_len,), np.dtype[np.float32]]
-    C_l1_ty = np.ndarray[(m, n), np.dtype[np.float32]]
-
-    zero_kernel = Kernel(spec.zero_symbol, spec.object_name, [C_l1_ty])
-    matmul_kernel = Kernel(spec.c_symbol, spec.object_name, [A_l1_ty, B_l1_ty, C_l1_ty])
-    epilogue_kernel = Kernel(spec.epilogue_symbol, spec.object_name, [P_l1_ty, C_l1_ty])
-
-    a_l3l2 = [None] * n_cols
-    a_l2l1 = [None] * n_rows
-    b_l3l2 = [None] * n_cols
-    b_l2l1 = [None] * n_cols
-    p_fifos = [None] * n_cols
-    c_l1l2 = [[None] * n_cols for _ in range(n_rows)]
-    c_l2l3 = [None] * n_cols
-
-    for col in range(n_cols):
-        # A: (m * rows, k) blocks broadcast across columns, split over the rows of each column
-        a_l3l2[col] = ObjectFifo(A_l2_ty, name=f"A_L3L2_{col}", depth=fifo_depth)
-        start_row = col * n_a_tiles_per_shim
-        stop_row = min(n_rows, start_row + n_a_tiles_per_shim)
-        if start_row < n_rows:
-            split = a_l3l2[col].cons().split(
-                [m * k * i for i in range(stop_row - start_row)],
-                obj_types=[A_l1_ty] * (stop_row - start_row),
-                names=[f"A_L2L1_{row}" for row in range(start_row, stop_row)],
-                dims_to_stream=[[(m // r, r * k), (k // s, s), (r, k), (s, 1)]] * (stop_row - start_row),
-                placement=Tile(col, 1),
-            )
-            for i, fifo in enumerate(split):
-                a_l2l1[start_row + i] = fifo
-        # B: (k, n) tiles of this column's column blocks, re-blocked into s x t for the intrinsic
-        b_l3l2[col] = ObjectFifo(B_l2_ty, name=f"B_L3L2_{col}", depth=fifo_depth)
-        b_l2l1[col] = b_l3l2[col].cons().forward(
-            obj_type=B_l1_ty,
-            name=f"B_L2L1_{col}",
-            dims_to_stream=[(k // s, s * n), (n // t, t), (s, n), (t, 1)],
-            placement=Tile(col, 1),
-        )
-        # params: one object per output tile, broadcast down the column
-        p_fifos[col] = ObjectFifo(P_l1_ty, name=f"P_{col}", depth=fifo_depth)
-        # C: r x t blocks back to row-major, joined from the rows of the column
-        c_l2l3[col] = ObjectFifo(
-            C_l2_ty,
-            name=f"C_L2L3_{col}",
-            depth=fifo_depth,
-            dims_to_stream=[(m // r, r * n), (r, t), (n // t, r * t), (t, 1)],
-        )
-        joined = c_l2l3[col].prod().join(
-            [m * n * i for i in range(n_rows)],
-            obj_types=[C_l1_ty] * n_rows,
-            names=[f"C_L1L2_{col}_{row}" for row in range(n_rows)],
-            depths=[fifo_depth] * n_rows,
-            placement=Tile(col, 1),
-        )
-        for row in range(n_rows):
-            c_l1l2[row][col] = joined[row]
-
-    def output_tile(in_a, in_b, in_params, out_c, zero, matmul, epilogue, k_tiles):
-        # one m x n tile of C: zero, accumulate over the k_tiles tiles of K, bias (+ GELU)
+    def output_tile(in_a, in_b, out_c, zero, matmul, epilogue, k_tiles):
+        # one m x n tile of C: zero, accumulate over the K tiles, then the params object from the B stream
         elem_out = out_c.acquire(1)
         zero(elem_out)
         for _ in range_(k_tiles):
@@ -285,120 +222,57 @@ def build(profile_name: str, M: int, K: int, N: int, dynamic_k: bool = False):
             matmul(elem_a, elem_b, elem_out)
             in_a.release(1)
             in_b.release(1)
-        elem_params = in_params.acquire(1)
+        elem_params = in_b.acquire(1)
         epilogue(elem_params, elem_out)
-        in_params.release(1)
+        in_b.release(1)
         out_c.release(1)
 
-    def core_fn(in_a, in_b, in_params, out_c, zero, matmul, epilogue):
+    def core_fn(in_a, in_b, out_c, zero, matmul, epilogue):
         # forever: the runtime sequence decides how many tiles arrive (M and N are not baked in)
         for _ in range_(sys.maxsize):
-            output_tile(in_a, in_b, in_params, out_c, zero, matmul, epilogue, K // k)
+            output_tile(in_a, in_b, out_c, zero, matmul, epilogue, K // k)
 
-    def core_fn_dynamic_k(in_a, in_b, in_params, out_c, zero, matmul, epilogue, rtp, barrier):
+    def core_fn_dynamic_k(in_a, in_b, out_c, zero, matmul, epilogue, rtp, barrier):
         # one iteration per launch: wait until the runtime sequence has written this launch's counts
         for _ in range_(sys.maxsize):
             barrier.wait_for_value(1)
             k_tiles = rtp[0]
             output_tiles = rtp[1]
-            # step the barrier off (as whole_array_dyn.py) so the next launch waits for its own counts
-            barrier.release_with_value(1)
+            barrier.release_with_value(1)  # as whole_array_dyn.py: the next launch waits for its own counts
             for _ in range_(output_tiles):
-                output_tile(in_a, in_b, in_params, out_c, zero, matmul, epilogue, k_tiles)
+                output_tile(in_a, in_b, out_c, zero, matmul, epilogue, k_tiles)
 
-    rtp_ty = np.ndarray[(RTP_WORDS,), np.dtype[np.int32]]
-    rtps = [[Buffer(rtp_ty, name=f"rtp_{row}_{col}", use_write_rtp=True) for col in range(n_cols)]
-            for row in range(n_rows)] if dynamic_k else []  # fmt: skip
-    barriers = [[WorkerRuntimeBarrier() for _ in range(n_cols)] for _ in range(n_rows)] if dynamic_k else []
-
-    workers = []
-    for row in range(n_rows):
-        for col in range(n_cols):
-            fn_args = [
-                a_l2l1[row].cons(),
-                b_l2l1[col].cons(),
-                p_fifos[col].cons(),
-                c_l1l2[row][col].prod(),
-                zero_kernel,
-                matmul_kernel,
-                epilogue_kernel,
-            ]
-            if dynamic_k:
-                fn_args += [rtps[row][col], barriers[row][col]]
-            workers.append(
-                Worker(
-                    core_fn_dynamic_k if dynamic_k else core_fn,
-                    fn_args,
-                    placement=Tile(col, 2 + row),
-                    stack_size=0xD00,
-                )
-            )
-
-    # A: each (m * rows_per_shim, K) row group, repeated once per column block the column computes
-    a_tiles = TensorTiler2D.group_tiler(
-        (M, K), (m * n_a_tiles_per_shim, k), (1, K // k), pattern_repeat=N // n // n_cols
-    )
-    # B (tile-major [N / n, K, n]): column `col` reads blocks col, col + n_cols, ... contiguously
-    blocks_per_col = N // n // n_cols
-
-    def b_tap(col: int) -> TensorAccessPattern:
-        return TensorAccessPattern(
-            (1, K * N), col * K * n, [1, 1, blocks_per_col, K * n], [0, 0, n_cols * K * n, 1]
-        )
-
-    def p_tap(col: int) -> TensorAccessPattern:
-        return TensorAccessPattern(
-            (1, (N // n) * params_len),
-            col * params_len,
-            [1, 1, blocks_per_col, params_len],
-            [0, 0, n_cols * params_len, 1],
-        )
-
-    c_tiles = TensorTiler2D.step_tiler(
-        (M, N), (m * n_rows, n), tile_group_repeats=(1, N // n // n_cols), tile_group_steps=(1, n_cols)
-    )
-
-    rt = Runtime()
-    with rt.sequence(A_ty, B_ty, P_ty, C_ty) as (A, B, P, C):
-        rt.start(*workers)
+    rtp_type = np.ndarray[(RTP_WORDS,), np.dtype[np.int32]]
+    workers, rtps, barriers = [], [], []
+    for core in flow.cores:
+        a_name, b_name = core.inputs
+        args = [fifos[a_name].cons(), fifos[b_name].cons(), fifos[core.outputs[0]].prod(),
+                zero_kernel, matmul_kernel, epilogue_kernel]  # fmt: skip
         if dynamic_k:
-            # each core: K / k tiles per output tile, and its output tiles in this launch
-            output_tiles = (M // (m * n_rows)) * (N // (n * n_cols))
+            rtps.append(Buffer(rtp_type, name=f"rtp_{core.tile.col}_{core.tile.row}", use_write_rtp=True))
+            barriers.append(WorkerRuntimeBarrier())
+            args += [rtps[-1], barriers[-1]]
+        workers.append(Worker(
+            core_fn_dynamic_k if dynamic_k else core_fn, args, placement=Tile(core.tile.col, core.tile.row),
+            stack_size=core.stack_bytes,
+        ))  # fmt: skip
 
-            def set_rtps(*core_rtps):
-                for core_rtp in core_rtps:
-                    core_rtp[0] = K // k
-                    core_rtp[1] = output_tiles
+    def write_rtps(rt, host):
+        if not dynamic_k:
+            return
+        profile = spec.device_profile
+        output_tiles = (M // (m * profile.rows)) * (N // (n * profile.columns))
 
-            rt.inline_ops(set_rtps, [rtp for row_rtps in rtps for rtp in row_rtps])
-            for row_barriers in barriers:
-                for barrier in row_barriers:
-                    rt.set_barrier(barrier, 1)
-        row_blocks = M // (m * n_rows)
-        for row_block in range(row_blocks):
-            tg = rt.task_group()
-            for col in range(n_cols):
-                rt.drain(
-                    c_l2l3[col].cons(),
-                    C,
-                    tap=c_tiles[row_block * n_cols + col],
-                    wait=True,
-                    task_group=tg,
-                    placement=Tile(col, 0),
-                )
-                for tile_row in range(n_a_tiles_per_shim if col * n_a_tiles_per_shim < n_rows else 0):
-                    rt.fill(
-                        a_l3l2[col].prod(),
-                        A,
-                        tap=a_tiles[(row_block * n_rows // n_a_tiles_per_shim + col) % len(a_tiles)],
-                        task_group=tg,
-                        placement=Tile(col, 0),
-                    )
-                rt.fill(b_l3l2[col].prod(), B, tap=b_tap(col), task_group=tg, placement=Tile(col, 0))
-                rt.fill(p_fifos[col].prod(), P, tap=p_tap(col), task_group=tg, placement=Tile(col, 0))
-            rt.finish_task_group(tg)
+        def set_rtps(*core_rtps):
+            for core_rtp in core_rtps:
+                core_rtp[0] = K // k
+                core_rtp[1] = output_tiles
 
-    return resolve(profile_name, rt)
+        rt.inline_ops(set_rtps, rtps)
+        for barrier in barriers:
+            rt.set_barrier(barrier, 1)
+
+    return resolve(profile_name, iron_emit.runtime_sequence(flow, fifos, workers, before=write_rtps))
 
 
 def main(argv: list[str] | None = None) -> int:

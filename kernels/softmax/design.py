@@ -8,6 +8,9 @@ cores' row buffers); the number of rows per core is a runtime parameter the inst
 per launch (the true row length) and then its rows one by one. The kernel is ``softmax.cc``; names
 come from ``kernels/softmax/spec.py``.
 
+The data movement (FIFOs, memtile links, runtime-sequence access patterns) is emitted from
+``describe`` by ``kernels/iron_emit.py``; ``build`` writes only the cores' loop.
+
 Needs the MLIR-AIE toolchain (not on this project's machines: it has not been compiled here);
 CMakeLists.txt runs it as ``python3 design.py --profile npu1 --cols 1504 --rows 9216 > design.mlir``.
 """
@@ -84,39 +87,21 @@ def describe(spec, rows: int) -> Dataflow:
 
 def build(profile_name: str, cols: int, rows: int):
     """The MLIR module of the softmax design for ``cols``, with the runtime sequence for ``rows``."""
-    from aie.iron import Kernel, ObjectFifo, Runtime, Worker
+    from aie.iron import Kernel, Worker
     from aie.iron.controlflow import range_
     from aie.iron.device import Tile
-    from aie.helpers.taplib import TensorAccessPattern
 
+    from xdna_ep.kernels import iron_emit
     from xdna_ep.kernels.iron_util import resolve, rtp_buffer, rtp_index, while_range
-    from xdna_ep.kernels.softmax.spec import PARAMS_WORDS, SoftmaxSpec
+    from xdna_ep.kernels.softmax.spec import SoftmaxSpec
 
+    iron_emit.check_release()
     spec = SoftmaxSpec(cols=cols, profile=profile_name)
-    spec.check_shape(rows)
-    profile = spec.device_profile
-    n_cols, n_rows = profile.columns, profile.rows
-    rows_per_column = rows // n_cols
-
-    matrix_ty = np.ndarray[(rows * cols,), np.dtype[np.float32]]
-    params_ty = np.ndarray[(PARAMS_WORDS,), np.dtype[np.float32]]
-    row_ty = np.ndarray[(cols,), np.dtype[np.float32]]
-    column_rows_ty = np.ndarray[(cols * n_rows,), np.dtype[np.float32]]
-    softmax_row = Kernel(spec.c_symbol, spec.object_name, [row_ty, row_ty, params_ty, np.int32])
-
-    params_fifos, x_fifos, y_fifos, x_l1, y_l1, rtps = [], [], [], [], [], []
-    for col in range(n_cols):
-        params_fifos.append(ObjectFifo(params_ty, name=f"P_{col}", depth=1))
-        x_fifos.append(ObjectFifo(column_rows_ty, name=f"X_L3L2_{col}", depth=2))
-        y_fifos.append(ObjectFifo(column_rows_ty, name=f"Y_L2L3_{col}", depth=2))
-        x_l1.append(x_fifos[col].cons().split(
-            [cols * i for i in range(n_rows)], obj_types=[row_ty] * n_rows,
-            names=[f"X_L2L1_{col}_{row}" for row in range(n_rows)], placement=Tile(col, 1),
-        ))  # fmt: skip
-        y_l1.append(y_fifos[col].prod().join(
-            [cols * i for i in range(n_rows)], obj_types=[row_ty] * n_rows,
-            names=[f"Y_L1L2_{col}_{row}" for row in range(n_rows)], placement=Tile(col, 1),
-        ))  # fmt: skip
+    flow = describe(spec, rows)
+    fifos = iron_emit.fifo_handles(flow)
+    core = flow.cores[0]
+    params_type, row_type = (iron_emit.object_type(flow.fifo(name)) for name in core.inputs)
+    softmax_row = Kernel(spec.c_symbol, spec.object_name, [row_type, row_type, params_type, np.int32])
 
     def core_fn(params_in, x_in, y_out, kernel, rtp):
         for _ in range_(sys.maxsize):  # one iteration per launch
@@ -132,35 +117,21 @@ def build(profile_name: str, cols: int, rows: int):
             while_range(rtp_index(rtp, 0), one_row)  # rows of this core in this launch
             params_in.release(1)
 
-    workers = []
-    for row in range(n_rows):
-        for col in range(n_cols):
-            rtp = rtp_buffer(f"rtp_{col}_{row}")
-            rtps.append(rtp)
-            workers.append(Worker(
-                core_fn,
-                [params_fifos[col].cons(), x_l1[col][row].cons(), y_l1[col][row].prod(), softmax_row, rtp],
-                placement=Tile(col, 2 + row), dynamic_objfifo_lowering=True,
-            ))  # fmt: skip
+    workers, rtps = [], []
+    for core in flow.cores:
+        rtp = rtp_buffer(f"rtp_{core.tile.col}_{core.tile.row}")
+        rtps.append(rtp)
+        params_name, x_name = core.inputs
+        workers.append(Worker(
+            core_fn, [fifos[params_name].cons(), fifos[x_name].cons(), fifos[core.outputs[0]].prod(), softmax_row, rtp],
+            placement=Tile(core.tile.col, core.tile.row), dynamic_objfifo_lowering=True, stack_size=core.stack_bytes,
+        ))  # fmt: skip
 
-    rt = Runtime()
-    with rt.sequence(matrix_ty, params_ty, matrix_ty) as (X, P, Y):
+    def write_rtps(rt, host):
         for rtp in rtps:
-            rt.write_rtp(rtp, 0, rows // profile.cores)
-        rt.start(*workers)
-        tg = rt.task_group()
-        for col in range(n_cols):
-            rt.fill(params_fifos[col].prod(), P, task_group=tg, placement=Tile(col, 0))
-            # the column's block of rows, n_rows rows (one per core) per memtile object
-            tap = TensorAccessPattern(
-                (rows, cols), col * rows_per_column * cols,
-                [1, 1, rows_per_column // n_rows, n_rows * cols], [0, 0, n_rows * cols, 1],
-            )  # fmt: skip
-            rt.fill(x_fifos[col].prod(), X, tap=tap, task_group=tg, placement=Tile(col, 0))
-            rt.drain(y_fifos[col].cons(), Y, tap=tap, wait=True, task_group=tg, placement=Tile(col, 0))
-        rt.finish_task_group(tg)
+            rt.write_rtp(rtp, 0, rows // spec.device_profile.cores)
 
-    return resolve(profile_name, rt)
+    return resolve(profile_name, iron_emit.runtime_sequence(flow, fifos, workers, before=write_rtps))
 
 
 def main(argv: list[str] | None = None) -> int:
