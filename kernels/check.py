@@ -1,15 +1,10 @@
-"""``xdna-ep designs check``: every design the planner emits for the Whisper encoders, verified against
-the hardware limits of a profile (``kernels/verify.py``), with each tile's use of every resource.
-
-    xdna-ep designs check [--profile npu1|npu2] [--json]
-
-Exit status 1, naming design, tile and limit, on any violation.
+"""Every design the planner emits for the Whisper encoders, verified against the hardware limits of a
+profile (``kernels/verify.py``), with each tile's use of every resource. The command line is
+``xdna-ep designs check`` (``python/xdna_ep/designs.py``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections import defaultdict
 
 from xdna_ep.ep.cost_model import PRECISIONS
@@ -50,24 +45,3 @@ def summary(report: Report) -> str:
         worst[key] = max(worst[key], (usage.used, usage.limit))
     parts = [f"{kind} {resource} {used}/{limit}" for (kind, resource), (used, limit) in sorted(worst.items())]
     return "; ".join(parts)
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    check_parser = sub.add_parser("check", help="verify every planned design against the hardware limits")
-    check_parser.add_argument("--profile", default="npu1", choices=("npu1", "npu2"))
-    check_parser.add_argument("--json", action="store_true", help="one object per design: name, resources, violations")
-
-
-def run_command(args: argparse.Namespace) -> int:
-    reports = check(args.profile)
-    if args.json:
-        print(json.dumps([report.as_dict() for report in reports], indent=1))
-    else:
-        for report in reports:
-            verdict = "ok" if report.ok else f"{len(report.violations)} violation(s)"
-            print(f"{report.name}: {verdict}")
-            print(f"  worst tile per resource: {summary(report)}")
-            for violation in report.violations:
-                print(f"  VIOLATION {violation}")
-    return 0 if all(report.ok for report in reports) else 1

@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("xdna_ep.server", "HTTP transcription server (OpenAI audio API, whisper.cpp /inference)"),
     "bench-serve": ("xdna_ep.serve_bench", "load the HTTP server with concurrent clients; check every answer"),
     "bench": ("xdna_ep.bench", "modelled NPU time of a 30-s encoder pass per model, and where it goes"),
-    "designs": ("xdna_ep.kernels.check", "check every planned NPU design against the hardware limits of a profile"),
+    "designs": ("xdna_ep.designs", "NPU designs: check them against the hardware limits, time their simulation"),
     "conformance": ("xdna_ep.conformance", "run ONNX's backend node tests (MatMul, Gemm, Softmax, Attention) through xdna-ep"),
 }
 

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from xdna_ep import designs as designs_cli
 from xdna_ep.kernels import check
 from xdna_ep.kernels.attention.spec import AttentionSpec
 from xdna_ep.kernels.dataflow import AccessPattern, Fifo, KernelCall, LocalBuffer, Tile, Transfer
@@ -25,7 +26,7 @@ def test_every_planned_design_fits_the_hardware(profile, capsys):
     assert names == {f"xdna_matmul_kdyn_{profile}", f"xdna_attention_d64_bf16_{profile}",
                      f"xdna_attention_d64_accurate_{profile}", f"xdna_softmax_c1504_{profile}"}  # fmt: skip
     assert [report.violations for report in reports if not report.ok] == []
-    assert check.run_command(type("Args", (), {"profile": profile, "json": True})()) == 0
+    assert designs_cli.run_command(type("Args", (), {"action": "check", "profile": profile, "json": True})()) == 0
     listed = json.loads(capsys.readouterr().out)
     assert len(listed) == len(reports)
     assert set(listed[0]) == {"name", "resources", "violations"}
@@ -170,6 +171,6 @@ def test_the_cli_exits_1_naming_design_tile_and_limit(monkeypatch, capsys):
     broken = small_softmax()
     broken = dataclasses.replace(broken, buffers=(*broken.buffers, LocalBuffer(Tile(0, 2), "big", "f32", 16384)))
     monkeypatch.setattr(check, "check", lambda profile: [verify(broken)])
-    assert check.run_command(type("Args", (), {"profile": "npu1", "json": False})()) == 1
+    assert designs_cli.run_command(type("Args", (), {"action": "check", "profile": "npu1", "json": False})()) == 1
     out = capsys.readouterr().out
     assert "VIOLATION xdna_softmax_c64_npu1:32: compute(0,2): data_memory" in out and "> limit 65536" in out
