@@ -8,8 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from xdna_ep.ep.cost_model import PRECISIONS
-from xdna_ep.kernels.designs import N_AUDIO_CTX, Design, describe, encoder_designs, plan
-from xdna_ep.kernels.softmax.spec import SoftmaxSpec
+from xdna_ep.kernels.designs import Design, build_list, describe
 from xdna_ep.kernels.verify import Report, verify
 
 # the encoders `designs check` covers: model -> (d_model, n_head)
@@ -18,18 +17,7 @@ CHECKED_ENCODERS = {"tiny.en": (384, 6), "base": (512, 8)}
 
 def planned_designs(profile: str) -> list[Design]:
     """Every design (with all its runtime shapes) the planner emits for the checked encoders, both precisions."""
-    from xdna_ep.ep import cost_model
-
-    merged: dict[str, tuple[object, set]] = {}
-    for d_model, n_head in CHECKED_ENCODERS.values():
-        for precision in PRECISIONS:
-            for design in plan(encoder_designs(d_model, n_head, profile, precision), profile):
-                merged.setdefault(design.spec.name, (design.spec, set()))[1].update(design.shapes)
-    softmax = SoftmaxSpec(cols=cost_model.round_up(N_AUDIO_CTX, cost_model.SOFTMAX_COL_MULTIPLE), profile=profile)
-    for _, n_head in CHECKED_ENCODERS.values():
-        rows = cost_model.round_up(n_head * N_AUDIO_CTX, softmax.row_multiple)
-        merged.setdefault(softmax.name, (softmax, set()))[1].add((rows,))
-    return [Design(spec, tuple(sorted(shapes))) for spec, shapes in merged.values()]
+    return build_list(profile, PRECISIONS, CHECKED_ENCODERS)
 
 
 def check(profile: str) -> list[Report]:

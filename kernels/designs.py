@@ -271,15 +271,17 @@ def plan(designs: list[Design], profile: str = "npu1") -> list[Design]:
     return designs
 
 
-def build_list(profile: str, precisions: tuple[str, ...]) -> list[Design]:
-    """Every design of every Whisper encoder size, merged (shapes of the same xclbin together)."""
+def build_list(profile: str, precisions: tuple[str, ...], encoders: dict | None = None) -> list[Design]:
+    """Every design of every Whisper encoder size (``encoders``: name -> (d_model, n_head), default all),
+    merged (shapes of the same xclbin together)."""
+    encoders = WHISPER_ENCODERS if encoders is None else encoders
     merged: dict[str, tuple[object, set]] = {}
-    for d_model, n_head in WHISPER_ENCODERS.values():
+    for d_model, n_head in encoders.values():
         for precision in precisions:
             for design in plan(encoder_designs(d_model, n_head, profile, precision), profile):
                 merged.setdefault(design.spec.name, (design.spec, set()))[1].update(design.shapes)
     softmax = SoftmaxSpec(cols=cost_model.round_up(N_AUDIO_CTX, cost_model.SOFTMAX_COL_MULTIPLE), profile=profile)
-    rows = cost_model.round_up(max(n_head for _, n_head in WHISPER_ENCODERS.values()) * N_AUDIO_CTX, softmax.row_multiple)
+    rows = cost_model.round_up(max(n_head for _, n_head in encoders.values()) * N_AUDIO_CTX, softmax.row_multiple)
     merged[softmax.name] = (softmax, {(rows,)})
     return [Design(spec, tuple(sorted(shapes))) for spec, shapes in merged.values()]
 
