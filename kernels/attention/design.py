@@ -62,6 +62,12 @@ def kv_depth(spec) -> int:
     return 2 if spec.parts == 1 else 1
 
 
+def q_depth(spec) -> int:
+    """Query tiles in flight per core: two in bf16; one in accurate (with npu2's 8 x 8 x 8 gathered blocks
+    a second hi + lo query tile would take the core past 64 KB)."""
+    return 2 if spec.parts == 1 else 1
+
+
 def pack_q(q_bits: np.ndarray, params: np.ndarray, spec, out: np.ndarray | None = None) -> np.ndarray:
     """The ``q`` buffer: params header object, then query tiles [heads, n_q / q_rows, parts, q_rows, d].
 
@@ -105,6 +111,7 @@ def describe(spec, heads: int, n_q: int, n_kv: int) -> Dataflow:
     profile = spec.device_profile
     n_cols, n_rows, cores = profile.columns, profile.rows, profile.cores
     parts, d = spec.parts, spec.head_dim
+    r, _, t = profile.intrinsic_bf16
     q_rows, kv_tile = ATTENTION_Q_ROWS_PER_CORE, ATTENTION_KV_TILE
     rounds = n_q // (cores * q_rows)
     q_tile = q_tile_elements(spec)
@@ -128,16 +135,20 @@ def describe(spec, heads: int, n_q: int, n_kv: int) -> Dataflow:
         fifos.append(Fifo(f"KV_L1_{col}", memtile, column_cores, kv_depth(spec), "bf16", (kv_object,)))
         fifos.append(Fifo(f"O_{col}", memtile, (shim,), 2, "f32", (n_rows * q_rows, d)))
         for row, core in enumerate(column_cores):
-            fifos.append(Fifo(f"Q_L1_{col}_{row}", memtile, (core,), 2, "bf16", (q_tile,)))
+            fifos.append(Fifo(f"Q_L1_{col}_{row}", memtile, (core,), q_depth(spec), "bf16", (q_tile,)))
             fifos.append(Fifo(f"O_L1_{col}_{row}", core, (memtile,), 1, "f32", (q_rows, d)))
             core_programs.append(Core(core, (f"Q_L1_{col}_{row}", f"KV_L1_{col}"), (f"O_L1_{col}_{row}",), calls,
                                       STACK_BYTES, (("HEAD_DIM", d), ("Q_ROWS", q_rows), ("KV_TILE", kv_tile))))  # fmt: skip
             buffers += [
                 LocalBuffer(core, f"state_{col}_{row}", "f32", state_words),
                 LocalBuffer(core, f"rtp_{col}_{row}", "i32", RTP_WORDS),
-                # attention.cc's static arrays: scores (f32), probabilities hi and lo (bf16)
+                # attention.cc's static arrays: scores (f32), probabilities (bf16; lo in the accurate build
+                # only), the gathered q and v blocks (two of each per part), the per-row statistics
                 LocalBuffer(core, f"scores_{col}_{row}", "f32", q_rows * kv_tile),
-                LocalBuffer(core, f"probs_{col}_{row}", "bf16", 2 * q_rows * kv_tile),
+                LocalBuffer(core, f"probs_{col}_{row}", "bf16", parts * q_rows * kv_tile),
+                LocalBuffer(core, f"q_blocks_{col}_{row}", "bf16", parts * 2 * d * r),
+                LocalBuffer(core, f"v_blocks_{col}_{row}", "bf16", parts * 2 * kv_tile * t),
+                LocalBuffer(core, f"row_stats_{col}_{row}", "f32", 4 * q_rows),
             ]
         links.append(Link(memtile, (f"Q_{col}",), tuple(f"Q_L1_{col}_{row}" for row in range(n_rows))))
         links.append(Link(memtile, (f"KV_{col}",), (f"KV_L1_{col}",)))
