@@ -12,7 +12,7 @@ stream (scale, true n_q, n_kv, causal) into its state. Names come from ``kernels
 
 Fixed against the hardware's limits (``xdna-ep designs check``): two input streams per core (the
 params header rides in the query stream, keys and values share one stream), key tiles of 32 so a core
-fits 64 KB (the accurate variant single-buffers its key/value tiles), access patterns split to at most
+fits 64 KB (the accurate variant single-buffers its query and key/value tiles), access patterns split to at most
 1023 words per innermost dimension, the query row passed to ``init`` cast from index to i32.
 
 Device buffers (``describe``): q [header | query tiles], kv [heads, key tiles, (k, v), parts, kv_tile, d]
