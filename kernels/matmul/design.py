@@ -45,6 +45,7 @@ from xdna_ep.kernels.dataflow import (
     Transfer,
     chunked,
 )
+from xdna_ep.kernels.limits import limits_for
 
 STACK_BYTES = 0xD00  # each core's stack (IRON Worker stack_size)
 
@@ -124,6 +125,7 @@ def describe(spec, M: int, K: int, N: int) -> Dataflow:
     k_rows = K + k  # K weight rows + one k x n params object per column block
     a_cols = min(n_cols, n_rows)  # columns whose shim carries A
     depth = 2
+    max_repeat = limits_for(spec.profile).bd_repeat
 
     fifos, links, transfers = [], [], []
     for col in range(a_cols):
@@ -153,10 +155,13 @@ def describe(spec, M: int, K: int, N: int) -> Dataflow:
         for col in range(n_cols):
             shim = Tile(col, 0)
             if col < a_cols:
-                # this core row's m rows of A, once per column block the cores compute
+                # this core row's m rows of A, once per column block the cores compute: the repeat
+                # dimension holds at most bd_repeat, so a wide N (the vocabulary) takes several transfers
                 a_rows = (row_block * n_rows + col) * m
-                transfers.append(Transfer(shim, f"A_{col}", "a", "fill", AccessPattern(
-                    a_rows * K, (blocks_per_col, K // k, m, k), (0, k, K, 1)), row_block))  # fmt: skip
+                for first in range(0, blocks_per_col, max_repeat):
+                    repeats = min(max_repeat, blocks_per_col - first)
+                    transfers.append(Transfer(shim, f"A_{col}", "a", "fill", AccessPattern(
+                        a_rows * K, (repeats, K // k, m, k), (0, k, K, 1)), row_block))  # fmt: skip
             # this column's blocks of B (tile-major [N / n, K + k, n]), in chunks the BD can address
             transfers.append(Transfer(shim, f"B_{col}", "b", "fill", AccessPattern(
                 col * k_rows * n, (1, blocks_per_col, b_chunks, b_chunk), (0, n_cols * k_rows * n, b_chunk, 1)),

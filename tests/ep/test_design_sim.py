@@ -48,9 +48,10 @@ class Case:
         return dataclasses.replace(self.flow, fifos=fifos)
 
 
-def gemm(profile: str = "npu1", activation: str = "gelu") -> Case:
+def gemm(profile: str = "npu1", activation: str = "gelu", n: int | None = None) -> Case:
     spec = MatmulSpec(k=None, profile=profile)
-    m, k, n = 256, 128, 256 if profile == "npu1" else 512  # two column blocks per column on npu1
+    m, k = 256, 128
+    n = n or (256 if profile == "npu1" else 512)  # two column blocks per column on npu1
     rng = np.random.default_rng(0)
     x, w, bias = (rng.standard_normal(shape).astype(np.float32) for shape in ((m, k), (k, n), (n,)))
     tiled = matmul_reference.prepare_weight(w, k, n, spec.tile[2], "bf16")
@@ -103,6 +104,8 @@ def softmax() -> Case:
 CASES = {
     "gemm npu1": gemm,
     "gemm npu2": lambda: gemm("npu2", ""),
+    # 65 column blocks per column: A's repeat (at most 64 per BD) takes two transfers per row block
+    "gemm wide N": lambda: gemm("npu1", "", n=65 * 4 * 32),
     "attention bf16": attention,
     "attention accurate causal": lambda: attention("accurate", causal=True),
     "softmax": softmax,
@@ -112,6 +115,8 @@ CASES = {
 @pytest.mark.parametrize("name", CASES)
 def test_the_design_computes_what_the_reference_computes(name):
     case = CASES[name]()
+    if name == "gemm wide N":
+        assert [t.pattern.sizes[0] for t in case.flow.transfers if t.fifo == "A_0"] == [64, 1]
     np.testing.assert_allclose(case.run(), case.expected, rtol=0, atol=case.atol)
 
 
