@@ -19,6 +19,7 @@ embedding gathers its columns.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -260,24 +261,29 @@ def _causal_mask(g: _Graph, n_past: str, n_new: str, n_total: str) -> str:
 def write_models(weights: dict[str, np.ndarray], dims: WhisperDims, folder: Path) -> None:
     """Write the encoder (weights inline) and both decoders over one ``decoder_weights.bin``."""
     folder = Path(folder)
-    encoder = build_encoder(weights, dims)
-    onnx.save(encoder, str(folder / "encoder_model.onnx"))
+    onnx.save(build_encoder(weights, dims), str(folder / "encoder_model.onnx"))
     decoders = {
         "decoder_model.onnx": build_decoder(weights, dims, with_past=False),
         "decoder_with_past_model.onnx": build_decoder(weights, dims, with_past=True),
     }
-    locations: dict[str, tuple[int, int]] = {}
+    save_sharing_weights(decoders, folder)
+
+
+def save_sharing_weights(models: dict[str, onnx.ModelProto], folder: Path) -> None:
+    """Save ``models`` (file name -> model) with every initializer in ``decoder_weights.bin``, each
+    distinct tensor (same type, shape and bytes) stored once and pointed to by every model that uses it."""
+    locations: dict[tuple, tuple[int, int]] = {}
     with open(folder / DECODER_WEIGHTS_FILE, "wb") as data:
-        for model in decoders.values():
+        for model in models.values():
             for tensor in model.graph.initializer:
-                if tensor.name not in locations:
-                    offset = -data.tell() % _ALIGNMENT + data.tell()
+                tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))  # as raw_data
+                key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(tensor.raw_data).digest())
+                if key not in locations:
+                    offset = data.tell() + (-data.tell() % _ALIGNMENT)
                     data.seek(offset)
                     data.write(tensor.raw_data)
-                    locations[tensor.name] = (offset, len(tensor.raw_data))
-    for file, model in decoders.items():
-        for tensor in model.graph.initializer:
-            offset, length = locations[tensor.name]
-            onnx.external_data_helper.set_external_data(tensor, DECODER_WEIGHTS_FILE, offset, length)
-            tensor.ClearField("raw_data")
+                    locations[key] = (offset, len(tensor.raw_data))
+                onnx.external_data_helper.set_external_data(tensor, DECODER_WEIGHTS_FILE, *locations[key])
+                tensor.ClearField("raw_data")
+    for file, model in models.items():
         onnx.save(model, str(folder / file))
