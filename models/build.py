@@ -34,6 +34,7 @@ ONNX_OPSET = 18  # the opset optimum writes for Whisper; ONNX Runtime 1.31 loads
 IR_VERSION = 10  # ONNX Runtime 1.31 loads IR <= 13; onnx.helper would stamp 14
 LAYER_NORM_EPS = 1e-5
 DECODER_WEIGHTS_FILE = "decoder_weights.bin"
+LOGITS_POSITIONS = "logits_positions"  # optional input of decoder_model: the positions whose logits are computed
 _ALIGNMENT = 4096  # tensors start on page boundaries in the external-data file (mmap-friendly)
 _MASKED = float(np.finfo(np.float32).min)  # additive causal mask of a hidden key, as transformers writes it
 
@@ -118,7 +119,7 @@ class _Graph:
         return self.heads(self.op("Mul", [q, scale], f"{prefix}/Mul_scale"), n_head, head_dim, f"{prefix}/q")
 
     def model(self, inputs, outputs, name: str) -> onnx.ModelProto:
-        initializers = [numpy_helper.from_array(np.asarray(a, dtype=np.float32), n) for n, a in self.initializers.items()]
+        initializers = [numpy_helper.from_array(np.asarray(a, dtype=a.dtype), n) for n, a in self.initializers.items()]
         graph = helper.make_graph(self.nodes, name, inputs, outputs, initializers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], producer_name="xdna-ep")
         model.ir_version = IR_VERSION
@@ -232,7 +233,9 @@ def build_decoder(weights: dict[str, np.ndarray], dims: WhisperDims, with_past: 
         x = g.op("Add", [x, g.linear(o, f"{cross}.out_proj")], f"{prefix}/Add_cross_attention")
         x = g.op("Add", [x, _feed_forward(g, x, prefix)], f"{prefix}/Add_ffn")
     h = g.layer_norm(x, "model.decoder.layer_norm")
-    g.op("MatMul", [h, embedding_t], "logits")  # (batch, n_new, n_vocab)
+    if not with_past:  # the prompt step: logits only at the positions the caller reads
+        h = g.op("Gather", [h, _logits_positions(g, n_new, inputs)], "logits_positions/Gather", axis=1)
+    g.op("MatMul", [h, embedding_t], "logits")  # (batch, n_read, n_vocab)
 
     for i in range(layers):
         parts = ("decoder",) if with_past else ("decoder", "encoder")
@@ -242,6 +245,24 @@ def build_decoder(weights: dict[str, np.ndarray], dims: WhisperDims, with_past: 
                 outputs.append(_tensor(f"present.{i}.{part}.{kv}", TensorProto.FLOAT, [BATCH, n_head, length, head_dim]))
     name = "whisper_decoder_with_past" if with_past else "whisper_decoder"
     return g.model(inputs, outputs, name)
+
+
+def _logits_positions(g: _Graph, n_new: str, inputs: list) -> str:
+    """The positions to compute logits at: input ``logits_positions`` (n_read,) int64, negative ones
+    counting from the end; when it is not fed (its default is empty), every position 0 .. n_new - 1.
+
+    An overridable initializer (a graph input with a default), so callers that do not know it feed
+    nothing and get optimum's full logits.
+    """
+    g.initializers[LOGITS_POSITIONS] = np.zeros((0,), dtype=np.int64)
+    inputs.append(_tensor(LOGITS_POSITIONS, TensorProto.INT64, ["n_logits"]))
+    none_given = g.op("Equal", [g.op("Size", [LOGITS_POSITIONS], "logits_positions/Size"),
+                                g.constant(0, np.int64, "logits_positions/zero")], "logits_positions/none_given")
+    n_all = g.op("Mul", [g.op("Squeeze", [n_new, g.constant([0], np.int64, "logits_positions/axes")], "logits_positions/n_new"),
+                         g.op("Cast", [none_given], "logits_positions/Cast", to=TensorProto.INT64)], "logits_positions/n_all")
+    every = g.op("Range", [g.constant(0, np.int64, "logits_positions/start"), n_all,
+                           g.constant(1, np.int64, "logits_positions/step")], "logits_positions/every")
+    return g.op("Concat", [LOGITS_POSITIONS, every], "logits_positions/read", axis=0)  # (n_read,)
 
 
 def _causal_mask(g: _Graph, n_past: str, n_new: str, n_total: str) -> str:
@@ -275,7 +296,10 @@ def save_sharing_weights(models: dict[str, onnx.ModelProto], folder: Path) -> No
     locations: dict[tuple, tuple[int, int]] = {}
     with open(folder / DECODER_WEIGHTS_FILE, "wb") as data:
         for model in models.values():
+            graph_inputs = {value.name for value in model.graph.input}
             for tensor in model.graph.initializer:
+                if tensor.name in graph_inputs:  # the default of an optional input, not a weight
+                    continue
                 tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))  # as raw_data
                 key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(tensor.raw_data).digest())
                 if key not in locations:

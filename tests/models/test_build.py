@@ -96,6 +96,17 @@ def test_cached_steps_give_the_logits_of_the_whole_sequence(toy_folder):
     assert np.all(np.isfinite(full))
 
 
+def test_the_prompt_step_computes_logits_only_at_the_positions_asked_for(toy_folder):
+    encoder, decoder, _ = sessions(toy_folder)
+    rng = np.random.default_rng(2)
+    states = encoder.run(None, {"input_features": rng.standard_normal((1, DIMS.n_mels, 2 * DIMS.n_audio_ctx), dtype=np.float32)})[0]
+    feeds = {"input_ids": rng.integers(0, DIMS.n_vocab, size=(1, 6), dtype=np.int64), "encoder_hidden_states": states}
+    full = decoder.run(["logits"], feeds)[0]  # not fed: every position, as optimum's graph
+    assert full.shape == (1, 6, DIMS.n_vocab)
+    picked = decoder.run(["logits"], {**feeds, build.LOGITS_POSITIONS: np.array([1, -1], dtype=np.int64)})[0]
+    np.testing.assert_array_equal(picked, full[:, [1, -1]])  # the same rows through the same ops: exact
+
+
 def test_the_passes_fuse_every_attention_and_linear_layer(toy_folder):
     layers = DIMS.n_audio_layer
     expected = {
@@ -119,6 +130,8 @@ def test_each_decoder_weight_is_stored_once_and_shared_by_both_graphs(toy_folder
     for file in (registry.DECODER_FILE, registry.DECODER_WITH_PAST_FILE):
         model = onnx.load(str(toy_folder / file), load_external_data=False)
         for tensor in model.graph.initializer:
+            if tensor.name == build.LOGITS_POSITIONS:  # an input's default, not a weight
+                continue
             info = {entry.key: entry.value for entry in tensor.external_data}
             assert tensor.data_location == onnx.TensorProto.EXTERNAL and info["location"] == build.DECODER_WEIGHTS_FILE
             assert locations.setdefault(tensor.name, info["offset"]) == info["offset"]  # same bytes for both graphs
