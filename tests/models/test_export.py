@@ -144,3 +144,24 @@ def test_the_direct_export_computes_optimums_logits_on_real_audio(name, optimum_
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4, err_msg=what)
     # the optimum export itself has the same layout: one copy of each weight
     assert sum(path.stat().st_size for path in reference.iterdir()) <= MAX_FOLDER_BYTES[name]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Moving the following attributes in the config:UserWarning")  # transformers' save
+def test_a_hugging_face_folder_exports_to_the_same_files(tmp_path, monkeypatch):
+    from xdna_ep.models.export import load_weights, locate_weights
+    from xdna_ep.models.export_optimum import torch_model
+
+    packaged = registry.ensure_model("tiny.en")
+    source = locate_weights("tiny.en")
+    weights, dims, extra = load_weights(source)
+    hf_folder = tmp_path / "hf"
+    torch_model(weights, dims, extra).save_pretrained(hf_folder)  # model.safetensors + config.json, as the Hub's
+    (hf_folder / "tokenizer.json").write_bytes((source.folder / "tokenizer.json").read_bytes())
+    monkeypatch.setenv(registry.HOME_ENV, str(tmp_path / "home"))
+    folder = export_model("tiny.en-hf", source=hf_folder)
+    # the same weights read through safetensors' NumPy API build the same graphs, byte for byte
+    for file in (registry.ENCODER_FILE, registry.DECODER_WEIGHTS_FILE):
+        assert (folder / file).read_bytes() == (packaged / file).read_bytes(), file
+    ours, theirs = registry.read_config(folder), registry.read_config(packaged)
+    assert ours["suppress_ids"] == theirs["suppress_ids"] and ours["n_vocab"] == theirs["n_vocab"]
