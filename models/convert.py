@@ -1,4 +1,4 @@
-"""CTranslate2 Whisper weights -> a Hugging Face ``WhisperForConditionalGeneration`` (fp32).
+"""CTranslate2 Whisper weights -> NumPy arrays under transformers' Whisper names, and the model's dimensions.
 
 CTranslate2's WhisperSpec names (left) and where they go in transformers' Whisper (right):
 
@@ -213,20 +213,3 @@ def hf_state_dict(ct2: Ct2Model, dims: WhisperDims) -> dict[str, np.ndarray]:
         ffn_block(src, dst)
     layer_norm("decoder/layer_norm", "model.decoder.layer_norm")
     return state
-
-
-def build_hf_model(ct2: Ct2Model, suppress_ids: list[int], begin_suppress_ids: list[int]):
-    """A ``WhisperForConditionalGeneration`` in fp32 eval mode holding the CTranslate2 weights."""
-    import torch
-    from transformers import WhisperForConditionalGeneration
-
-    dims = dims_from_ct2(ct2)
-    model = WhisperForConditionalGeneration(hf_config(dims, suppress_ids, begin_suppress_ids))
-    state = {name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in hf_state_dict(ct2, dims).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # proj_out.weight is tied to the token embedding and therefore absent from the state dict.
-    missing = [name for name in missing if name != "proj_out.weight"]
-    if missing or unexpected:
-        raise ModelError(f"weights do not fit the Whisper model: missing {missing}, unexpected {unexpected}")
-    model.tie_weights()
-    return model.eval()

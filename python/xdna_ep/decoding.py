@@ -239,8 +239,9 @@ def decode(
     state = model.new_decoder_state(audio_features)
 
     # first step: the prompt, the same for every candidate, runs once; the cache is then repeated
-    logits = model.decode_step(state, tokens[:1])  # (1, len(prompt), n_vocab)
-    probs_at_sot = np.exp(log_softmax(logits[0, sot_index].astype(np.float64)))
+    # logits only where they are read: at <|startoftranscript|> (no-speech probability) and the last position
+    logits = model.decode_step(state, tokens[:1], positions=[sot_index, -1])  # (1, 2, n_vocab)
+    probs_at_sot = np.exp(log_softmax(logits[0, 0].astype(np.float64)))
     no_speech_prob = float(probs_at_sot[tokenizer.no_speech])
     logits = np.repeat(logits[:, -1], n_group, axis=0)  # (n_group, n_vocab)
     state.repeat(n_group)

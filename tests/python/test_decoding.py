@@ -58,7 +58,7 @@ class RecomputingModel:
     def __getattr__(self, name: str):
         return getattr(self.model, name)
 
-    def decode_step(self, state: DecoderState, tokens: np.ndarray) -> np.ndarray:
+    def decode_step(self, state: DecoderState, tokens: np.ndarray, positions=None) -> np.ndarray:
         sequence = state.past.get("sequence", np.zeros((tokens.shape[0], 0), dtype=np.int64))
         sequence = np.concatenate([sequence, tokens], axis=1)
         state.past["sequence"] = sequence
@@ -67,7 +67,8 @@ class RecomputingModel:
         logits = self.model.decoder.run(
             ["logits"], {"input_ids": sequence, "encoder_hidden_states": state.audio_features}
         )[0]
-        return logits[:, -tokens.shape[1]:]
+        logits = logits[:, -tokens.shape[1]:]
+        return logits if positions is None else logits[:, list(positions)]
 
 
 @pytest.mark.parametrize(

@@ -52,3 +52,24 @@ def test_unknown_device_and_corrupt_onnx(tmp_path):
     corrupt.write_bytes(b"not a protobuf")
     with pytest.raises(ModelError, match="ONNX Runtime cannot load"):
         create_session(corrupt, "cpu")
+
+
+def test_the_prompt_step_computes_only_the_logits_asked_for(tiny_en_model):
+    from xdna_ep.audio import log_mel_spectrogram, pad_or_trim
+    from conftest import AUDIO_DIR
+
+    model = tiny_en_model
+    features = model.encode(pad_or_trim(log_mel_spectrogram(str(AUDIO_DIR / "jfk.wav"))))
+    prompt = np.array([[model.tokenizer.sot_prev, 400, 1000, 2000, model.tokenizer.sot, model.tokenizer.no_timestamps]])
+    assert model._reads_positions  # the exported decoder_model takes logits_positions
+    full = model.decode_step(model.new_decoder_state(features), prompt)  # (1, 6, n_vocab)
+    state = model.new_decoder_state(features)
+    read = model.decode_step(state, prompt, positions=[4, -1])
+    assert read.shape == (1, 2, model.dims.n_vocab) and state.n_tokens == 6
+    # the same rows of the same product; the smaller GEMM may block its sums differently (measured 0.0)
+    np.testing.assert_allclose(read, full[:, [4, -1]], rtol=0, atol=1e-5)
+    next_step = model.decode_step(state, np.array([[int(read[0, -1].argmax())]]), positions=[-1])
+    assert next_step.shape == (1, 1, model.dims.n_vocab)
+    for bad in ([], [6], [-7]):
+        with pytest.raises(ValueError, match="logit positions must be in"):
+            model.decode_step(model.new_decoder_state(features), prompt, positions=bad)
