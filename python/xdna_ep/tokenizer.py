@@ -16,6 +16,7 @@ import os
 import re
 
 from xdna_ep.errors import ModelError
+from xdna_ep.languages import canonical_language
 
 TIME_PRECISION = 0.02  # seconds per timestamp token (30 s / 1500 encoder positions)
 TASKS = ("transcribe", "translate")
@@ -27,7 +28,7 @@ class Tokenizer:
     """Whisper's tokenizer for one model: English-only or multilingual.
 
     ``language_tokens`` maps language codes (``"en"``, ``"de"``, ...) to their token ids, in the
-    model's order. A multilingual prompt is ``sot, language, task``; an English-only one is ``sot``.
+    model's order; the codes are canonical (``he`` even where the vocabulary spells ``<|iw|>``). A multilingual prompt is ``sot, language, task``; an English-only one is ``sot``.
     """
 
     def __init__(self, tokenizer_json: str | os.PathLike, multilingual: bool) -> None:
@@ -51,7 +52,7 @@ class Tokenizer:
         for token_id in range(self.sot + 1, self.translate):
             match = _LANGUAGE_TOKEN.match(self.tokenizer.id_to_token(token_id) or "")
             if match:
-                self.language_tokens[match.group(1)] = token_id
+                self.language_tokens[canonical_language(match.group(1))] = token_id
 
     def _optional_id(self, token: str) -> int | None:
         return self.tokenizer.token_to_id(token)
@@ -68,9 +69,9 @@ class Tokenizer:
         return self.no_timestamps + 1
 
     def language_token(self, language: str) -> int:
-        """Id of ``<|language|>``; ValueError listing the known codes for an unknown one."""
+        """Id of ``<|language|>`` (``iw`` and ``he`` alike); ValueError listing the known codes for an unknown one."""
         try:
-            return self.language_tokens[language]
+            return self.language_tokens[canonical_language(language)]
         except KeyError:
             known = ", ".join(self.language_tokens)
             raise ValueError(f"unknown language code {language!r}; known codes: {known}") from None
