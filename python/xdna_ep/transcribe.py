@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from xdna_ep.audio import AudioInput
     from xdna_ep.model import WhisperModel
+    from xdna_ep.vad import VadOptions
 
 # DecodingOptions fields transcribe() sets itself for every attempt: not user options
 _PER_ATTEMPT_FIELDS = {"temperature", "prompt"}
@@ -54,6 +55,14 @@ class TranscribeOptions:
     initial_prompt: str | None = None
     # show a progress bar over the audio seconds (on stderr)
     progress: bool = False
+    # cut what Silero VAD does not call speech before decoding; segment times stay those of the recording
+    vad: bool = False
+    # Silero VAD's parameters (faster-whisper's names: threshold, min_speech_duration_ms, max_speech_duration_s,
+    # min_silence_duration_ms, speech_pad_ms, neg_threshold), a VadOptions or a dict; None: their defaults
+    vad_parameters: VadOptions | dict[str, Any] | None = None
+    # decode up to this many VAD chunks (<= 30 s of speech each) as one batch, as faster-whisper's
+    # BatchedInferencePipeline does (VAD on, text without timestamps, first temperature only); None: sequential
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
         temperatures = self.temperature
@@ -72,6 +81,18 @@ class TranscribeOptions:
             raise ValueError(f"compression_ratio_threshold must be > 0 or None, not {self.compression_ratio_threshold!r}")
         if self.no_speech_threshold is not None and not 0 <= self.no_speech_threshold <= 1:
             raise ValueError(f"no_speech_threshold must be in [0, 1] or None, not {self.no_speech_threshold!r}")
+        from xdna_ep.languages import normalize_language
+
+        language = normalize_language(self.decoding.language)  # "auto", names, iw -> he
+        if language != self.decoding.language:
+            object.__setattr__(self, "decoding", replace(self.decoding, language=language))
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                            or self.batch_size < 1):
+            raise ValueError(f"batch_size must be an integer >= 1 or None, not {self.batch_size!r}")
+        if self.vad_parameters is not None:
+            from xdna_ep.vad import VadOptions
+
+            object.__setattr__(self, "vad_parameters", VadOptions.from_value(self.vad_parameters))
 
     @classmethod
     def from_kwargs(cls, **options: Any) -> TranscribeOptions:
@@ -126,8 +147,15 @@ def transcribe(
 ) -> Transcription:
     """Transcribe ``audio`` (a path, or (n_samples,) float32 mono samples at 16 kHz) with ``model``.
 
-    ``on_segment`` is called with each segment as soon as it is decoded.
+    ``on_segment`` is called with each segment as soon as it is decoded. With ``options.vad`` only what
+    Silero VAD calls speech is decoded; with ``options.batch_size`` the VAD chunks are decoded in batches.
     """
+    if options.batch_size is not None:
+        from xdna_ep.batched import transcribe_batched
+
+        return transcribe_batched(model, audio, options, on_segment)
+    if options.vad:
+        return _transcribe_speech(model, audio, options, on_segment)
     import numpy as np
 
     from xdna_ep.audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, load_audio, log_mel_spectrogram, pad_or_trim
@@ -314,6 +342,54 @@ def transcribe(
         timing={name: round(seconds, 4) for name, seconds in timing.items()},
         stats=stats,
     )
+
+
+def _transcribe_speech(
+    model: WhisperModel,
+    audio: AudioInput,
+    options: TranscribeOptions,
+    on_segment: Callable[[Segment], None] | None,
+) -> Transcription:
+    """``transcribe`` with VAD, as faster-whisper's ``vad_filter``: the speech Silero VAD finds is
+    concatenated and transcribed as one recording; segment times are mapped back to the original."""
+    from xdna_ep.audio import N_SAMPLES, SAMPLE_RATE, load_audio, log_mel_spectrogram, pad_or_trim
+    from xdna_ep.vad import SpeechMap, VadOptions, speech_timestamps
+
+    vad_options = options.vad_parameters or VadOptions()
+    started = time.perf_counter()
+    samples = load_audio(audio)
+    speech_map = SpeechMap(speech_timestamps(samples, vad_options))
+    vad_seconds = time.perf_counter() - started
+    duration = samples.size / SAMPLE_RATE
+    vad_stats = {
+        "vad_speech_chunks": len(speech_map.chunks),
+        "vad_removed_seconds": round(duration - speech_map.speech_samples / SAMPLE_RATE, 3),
+    }
+
+    if speech_map.speech_samples == 0:  # nothing to decode; the language is still that of the recording
+        language = options.decoding.language
+        if language is None:
+            from xdna_ep.decoding import detect_language
+
+            mel = log_mel_spectrogram(samples[:N_SAMPLES], model.dims.n_mels)
+            language, _ = detect_language(model, model.encode(pad_or_trim(mel)))
+        total = time.perf_counter() - started
+        return Transcription(
+            text="", segments=[], language=language, duration=duration,
+            timing={"vad": round(vad_seconds, 4), "total": round(total, 4)},
+            stats={"model": model.name, "device": model.device, "windows": 0, **vad_stats},
+        )
+
+    def original(segment: Segment) -> Segment:
+        start, end = speech_map.segment_times(segment.start, segment.end, vad_options.speech_pad_ms / 1000)
+        return replace(segment, start=start, end=end)
+
+    on_speech_segment = None if on_segment is None else (lambda segment: on_segment(original(segment)))
+    result = transcribe(model, speech_map.cut(samples), replace(options, vad=False), on_speech_segment)
+    segments = [original(segment) for segment in result.segments]
+    timing = {"vad": round(vad_seconds, 4), **result.timing, "total": round(time.perf_counter() - started, 4)}
+    stats = {**result.stats, **vad_stats, "real_time_factor": timing["total"] / duration}
+    return replace(result, segments=segments, duration=duration, timing=timing, stats=stats)
 
 
 # -- command line ---------------------------------------------------------------------------------------

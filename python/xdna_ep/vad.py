@@ -252,6 +252,26 @@ class SpeechMap:
             chunk_index = self.chunk_index(time, is_end)
         return round(self.silence_before[chunk_index] + time, 3)
 
+    def segment_times(self, start: float, end: float, pad: float) -> tuple[float, float]:
+        """A segment's (start, end) in the concatenated speech -> seconds in the original recording.
+
+        Whisper starts a segment where the previous one ended, which after a cut can be in the padding
+        that closes the previous chunk: a segment that crosses a cut with no more than ``pad`` seconds
+        (VAD's speech_pad, not speech by VAD's account) on one side is moved wholly to the other side,
+        so it does not span the audio that was cut.
+        """
+        if not self.chunk_end:
+            return start, end
+        first, last = self.chunk_index(start), self.chunk_index(end, is_end=True)
+        begins = [0, *self.chunk_end[:-1]]  # chunk starts in the concatenated audio, in samples
+        if first < last and self.chunk_end[first] / SAMPLE_RATE - start <= pad:
+            first += 1
+            start = max(start, begins[first] / SAMPLE_RATE)
+        if first < last and end - begins[last] / SAMPLE_RATE <= pad:
+            last -= 1
+            end = min(end, self.chunk_end[last] / SAMPLE_RATE)
+        return self.original_time(start, chunk_index=first), self.original_time(end, chunk_index=last)
+
     def cut(self, samples: np.ndarray) -> np.ndarray:
         """The speech of ``samples``, concatenated: (speech_samples,) float32."""
         if not self.chunks:
