@@ -1,0 +1,240 @@
+"""Batched long-form transcription: VAD chunks of up to 30 s decoded several at a time, as one batch.
+
+Follows faster-whisper's ``BatchedInferencePipeline``: Silero VAD finds the speech (stretches split at
+``max_speech_duration_s = 30``, pauses of 160 ms end a stretch unless ``vad_parameters`` say
+otherwise); consecutive stretches are packed into chunks of at most 30 s (and, unlike faster-whisper, no pause
+longer than 2 s inside one, so a chunk's segment does not span a long silence); ``batch_size`` chunks are
+encoded as one (batch, n_mels, 3000) input and decoded together, the decoder's batch dimension holding
+one chunk per row. Every chunk is decoded with the same prompt (no previous text), without timestamps
+and at the first temperature of the schedule only, so each chunk becomes one segment whose times are
+mapped back to the recording. A chunk the model calls silence with an unlikely decoding is dropped, as
+the sequential path drops such a window.
+
+Sequential decoding (``transcribe`` without ``batch_size``) runs the decoder once per token for one
+window; here one decoder call per token serves ``batch_size`` windows, which is where the speed-up on
+long recordings comes from.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from xdna_ep.audio import CHUNK_LENGTH, N_FRAMES, SAMPLE_RATE, load_audio, log_mel_spectrogram, pad_or_trim
+from xdna_ep.decoding import (
+    DecodingOptions,
+    DecodingResult,
+    LogitFilter,
+    check_model_options,
+    compression_ratio,
+    detect_language,
+    initial_tokens,
+    log_softmax,
+)
+from xdna_ep.ep import stats as npu_stats
+from xdna_ep.vad import SpeechMap, VadOptions, speech_timestamps
+
+if TYPE_CHECKING:
+    from xdna_ep.audio import AudioInput
+    from xdna_ep.model import WhisperModel
+    from xdna_ep.transcribe import Segment, TranscribeOptions, Transcription
+
+# faster-whisper's batched VAD defaults: short pauses end a stretch; no stretch longer than a window
+BATCHED_VAD_OPTIONS = VadOptions(min_silence_duration_ms=160, max_speech_duration_s=CHUNK_LENGTH)
+
+
+# a pause longer than this starts a new chunk, so a chunk's segment never spans a long cut (faster-whisper
+# packs across any pause; its segment then covers the silence between)
+MAX_PAUSE_IN_CHUNK = 2.0  # seconds
+
+
+def pack_chunks(
+    stretches: list[tuple[int, int]], max_samples: int, max_pause_samples: int
+) -> list[list[tuple[int, int]]]:
+    """Consecutive stretches of speech (start, end samples) grouped so each group holds <= ``max_samples``
+    of speech and no pause longer than ``max_pause_samples``."""
+    groups: list[list[tuple[int, int]]] = []
+    size = 0
+    for start, end in stretches:
+        if groups and size + (end - start) <= max_samples and start - groups[-1][-1][1] <= max_pause_samples:
+            groups[-1].append((start, end))
+            size += end - start
+        else:
+            groups.append([(start, end)])
+            size = end - start
+    return groups
+
+
+def decode_batch(
+    model: WhisperModel, audio_features: np.ndarray, options: DecodingOptions, language: str
+) -> list[DecodingResult]:
+    """Decode ``audio_features`` (batch, n_audio_ctx, n_audio_state), one window per row, with one prompt.
+
+    Greedy at ``options.temperature == 0``, else one sample per row. A row that has ended is fed
+    ``<|endoftext|>`` until every row has; its log probability stops counting when it ends.
+    """
+    tokenizer = model.tokenizer
+    n_batch = audio_features.shape[0]
+    n_text_ctx = model.dims.n_text_ctx
+    prompt = initial_tokens(tokenizer, options, language, n_text_ctx)
+    sample_begin = len(prompt)
+    sot_index = prompt.index(tokenizer.sot)
+    sample_len = options.sample_len or n_text_ctx // 2
+    logit_filter = LogitFilter(tokenizer, options, sample_begin)
+    rng = np.random.default_rng(options.seed)
+
+    tokens = np.tile(np.array(prompt, dtype=np.int64), (n_batch, 1))  # (batch, n)
+    sum_logprobs = np.zeros(n_batch, dtype=np.float64)
+    state = model.new_decoder_state(audio_features)
+    logits = model.decode_step(state, tokens)  # (batch, len(prompt), n_vocab)
+    no_speech_probs = np.exp(log_softmax(logits[:, sot_index].astype(np.float64)))[:, tokenizer.no_speech]
+    logits = logits[:, -1]
+    for step in range(sample_len):
+        if step > 0:
+            logits = model.decode_step(state, tokens[:, -1:])[:, -1]  # (batch, n_vocab)
+        logits = logits.astype(np.float32, copy=True)
+        logit_filter.apply(logits, tokens)
+        if options.temperature == 0:
+            next_tokens = logits.argmax(axis=-1)
+        else:  # Gumbel-max sampling, as decoding.decode
+            gumbel = -np.log(-np.log(rng.uniform(size=logits.shape)))
+            next_tokens = (logits / options.temperature + gumbel).argmax(axis=-1)
+        logprobs = log_softmax(logits)
+        finished = tokens[:, -1] == tokenizer.eot
+        sum_logprobs += np.where(finished, 0.0, logprobs[np.arange(n_batch), next_tokens])
+        next_tokens[finished] = tokenizer.eot
+        tokens = np.concatenate([tokens, next_tokens[:, None]], axis=1)
+        if (next_tokens == tokenizer.eot).all() or state.n_tokens + 1 > n_text_ctx:
+            break
+
+    results = []
+    for row, (sampled, sum_logprob) in enumerate(zip(tokens[:, sample_begin:].tolist(), sum_logprobs)):
+        sampled = sampled[: sampled.index(tokenizer.eot)] if tokenizer.eot in sampled else sampled
+        text = tokenizer.decode(sampled)
+        results.append(
+            DecodingResult(
+                tokens=sampled,
+                text=text,
+                language=language,
+                avg_logprob=float(sum_logprob / (len(sampled) + 1)),
+                no_speech_prob=float(no_speech_probs[row]),
+                temperature=options.temperature,
+                compression_ratio=compression_ratio(text),
+            )
+        )
+    return results
+
+
+def transcribe_batched(
+    model: WhisperModel,
+    audio: AudioInput,
+    options: TranscribeOptions,
+    on_segment: Callable[[Segment], None] | None = None,
+) -> Transcription:
+    """Transcribe ``audio`` by VAD chunks, ``options.batch_size`` chunks per encoder and decoder batch."""
+    from xdna_ep.transcribe import Segment, Transcription
+
+    assert options.batch_size is not None  # transcribe() sends only batched options here
+    timing = {"load_audio": 0.0, "vad": 0.0, "log_mel": 0.0, "encode": 0.0, "decode": 0.0}
+    started = time.perf_counter()
+    # the first temperature of the schedule, no previous text, no timestamps (faster-whisper's batched mode)
+    decoding = replace(
+        options.decoding,
+        temperature=options.temperature[0],
+        without_timestamps=True,
+        prompt=options.initial_prompt.strip() if options.initial_prompt else None,
+    )
+    check_model_options(model, decoding)
+    samples = load_audio(audio)
+    duration = samples.size / SAMPLE_RATE
+    timing["load_audio"] = time.perf_counter() - started
+
+    clock = time.perf_counter()
+    stretches = speech_timestamps(samples, options.vad_parameters or BATCHED_VAD_OPTIONS)
+    groups = pack_chunks(stretches, CHUNK_LENGTH * SAMPLE_RATE, round(MAX_PAUSE_IN_CHUNK * SAMPLE_RATE))
+    timing["vad"] = time.perf_counter() - clock
+
+    npu_before = npu_stats.snapshot() if model.device in ("sim", "npu") else None
+    stats: dict = {
+        "model": model.name,
+        "device": model.device,
+        "batch_size": options.batch_size,
+        "windows": len(groups),
+        "batches": 0,
+        "skipped_no_speech": 0,
+        "sampled_tokens": 0,
+        "vad_speech_chunks": len(stretches),
+        "vad_removed_seconds": round(duration - sum(end - start for start, end in stretches) / SAMPLE_RATE, 3),
+    }
+    progress = None
+    if options.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(groups), unit="chunk", file=sys.stderr, leave=False)
+
+    language = decoding.language
+    segments: list[Segment] = []
+    for first in range(0, len(groups), options.batch_size):
+        batch_groups = groups[first:first + options.batch_size]
+        clock = time.perf_counter()
+        mels = []
+        for group in batch_groups:
+            chunk = np.concatenate([samples[start:end] for start, end in group])
+            mels.append(pad_or_trim(log_mel_spectrogram(chunk, model.dims.n_mels), N_FRAMES))
+        timing["log_mel"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        features = model.encode(np.stack(mels))  # (batch, n_audio_ctx, n_audio_state)
+        timing["encode"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        if language is None:  # detected once, on the first chunk (faster-whisper: on the first 30 s of speech)
+            language, _ = detect_language(model, features[:1])
+        results = decode_batch(model, features, decoding, language)
+        timing["decode"] += time.perf_counter() - clock
+        stats["batches"] += 1
+
+        for group, result in zip(batch_groups, results):
+            silence = options.no_speech_threshold is not None and result.no_speech_prob > options.no_speech_threshold
+            unlikely = options.logprob_threshold is None or result.avg_logprob < options.logprob_threshold
+            if (silence and unlikely) or not result.text.strip():
+                stats["skipped_no_speech"] += 1
+                continue
+            segment = Segment(
+                id=len(segments),
+                seek=round(group[0][0] * N_FRAMES / (CHUNK_LENGTH * SAMPLE_RATE)),
+                start=round(group[0][0] / SAMPLE_RATE, 3),
+                end=round(group[-1][1] / SAMPLE_RATE, 3),
+                text=result.text,
+                tokens=result.tokens,
+                temperature=result.temperature,
+                avg_logprob=result.avg_logprob,
+                compression_ratio=result.compression_ratio,
+                no_speech_prob=result.no_speech_prob,
+            )
+            segments.append(segment)
+            stats["sampled_tokens"] += len(result.tokens)
+            if on_segment is not None:
+                on_segment(segment)
+        if progress is not None:
+            progress.update(len(batch_groups))
+
+    if progress is not None:
+        progress.close()
+    if language is None:  # no speech at all: the language is still that of the recording
+        mel = pad_or_trim(log_mel_spectrogram(samples[: CHUNK_LENGTH * SAMPLE_RATE], model.dims.n_mels), N_FRAMES)
+        language, _ = detect_language(model, model.encode(mel))
+    timing["total"] = time.perf_counter() - started
+    stats["real_time_factor"] = timing["total"] / duration if duration > 0 else 0.0
+    if npu_before is not None:
+        stats["npu"] = npu_stats.since(npu_before)
+    return Transcription(
+        text="".join(segment.text for segment in segments).strip(),
+        segments=segments,
+        language=language,
+        duration=duration,
+        timing={name: round(seconds, 4) for name, seconds in timing.items()},
+        stats=stats,
+    )
