@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from xdna_ep import __version__
 from xdna_ep.errors import XdnaError
 
 # subcommand -> (module that implements it, one-line help)
@@ -31,6 +32,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xdna-ep", description="Whisper speech-to-text on ONNX Runtime, its matrix work on the AMD XDNA NPU"
     )
+    parser.add_argument("--version", action="version", version=f"xdna-ep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)

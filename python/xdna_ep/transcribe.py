@@ -92,6 +92,9 @@ class TranscribeOptions:
         if self.vad_parameters is not None:
             from xdna_ep.vad import VadOptions
 
+            if not self.vad and self.batch_size is None:
+                raise ValueError("vad_parameters are used only with vad=True or a batch_size (--vad, --batch-size)")
+
             object.__setattr__(self, "vad_parameters", VadOptions.from_value(self.vad_parameters))
 
     @classmethod
@@ -408,6 +411,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     from xdna_ep.model import DEVICES, WhisperModel
     from xdna_ep.models.registry import DEFAULT_MODEL
     from xdna_ep.tokenizer import TASKS
+    from xdna_ep.vad import VadOptions
     from xdna_ep.writers import FORMATS
 
     default_device = inspect.signature(WhisperModel).parameters["device"].default
@@ -420,7 +424,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--precision", choices=PRECISIONS, help="NPU arithmetic (bf16, or accurate: about fp32)")
     parser.add_argument("--strict", action="store_true", default=None, help="fail instead of falling back to the CPU")
-    parser.add_argument("--language", help="language code (default: detect with multilingual models)")
+    parser.add_argument(
+        "--language", help="language code or English name, or auto (default: auto with multilingual models)"
+    )
     parser.add_argument("--task", choices=TASKS, help=f"default: {DecodingOptions.task}")
     parser.add_argument(
         "--temperature", type=_temperatures, metavar="T[,T...]",
@@ -434,10 +440,28 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--without-timestamps", action="store_true", default=None, help="decode text only, no segments")
     parser.add_argument(
+        "--vad", action="store_true", default=None,
+        help="decode only what Silero VAD calls speech (faster-whisper's vad_filter); times stay the recording's",
+    )
+    for vad_field in fields(VadOptions):
+        default = vad_field.default
+        parser.add_argument(
+            f"--vad-{vad_field.name.replace('_', '-')}", dest=f"vad_{vad_field.name}", type=float,
+            metavar="X", help=f"VAD {vad_field.name} (default: {default})",
+        )
+    parser.add_argument(
+        "--batch-size", type=int, metavar="N",
+        help="decode N VAD chunks of <= 30 s at once (faster-whisper's batched pipeline: VAD on, "
+        "one segment per chunk, first temperature only)",
+    )
+    parser.add_argument(
         "--output-format", choices=(*FORMATS, "all"),
         help="write the transcript in this format (default: only print it; with --output-dir: all)",
     )
     parser.add_argument("--output-dir", type=Path, help="folder for the output files (default: current folder)")
+    parser.add_argument(
+        "--plain", action="store_true", help="print only the text (default: the language, then timestamped segments)"
+    )
     parser.add_argument("--progress", action="store_true", default=None, help="progress bar on stderr")
     parser.add_argument("--verbose", action="store_true", help="print segments as they are decoded, and timings, on stderr")
 
@@ -447,22 +471,60 @@ def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
+def _vad_parameters(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The --vad-* values given, under VadOptions' names (ints where its default is an int)."""
+    from xdna_ep.vad import VadOptions
+
+    given = {}
+    for vad_field in fields(VadOptions):
+        value = getattr(args, f"vad_{vad_field.name}")
+        if value is not None:
+            given[vad_field.name] = int(value) if isinstance(vad_field.default, int) and value.is_integer() else value
+    return given or None
+
+
+def output_stems(files: list[str]) -> list[str]:
+    """One output name per input file, never the same twice: the stem (``jfk``), or where stems collide
+    the file name (``jfk.wav``, ``jfk.mp3``), or where names collide too the name and a number."""
+    stems = [Path(file).stem for file in files]
+    names = [Path(file).name for file in files]
+    result = [stem if stems.count(stem) == 1 else name for stem, name in zip(stems, names)]
+    seen: dict[str, int] = {}
+    for index, name in enumerate(result):
+        if result.count(name) > 1:
+            seen[name] = seen.get(name, 0) + 1
+            result[index] = f"{name}-{seen[name]}"
+    return result
+
+
 def run_command(args: argparse.Namespace) -> int:
-    """``xdna-ep transcribe``: print each file's transcript, optionally write txt/srt/vtt/json files."""
-    from xdna_ep.errors import AudioError, XdnaError
+    """``xdna-ep transcribe``: print each file's transcript, optionally write txt/srt/vtt/json files.
+
+    A file that cannot be transcribed is reported (``error: FILE: ...``) and the batch goes on; the exit
+    status is 2 if any file failed. Options and the language are checked before the model loads.
+    """
+    from xdna_ep.errors import XdnaError
     from xdna_ep.model import WhisperModel
     from xdna_ep.writers import write_result
 
-    for file in args.files:  # fail before loading the model
-        if not Path(file).is_file():
-            raise AudioError(f"audio file not found: {file}")
     try:
         options = TranscribeOptions.from_kwargs(
             **_given(args, "language", "task", "without_timestamps", "temperature", "initial_prompt",
-                     "condition_on_previous_text", "progress")
+                     "condition_on_previous_text", "progress", "vad", "batch_size"),
+            vad_parameters=_vad_parameters(args),
         )
     except ValueError as error:
         raise XdnaError(str(error)) from None
+    if (args.device or "cpu") == "cpu" and args.strict:
+        print("note: --strict has nothing to guard on --device cpu: no node runs on the NPU, so none can fall back",
+              file=sys.stderr)
+    files = [file for file in args.files if Path(file).is_file()]
+    failed = [file for file in args.files if file not in files]
+    for file in failed:  # reported before the model loads
+        print(f"error: {file}: audio file not found" if not Path(file).exists() else f"error: {file}: not a file",
+              file=sys.stderr)
+    if not files:
+        return 2
     model_options = _given(args, "device", "profile", "precision", "strict")
     model = WhisperModel(args.model, **model_options) if args.model else WhisperModel(**model_options)
     try:
@@ -474,11 +536,19 @@ def run_command(args: argparse.Namespace) -> int:
 
     output_format = args.output_format or ("all" if args.output_dir else None)
     on_segment = _print_segment if args.verbose else None
-    for file in args.files:
-        result = transcribe(model, file, options, on_segment=on_segment)
+    for file, stem in zip(args.files, output_stems(args.files)):
+        if file in failed:
+            continue
+        try:
+            result = transcribe(model, file, options, on_segment=on_segment)
+        except XdnaError as error:  # a bad file (or a strict fallback): report it, go on with the others
+            print(f"error: {file}: {error}", file=sys.stderr)
+            failed.append(file)
+            continue
         if len(args.files) > 1:
             print(f"==> {file} <==")
-        print(result.text)
+        detected = options.decoding.language is None and model.is_multilingual
+        print(result.text if args.plain else format_transcript(result, detected))
         if "npu" in result.stats:
             print(npu_stats.summary(result.stats["npu"]), file=sys.stderr)
         if args.verbose:
@@ -487,15 +557,33 @@ def run_command(args: argparse.Namespace) -> int:
         if output_format:
             output_dir = args.output_dir or Path(".")
             try:
-                paths = write_result(result, Path(file).stem, output_dir, output_format)
+                paths = write_result(result, stem, output_dir, output_format)
             except OSError as error:
                 raise XdnaError(f"cannot write the transcript into {output_dir}: {error}") from None
             for path in paths:
                 print(f"wrote {path}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} of {len(args.files)} files failed: {', '.join(failed)}", file=sys.stderr)
+        return 2
     return 0
 
 
-def _print_segment(segment: Segment) -> None:
+def format_transcript(result: Transcription, detected: bool) -> str:
+    """The default printout: the language line, then one ``[start --> end] text`` line per segment."""
+    from xdna_ep.languages import language_name
     from xdna_ep.writers import format_timestamp
 
-    print(f"[{format_timestamp(segment.start)} --> {format_timestamp(segment.end)}]{segment.text}", file=sys.stderr)
+    label = "Detected language" if detected else "Language"
+    lines = [f"{label}: {language_name(result.language)} ({result.language})"]
+    for segment in result.segments:
+        lines.append(f"[{format_timestamp(segment.start)} --> {format_timestamp(segment.end)}] {segment.text.strip()}")
+    return "\n".join(lines)
+
+
+def _print_segment(segment: Segment) -> None:
+    from tqdm import tqdm
+
+    from xdna_ep.writers import format_timestamp
+
+    # through tqdm, so a progress bar on the same stream is cleared first and redrawn below the line
+    tqdm.write(f"[{format_timestamp(segment.start)} --> {format_timestamp(segment.end)}]{segment.text}", file=sys.stderr)
