@@ -388,7 +388,7 @@ def _transcribe_speech(
         return replace(segment, start=start, end=end)
 
     on_speech_segment = None if on_segment is None else (lambda segment: on_segment(original(segment)))
-    result = transcribe(model, speech_map.cut(samples), replace(options, vad=False), on_speech_segment)
+    result = transcribe(model, speech_map.cut(samples), replace(options, vad=False, vad_parameters=None), on_speech_segment)
     segments = [original(segment) for segment in result.segments]
     timing = {"vad": round(vad_seconds, 4), **result.timing, "total": round(time.perf_counter() - started, 4)}
     stats = {**result.stats, **vad_stats, "real_time_factor": timing["total"] / duration}
@@ -488,12 +488,14 @@ def output_stems(files: list[str]) -> list[str]:
     the file name (``jfk.wav``, ``jfk.mp3``), or where names collide too the name and a number."""
     stems = [Path(file).stem for file in files]
     names = [Path(file).name for file in files]
-    result = [stem if stems.count(stem) == 1 else name for stem, name in zip(stems, names)]
+    unique = [stem if stems.count(stem) == 1 else name for stem, name in zip(stems, names)]
     seen: dict[str, int] = {}
-    for index, name in enumerate(result):
-        if result.count(name) > 1:
+    result = []
+    for name in unique:
+        if unique.count(name) > 1:
             seen[name] = seen.get(name, 0) + 1
-            result[index] = f"{name}-{seen[name]}"
+            name = f"{name}-{seen[name]}"
+        result.append(name)
     return result
 
 

@@ -233,7 +233,8 @@ def test_one_call_api(tiny_en_model):
 
 
 def test_cli_transcribes_and_writes_every_format(tmp_path, capsys):
-    assert main(["transcribe", str(AUDIO_DIR / "jfk.wav"), "--output-format", "all", "--output-dir", str(tmp_path)]) == 0
+    arguments = ["--output-format", "all", "--output-dir", str(tmp_path), "--plain"]
+    assert main(["transcribe", str(AUDIO_DIR / "jfk.wav"), *arguments]) == 0
     printed = capsys.readouterr().out
     assert "ask not what your country" in _normalise(printed)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["jfk.json", "jfk.srt", "jfk.txt", "jfk.vtt"]
@@ -246,7 +247,7 @@ def test_cli_transcribes_and_writes_every_format(tmp_path, capsys):
     [
         (["missing.wav"], "audio file not found"),
         (["EMPTY"], "empty"),
-        (["jfk.wav", "--language", "xx"], "unknown language code 'xx'"),
+        (["jfk.wav", "--language", "xx"], "unknown language 'xx'"),
         (["jfk.wav", "--task", "translate"], "English-only"),
         (["jfk.wav", "--model", "nosuch"], "unknown model 'nosuch'"),
         (["jfk.wav", "--temperature", "-1"], "temperature"),
