@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench-transcribe": ("xdna_ep.bench_transcribe", "time transcription against faster-whisper on the same weights"),
     "inspect": ("xdna_ep.inspect_model", "show the fused nodes of a model, their placement and why"),
     "serve": ("xdna_ep.server", "HTTP transcription server (OpenAI audio API, whisper.cpp /inference)"),
+    "bench-longform": ("xdna_ep.bench_longform", "VAD on a recording with long gaps; batched vs sequential vs faster-whisper"),
     "bench-serve": ("xdna_ep.serve_bench", "load the HTTP server with concurrent clients; check every answer"),
     "bench": ("xdna_ep.bench", "modelled NPU time of a 30-s encoder pass per model, and where it goes"),
     "designs": ("xdna_ep.designs", "NPU designs: check them against the hardware limits, time their simulation"),
