@@ -5,9 +5,10 @@ Follows faster-whisper's ``BatchedInferencePipeline``: Silero VAD finds the spee
 otherwise); consecutive stretches are packed into chunks of at most 30 s (and, unlike faster-whisper, no pause
 longer than 2 s inside one, so a chunk's segment does not span a long silence); ``batch_size`` chunks are
 encoded as one (batch, n_mels, 3000) input and decoded together, the decoder's batch dimension holding
-one chunk per row. Every chunk is decoded with the same prompt (no previous text), without timestamps
-and at the first temperature of the schedule only, so each chunk becomes one segment whose times are
-mapped back to the recording. A chunk the model calls silence with an unlikely decoding is dropped, as
+one chunk per row. Every chunk is decoded with the same prompt (no previous text) and at the first
+temperature of the schedule only. With timestamps (the default here; faster-whisper's batched mode
+defaults to ``without_timestamps=True``) a chunk's timestamp pairs give its segments; without, the
+chunk is one segment. Segment times are mapped back to the recording. A chunk the model calls silence with an unlikely decoding is dropped, as
 the sequential path drops such a window.
 
 Sequential decoding (``transcribe`` without ``batch_size``) runs the decoder once per token for one
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from xdna_ep.audio import CHUNK_LENGTH, N_FRAMES, SAMPLE_RATE, load_audio, log_mel_spectrogram, pad_or_trim
+from xdna_ep.audio import CHUNK_LENGTH, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, load_audio, log_mel_spectrogram, pad_or_trim
 from xdna_ep.decoding import (
     DecodingOptions,
     DecodingResult,
@@ -36,6 +37,7 @@ from xdna_ep.decoding import (
     log_softmax,
 )
 from xdna_ep.ep import stats as npu_stats
+from xdna_ep.tokenizer import TIME_PRECISION
 from xdna_ep.vad import SpeechMap, VadOptions, speech_timestamps
 
 if TYPE_CHECKING:
@@ -67,6 +69,33 @@ def pack_chunks(
             groups.append([(start, end)])
             size = end - start
     return groups
+
+
+def split_at_timestamps(
+    tokens: list[int], timestamp_begin: int, chunk_seconds: float
+) -> list[tuple[float, float, list[int]]]:
+    """Sampled tokens of one chunk -> (start, end, tokens) per segment, in chunk seconds.
+
+    ``<|t0|> text <|t1|><|t1|> text <|t2|>``: each text between a timestamp and the next is a segment;
+    text with no closing timestamp runs to the end of the chunk, and text with none at all (decoded
+    without timestamps) is one segment over the whole chunk.
+    """
+    segments = []
+    start: float | None = None
+    pending: list[int] = []  # the current segment's tokens, its timestamps included
+    for token in tokens:
+        if token < timestamp_begin:
+            pending.append(token)
+            continue
+        seconds = (token - timestamp_begin) * TIME_PRECISION
+        if start is not None and any(t < timestamp_begin for t in pending):
+            segments.append((start, seconds, pending + [token]))
+            start, pending = None, []
+        else:  # an opening timestamp (or the second of a pair)
+            start, pending = seconds, [token]
+    if any(t < timestamp_begin for t in pending):
+        segments.append((start or 0.0, chunk_seconds, pending))
+    return segments
 
 
 def decode_batch(
@@ -141,11 +170,10 @@ def transcribe_batched(
     assert options.batch_size is not None  # transcribe() sends only batched options here
     timing = {"load_audio": 0.0, "vad": 0.0, "log_mel": 0.0, "encode": 0.0, "decode": 0.0}
     started = time.perf_counter()
-    # the first temperature of the schedule, no previous text, no timestamps (faster-whisper's batched mode)
+    # the first temperature of the schedule, no previous text (faster-whisper's batched mode)
     decoding = replace(
         options.decoding,
         temperature=options.temperature[0],
-        without_timestamps=True,
         prompt=options.initial_prompt.strip() if options.initial_prompt else None,
     )
     check_model_options(model, decoding)
@@ -155,6 +183,7 @@ def transcribe_batched(
 
     clock = time.perf_counter()
     stretches = speech_timestamps(samples, options.vad_parameters or BATCHED_VAD_OPTIONS)
+    pad = (options.vad_parameters or BATCHED_VAD_OPTIONS).speech_pad_ms / 1000
     groups = pack_chunks(stretches, CHUNK_LENGTH * SAMPLE_RATE, round(MAX_PAUSE_IN_CHUNK * SAMPLE_RATE))
     timing["vad"] = time.perf_counter() - clock
 
@@ -202,22 +231,30 @@ def transcribe_batched(
             if (silence and unlikely) or not result.text.strip():
                 stats["skipped_no_speech"] += 1
                 continue
-            segment = Segment(
-                id=len(segments),
-                seek=round(group[0][0] * N_FRAMES / (CHUNK_LENGTH * SAMPLE_RATE)),
-                start=round(group[0][0] / SAMPLE_RATE, 3),
-                end=round(group[-1][1] / SAMPLE_RATE, 3),
-                text=result.text,
-                tokens=result.tokens,
-                temperature=result.temperature,
-                avg_logprob=result.avg_logprob,
-                compression_ratio=result.compression_ratio,
-                no_speech_prob=result.no_speech_prob,
-            )
-            segments.append(segment)
+            speech_map = SpeechMap(group)  # chunk time -> recording time
+            chunk_seconds = speech_map.speech_samples / SAMPLE_RATE
+            for start, end, segment_tokens in split_at_timestamps(result.tokens, model.tokenizer.timestamp_begin,
+                                                                  chunk_seconds):
+                text = model.tokenizer.decode(segment_tokens)
+                start, end = speech_map.segment_times(min(start, chunk_seconds), min(end, chunk_seconds), pad)
+                if start >= end or not text.strip():
+                    continue
+                segment = Segment(
+                    id=len(segments),
+                    seek=round(group[0][0] / HOP_LENGTH),
+                    start=start,
+                    end=end,
+                    text=text,
+                    tokens=segment_tokens,
+                    temperature=result.temperature,
+                    avg_logprob=result.avg_logprob,
+                    compression_ratio=result.compression_ratio,
+                    no_speech_prob=result.no_speech_prob,
+                )
+                segments.append(segment)
+                if on_segment is not None:
+                    on_segment(segment)
             stats["sampled_tokens"] += len(result.tokens)
-            if on_segment is not None:
-                on_segment(segment)
         if progress is not None:
             progress.update(len(batch_groups))
 

@@ -10,7 +10,7 @@ Two recordings, built in memory from speech clips with reference transcripts:
 - **long**: every clip with a reference, 1 s of silence after each, repeated until it lasts
   ``minutes``. Sequential xdna-ep (30-s windows with seek, no VAD), batched xdna-ep (``batch_size``),
   and faster-whisper's ``BatchedInferencePipeline`` (same weights, fp32, greedy: ``beam_size=1``,
-  ``batch_size``), one run each in one process: wall time, audio seconds per second, WER against the
+  ``batch_size``), both with timestamps and text only, one run each in one process: wall time, audio seconds per second, WER against the
   references (lower case, punctuation removed).
 
 Needs the bench extra (faster-whisper, jiwer). The shared clips are read from ``--audio-dir``
@@ -138,30 +138,33 @@ def bench_batched(model, options: LongformBenchOptions, folder: Path) -> list[st
     samples, reference = long_recording(folder, options.minutes)
     duration = samples.size / SAMPLE_RATE
     reference = normalise(reference)
-    runs = {
-        "xdna-ep sequential": lambda: transcribe(model, samples, TranscribeOptions()).text,
-        f"xdna-ep batched {options.batch_size}": (
-            lambda: transcribe(model, samples, TranscribeOptions(batch_size=options.batch_size)).text
-        ),
-    }
-    pipeline = BatchedInferencePipeline(faster_whisper_model(options.model, "float32", cpu_threads=options.threads))
-
-    def faster_whisper_batched() -> str:
-        segments, _ = pipeline.transcribe(
-            samples, batch_size=options.batch_size, beam_size=1, language="en", without_timestamps=True
+    batch = options.batch_size
+    runs = {"xdna-ep sequential": lambda: transcribe(model, samples, TranscribeOptions()).text}
+    threads = options.threads or os.cpu_count() or 1  # as many as ONNX Runtime uses for xdna-ep
+    pipeline = BatchedInferencePipeline(faster_whisper_model(options.model, "float32", cpu_threads=threads))
+    for without_timestamps in (False, True):
+        kind = "text only" if without_timestamps else "timestamps"
+        batched_options = TranscribeOptions.from_kwargs(batch_size=batch, without_timestamps=without_timestamps)
+        runs[f"xdna-ep batched {batch}, {kind}"] = (
+            lambda batched_options=batched_options: transcribe(model, samples, batched_options).text
         )
-        return "".join(segment.text for segment in segments)
 
-    runs[f"faster-whisper batched {options.batch_size}"] = faster_whisper_batched
+        def faster_whisper_batched(without_timestamps: bool = without_timestamps) -> str:
+            segments, _ = pipeline.transcribe(
+                samples, batch_size=batch, beam_size=1, language="en", without_timestamps=without_timestamps
+            )
+            return "".join(segment.text for segment in segments)
+
+        runs[f"faster-whisper batched {batch}, {kind}"] = faster_whisper_batched
     lines = [f"long recording: {duration:.1f} s ({duration / 60:.1f} min), the referenced shared clips repeated with "
              f"1 s pauses; {options.model}, greedy; one run each"]
-    lines.append(f"  {'engine':<28} {'wall s':>8} {'audio s/s':>10} {'vs sequential':>14} {'WER':>7}")
+    lines.append(f"  {'engine':<38} {'wall s':>8} {'audio s/s':>10} {'vs sequential':>14} {'WER':>7}")
     baseline = None
     for label, run in runs.items():
         seconds, text = _timed(run)
         baseline = baseline or seconds
         wer = jiwer.wer(reference, normalise(text))
-        lines.append(f"  {label:<28} {seconds:>8.2f} {duration / seconds:>10.1f} {baseline / seconds:>13.2f}x {wer:>7.4f}")
+        lines.append(f"  {label:<38} {seconds:>8.2f} {duration / seconds:>10.1f} {baseline / seconds:>13.2f}x {wer:>7.4f}")
     return lines
 
 

@@ -61,7 +61,7 @@ class TranscribeOptions:
     # min_silence_duration_ms, speech_pad_ms, neg_threshold), a VadOptions or a dict; None: their defaults
     vad_parameters: VadOptions | dict[str, Any] | None = None
     # decode up to this many VAD chunks (<= 30 s of speech each) as one batch, as faster-whisper's
-    # BatchedInferencePipeline does (VAD on, text without timestamps, first temperature only); None: sequential
+    # BatchedInferencePipeline does (VAD on, no previous text, first temperature only); None: sequential
     batch_size: int | None = None
 
     def __post_init__(self) -> None:
@@ -452,7 +452,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=int, metavar="N",
         help="decode N VAD chunks of <= 30 s at once (faster-whisper's batched pipeline: VAD on, "
-        "one segment per chunk, first temperature only)",
+        "no previous text, first temperature only)",
     )
     parser.add_argument(
         "--output-format", choices=(*FORMATS, "all"),

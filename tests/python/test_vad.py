@@ -177,3 +177,17 @@ def test_batched_decodes_the_same_text_as_one_chunk_at_a_time(tiny_en_model, gap
     # rows of a batch are independent: the same tokens as decoding each chunk alone (measured equal)
     assert [s.tokens for s in batched.segments] == [s.tokens for s in one.segments]
     assert [(s.start, s.end) for s in batched.segments] == [(s.start, s.end) for s in one.segments]
+
+
+def test_split_at_timestamps():
+    from xdna_ep.batched import split_at_timestamps
+
+    begin = 1000  # <|0.00|>; each id above adds 0.02 s
+    text_a, text_b = [1, 2], [3]
+    tokens = [begin, *text_a, begin + 250, begin + 250, *text_b, begin + 400]
+    assert split_at_timestamps(tokens, begin, 12.0) == [
+        (0.0, 5.0, [begin, *text_a, begin + 250]), (5.0, 8.0, [begin + 250, *text_b, begin + 400]),
+    ]
+    # an unclosed last segment runs to the end of the chunk; text without timestamps is the whole chunk
+    assert split_at_timestamps([begin + 50, *text_b], begin, 12.0) == [(1.0, 12.0, [begin + 50, *text_b])]
+    assert split_at_timestamps(text_a, begin, 12.0) == [(0.0, 12.0, text_a)]
