@@ -191,3 +191,22 @@ def test_split_at_timestamps():
     # an unclosed last segment runs to the end of the chunk; text without timestamps is the whole chunk
     assert split_at_timestamps([begin + 50, *text_b], begin, 12.0) == [(1.0, 12.0, [begin + 50, *text_b])]
     assert split_at_timestamps(text_a, begin, 12.0) == [(0.0, 12.0, text_a)]
+
+
+def test_api_takes_faster_whispers_vad_names(tiny_en_model):
+    import xdna_ep
+
+    result = xdna_ep.transcribe(
+        AUDIO_DIR / "jfk.wav", tiny_en_model, vad=True, vad_parameters={"min_silence_duration_ms": 500}
+    )
+    assert "ask not what your country can do for you" in _normalise(result.text)
+    assert result.stats["vad_speech_chunks"] >= 2  # jfk's pauses of 0.5 s and more split it (measured 4)
+    assert result.segments[-1].end <= result.duration
+
+
+@pytest.mark.parametrize("options", [{"vad": True}, {"batch_size": 2}])
+def test_no_speech_gives_an_empty_result_without_decoding(tiny_en_model, options):
+    noise = (np.random.default_rng(1).standard_normal(20 * SAMPLE_RATE) * 0.05).astype(np.float32)
+    result = transcribe(tiny_en_model, noise, TranscribeOptions.from_kwargs(**options))
+    assert result.segments == [] and result.text == "" and result.language == "en"
+    assert result.stats["vad_speech_chunks"] == 0 and result.duration == 20.0
