@@ -517,6 +517,15 @@ def run_command(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise XdnaError(str(error)) from None
+    from xdna_ep.models.registry import DEFAULT_MODEL
+
+    model_name = str(args.model or DEFAULT_MODEL)
+    if model_name.endswith(".en"):  # English-only by Whisper's naming: refused now, not after the model loads
+        if options.decoding.language not in (None, "en"):
+            language = options.decoding.language
+            raise XdnaError(f"model {model_name} is English-only: language {language!r} needs a multilingual model")
+        if options.decoding.task != "transcribe":
+            raise XdnaError(f"model {model_name} is English-only: task {options.decoding.task!r} needs a multilingual model")
     if (args.device or "cpu") == "cpu" and args.strict:
         print("note: --strict has nothing to guard on --device cpu: no node runs on the NPU, so none can fall back",
               file=sys.stderr)

@@ -112,3 +112,14 @@ def test_example_script_takes_arguments():
     assert "ask not what your country" in done.stdout and "(en)" in done.stdout
     done = subprocess.run([sys.executable, script, JFK, "--language", "xx"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and done.stderr.startswith("error: unknown language 'xx'"), done.stderr
+
+
+def test_english_only_model_refuses_other_languages_before_it_loads(capsys, monkeypatch):
+    import xdna_ep.model
+
+    def must_not_load(name_or_path="tiny.en", device="cpu", **kwargs):  # the signature the parser reads
+        raise AssertionError("the model was loaded before the language was checked")
+
+    monkeypatch.setattr(xdna_ep.model, "WhisperModel", must_not_load)
+    assert main(["transcribe", JFK, "--language", "German"]) == 2
+    assert capsys.readouterr().err.startswith("error: model tiny.en is English-only: language 'de'")
