@@ -6,7 +6,10 @@ otherwise); consecutive stretches are packed into chunks of at most 30 s (and, u
 longer than 2 s inside one, so a chunk's segment does not span a long silence); ``batch_size`` chunks are
 encoded as one (batch, n_mels, 3000) input and decoded together, the decoder's batch dimension holding
 one chunk per row. Every chunk is decoded with the same prompt (no previous text) and at the first
-temperature of the schedule only. With timestamps (the default here; faster-whisper's batched mode
+temperature of the schedule only. Where the decoding of a chunk closes its last segment 1 s or more
+before the chunk's end (Whisper often stops early; the sequential path seeks past such a stop), the
+rest of the chunk is queued as a chunk of its own and decoded in the next batch; faster-whisper does
+not do this. With timestamps (the default here; faster-whisper's batched mode
 defaults to ``without_timestamps=True``) a chunk's timestamp pairs give its segments; without, the
 chunk is one segment. Segment times are mapped back to the recording. A chunk the model calls silence with an unlikely decoding is dropped, as
 the sequential path drops such a window.
@@ -18,8 +21,10 @@ long recordings comes from.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
+from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, Callable
 
@@ -96,6 +101,34 @@ def split_at_timestamps(
     if any(t < timestamp_begin for t in pending):
         segments.append((start or 0.0, chunk_seconds, pending))
     return segments
+
+
+# a chunk whose decoding closed its last segment this long before the chunk's end is decoded again from there
+RESUME_MIN_SECONDS = 1.0
+
+
+def undecoded_speech(group: list[tuple[int, int]], tokens: list[int], timestamp_begin: int) -> list[tuple[int, int]]:
+    """The stretches (samples of the recording) of a chunk that its decoding left out, or [].
+
+    Whisper often ends a window's decoding early, leaving its last seconds out; the sequential path
+    seeks to the last timestamp and decodes on from there. Here the rest of the chunk (after the last
+    closing timestamp, if at least RESUME_MIN_SECONDS before the chunk's end) becomes a chunk of its own.
+    A decoding whose last token is text ran to the end of the chunk: nothing is left.
+    """
+    if not tokens or tokens[-1] < timestamp_begin:
+        return []
+    last_end = (tokens[-1] - timestamp_begin) * TIME_PRECISION
+    offset = round(last_end * SAMPLE_RATE)  # samples into the concatenated chunk
+    if offset == 0 or sum(end - start for start, end in group) - offset < RESUME_MIN_SECONDS * SAMPLE_RATE:
+        return []
+    rest = []
+    for start, end in group:
+        if offset >= end - start:
+            offset -= end - start
+            continue
+        rest.append((start + offset, end))
+        offset = 0
+    return rest
 
 
 def decode_batch(
@@ -196,6 +229,7 @@ def transcribe_batched(
         "batches": 0,
         "skipped_no_speech": 0,
         "sampled_tokens": 0,
+        "resumed_chunks": 0,
         "vad_speech_chunks": len(stretches),
         "vad_removed_seconds": round(duration - sum(end - start for start, end in stretches) / SAMPLE_RATE, 3),
     }
@@ -206,9 +240,11 @@ def transcribe_batched(
         progress = tqdm(total=len(groups), unit="chunk", file=sys.stderr, leave=False)
 
     language = decoding.language
+    queue = deque(groups)  # chunks still to decode, in time order
+    held: list[Segment] = []  # decoded segments a queued chunk may still precede
     segments: list[Segment] = []
-    for first in range(0, len(groups), options.batch_size):
-        batch_groups = groups[first:first + options.batch_size]
+    while queue:
+        batch_groups = [queue.popleft() for _ in range(min(options.batch_size, len(queue)))]
         clock = time.perf_counter()
         mels = []
         for group in batch_groups:
@@ -225,6 +261,7 @@ def transcribe_batched(
         timing["decode"] += time.perf_counter() - clock
         stats["batches"] += 1
 
+        remainders = []
         for group, result in zip(batch_groups, results):
             silence = options.no_speech_threshold is not None and result.no_speech_prob > options.no_speech_threshold
             unlikely = options.logprob_threshold is None or result.avg_logprob < options.logprob_threshold
@@ -239,24 +276,37 @@ def transcribe_batched(
                 start, end = speech_map.segment_times(min(start, chunk_seconds), min(end, chunk_seconds), pad)
                 if start >= end or not text.strip():
                     continue
-                segment = Segment(
-                    id=len(segments),
-                    seek=round(group[0][0] / HOP_LENGTH),
-                    start=start,
-                    end=end,
-                    text=text,
-                    tokens=segment_tokens,
-                    temperature=result.temperature,
-                    avg_logprob=result.avg_logprob,
-                    compression_ratio=result.compression_ratio,
-                    no_speech_prob=result.no_speech_prob,
+                held.append(
+                    Segment(
+                        id=-1,  # numbered when emitted, in time order
+                        seek=round(group[0][0] / HOP_LENGTH),
+                        start=start,
+                        end=end,
+                        text=text,
+                        tokens=segment_tokens,
+                        temperature=result.temperature,
+                        avg_logprob=result.avg_logprob,
+                        compression_ratio=result.compression_ratio,
+                        no_speech_prob=result.no_speech_prob,
+                    )
                 )
-                segments.append(segment)
-                if on_segment is not None:
-                    on_segment(segment)
             stats["sampled_tokens"] += len(result.tokens)
+            remainder = undecoded_speech(group, result.tokens, model.tokenizer.timestamp_begin)
+            if remainder:
+                remainders.append(remainder)
+        stats["resumed_chunks"] += len(remainders)
+        stats["windows"] += len(remainders)
+        queue.extendleft(reversed(remainders))  # decoded next, before later chunks: the queue stays in time order
+        # emit, in time order, what no queued chunk can come before
+        horizon = queue[0][0][0] / SAMPLE_RATE if queue else math.inf
+        held.sort(key=lambda segment: segment.start)
+        while held and held[0].start < horizon:
+            segment = replace(held.pop(0), id=len(segments))
+            segments.append(segment)
+            if on_segment is not None:
+                on_segment(segment)
         if progress is not None:
-            progress.update(len(batch_groups))
+            progress.update(len(batch_groups) - len(remainders))
 
     if progress is not None:
         progress.close()

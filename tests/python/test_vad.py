@@ -226,3 +226,17 @@ def test_batched_on_the_simulated_npu(tiny_en_model):
     assert sim.stats["npu"]["totals"]["launches"] > 0 and sim.stats["npu"]["totals"]["fallbacks"] == 0
     # bf16 on the simulator: measured the CPU's text exactly; 0.05 as the other bf16 end-to-end tests allow
     assert jiwer.wer(_normalise(cpu.text), _normalise(sim.text)) <= 0.05
+
+
+def test_undecoded_speech_is_the_rest_of_the_chunk_after_the_last_closed_segment():
+    from xdna_ep.batched import undecoded_speech
+
+    begin = 1000  # <|0.00|>
+    second = SAMPLE_RATE
+    group = [(10 * second, 20 * second), (30 * second, 40 * second)]  # 20 s of speech
+    # the decoding closed its last segment at 12 s of the chunk: 2 s into the second stretch
+    assert undecoded_speech(group, [begin, 5, begin + 600], begin) == [(32 * second, 40 * second)]
+    assert undecoded_speech(group, [begin, 5, begin + 250], begin) == [(15 * second, 20 * second), (30 * second, 40 * second)]
+    # ran to the end (last token is text), or stopped less than 1 s before it: nothing left
+    assert undecoded_speech(group, [begin, 5], begin) == []
+    assert undecoded_speech(group, [begin, 5, begin + 960], begin) == []
