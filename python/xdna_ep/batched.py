@@ -14,6 +14,8 @@ defaults to ``without_timestamps=True``) a chunk's timestamp pairs give its segm
 chunk is one segment. Segment times are mapped back to the recording. A chunk the model calls silence with an unlikely decoding is dropped, as
 the sequential path drops such a window.
 
+Decoding is greedy at temperature 0 (one sample per row above it); ``best_of`` does not apply here.
+
 Sequential decoding (``transcribe`` without ``batch_size``) runs the decoder once per token for one
 window; here one decoder call per token serves ``batch_size`` windows, which is where the speed-up on
 long recordings comes from.
