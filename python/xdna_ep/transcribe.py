@@ -86,15 +86,14 @@ class TranscribeOptions:
         language = normalize_language(self.decoding.language)  # "auto", names, iw -> he
         if language != self.decoding.language:
             object.__setattr__(self, "decoding", replace(self.decoding, language=language))
-        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
-                                            or self.batch_size < 1):
+        batch_size = self.batch_size
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be an integer >= 1 or None, not {self.batch_size!r}")
         if self.vad_parameters is not None:
             from xdna_ep.vad import VadOptions
 
             if not self.vad and self.batch_size is None:
                 raise ValueError("vad_parameters are used only with vad=True or a batch_size (--vad, --batch-size)")
-
             object.__setattr__(self, "vad_parameters", VadOptions.from_value(self.vad_parameters))
 
     @classmethod
