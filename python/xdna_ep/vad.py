@@ -37,6 +37,7 @@ VAD_MODEL_FILE = "silero_vad_v6.onnx"
 WINDOW_SAMPLES = 512  # samples per speech probability (32 ms)
 CONTEXT_SAMPLES = 64  # samples of the previous window each window also sees
 STATE_SIZE = 128  # Silero's LSTM state (h and c: (1, 1, 128))
+_WINDOWS_PER_RUN = 10000  # windows per session run (5.4 min of audio, 23 MB of input)
 _MIN_PAUSE_AT_MAX_SPEECH_MS = 98  # a pause this long is where an over-long stretch may be split
 
 
@@ -131,15 +132,18 @@ def speech_probabilities(samples: np.ndarray) -> np.ndarray:
     padded = np.zeros(n_windows * WINDOW_SAMPLES, dtype=np.float32)
     padded[: samples.size] = samples
     windows = padded.reshape(n_windows, WINDOW_SAMPLES)
-    # each window is preceded by the last 64 samples of the one before (zeros for the first)
-    context = np.zeros((n_windows, CONTEXT_SAMPLES), dtype=np.float32)
-    context[1:] = windows[:-1, -CONTEXT_SAMPLES:]
-    inputs = np.concatenate([context, windows], axis=1)  # (n_windows, 576)
     h = np.zeros((1, 1, STATE_SIZE), dtype=np.float32)
     c = np.zeros((1, 1, STATE_SIZE), dtype=np.float32)
     probabilities = []
-    for begin in range(0, n_windows, 10000):  # bounded memory on long recordings, state carried across
-        out, h, c = session.run(None, {"input": inputs[begin:begin + 10000], "h": h, "c": c})
+    for begin in range(0, n_windows, _WINDOWS_PER_RUN):  # bounded memory on long recordings, state carried on
+        block = windows[begin:begin + _WINDOWS_PER_RUN]
+        # each window is preceded by the last 64 samples of the one before (zeros for the first)
+        context = np.zeros((block.shape[0], CONTEXT_SAMPLES), dtype=np.float32)
+        context[1:] = block[:-1, -CONTEXT_SAMPLES:]
+        if begin > 0:
+            context[0] = windows[begin - 1, -CONTEXT_SAMPLES:]
+        inputs = np.concatenate([context, block], axis=1)  # (windows, 576)
+        out, h, c = session.run(None, {"input": inputs, "h": h, "c": c})
         probabilities.append(np.asarray(out, dtype=np.float32).reshape(-1))
     return np.concatenate(probabilities) if probabilities else np.zeros(0, dtype=np.float32)
 
