@@ -217,8 +217,11 @@ def transcribe_batched(
     timing["load_audio"] = time.perf_counter() - started
 
     clock = time.perf_counter()
-    stretches = speech_timestamps(samples, options.vad_parameters or BATCHED_VAD_OPTIONS)
-    pad = (options.vad_parameters or BATCHED_VAD_OPTIONS).speech_pad_ms / 1000
+    vad_options = options.vad_parameters or BATCHED_VAD_OPTIONS
+    if vad_options.max_speech_duration_s > CHUNK_LENGTH:  # a longer stretch would not fit one window (as faster-whisper)
+        vad_options = replace(vad_options, max_speech_duration_s=CHUNK_LENGTH)
+    stretches = speech_timestamps(samples, vad_options)
+    pad = vad_options.speech_pad_ms / 1000
     groups = pack_chunks(stretches, CHUNK_LENGTH * SAMPLE_RATE, round(MAX_PAUSE_IN_CHUNK * SAMPLE_RATE))
     timing["vad"] = time.perf_counter() - clock
 

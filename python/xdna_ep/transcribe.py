@@ -451,7 +451,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=int, metavar="N",
         help="decode N VAD chunks of <= 30 s at once (faster-whisper's batched pipeline: VAD on, "
-        "no previous text, first temperature only)",
+        "no previous text, first temperature only; without --vad-* options the VAD uses "
+        "min_silence_duration_ms 160, and max_speech_duration_s is at most 30)",
     )
     parser.add_argument(
         "--output-format", choices=(*FORMATS, "all"),

@@ -240,3 +240,14 @@ def test_undecoded_speech_is_the_rest_of_the_chunk_after_the_last_closed_segment
     # ran to the end (last token is text), or stopped less than 1 s before it: nothing left
     assert undecoded_speech(group, [begin, 5], begin) == []
     assert undecoded_speech(group, [begin, 5, begin + 960], begin) == []
+
+
+def test_batched_never_makes_a_chunk_longer_than_a_window(tiny_en_model):
+    # 40 s of speech with no pause of 2 s: VAD's defaults (no maximum) would give one 40-s stretch
+    jfk = load_audio(AUDIO_DIR / "jfk.wav")
+    samples = np.concatenate([jfk, jfk, jfk, jfk[: 7 * SAMPLE_RATE]])
+    options = TranscribeOptions.from_kwargs(batch_size=2, vad_parameters={"threshold": 0.5}, without_timestamps=True)
+    result = transcribe(tiny_en_model, samples, options)
+    assert result.stats["windows"] >= 2
+    # every "ask not" of the four repetitions is decoded: nothing past 30 s of a chunk was cut off
+    assert _normalise(result.text).count("ask not what your country") == 4, result.text
