@@ -519,6 +519,11 @@ def run_command(args: argparse.Namespace) -> int:
         raise XdnaError(str(error)) from None
     from xdna_ep.models.registry import DEFAULT_MODEL
 
+    if options.vad or options.batch_size is not None:
+        from xdna_ep.vad import vad_model_path
+
+        vad_model_path()  # a missing VAD model is named now, not once per file after the model loads
+
     model_name = str(args.model or DEFAULT_MODEL)
     if model_name.endswith(".en"):  # English-only by Whisper's naming: refused now, not after the model loads
         if options.decoding.language not in (None, "en"):

@@ -90,7 +90,7 @@ class VadOptions:
         return cls(**value)
 
 
-def _model_path() -> Path:
+def vad_model_path() -> Path:
     """The Silero VAD ONNX file: $XDNA_EP_VAD_MODEL, else faster-whisper's asset (located, not imported)."""
     if os.environ.get(VAD_MODEL_ENV):
         path = Path(os.environ[VAD_MODEL_ENV])
@@ -113,7 +113,7 @@ def load_vad_session() -> Any:
     """ONNX Runtime session of Silero VAD on one CPU thread (loaded once per process: it is context, not state)."""
     import onnxruntime
 
-    path = _model_path()
+    path = vad_model_path()
     options = onnxruntime.SessionOptions()
     options.inter_op_num_threads = 1
     options.intra_op_num_threads = 1

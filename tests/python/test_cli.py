@@ -123,3 +123,10 @@ def test_english_only_model_refuses_other_languages_before_it_loads(capsys, monk
     monkeypatch.setattr(xdna_ep.model, "WhisperModel", must_not_load)
     assert main(["transcribe", JFK, "--language", "German"]) == 2
     assert capsys.readouterr().err.startswith("error: model tiny.en is English-only: language 'de'")
+
+
+def test_missing_vad_model_is_named_before_the_model_loads(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDNA_EP_VAD_MODEL", str(tmp_path / "absent.onnx"))
+    assert main(["transcribe", JFK, JFK_FLAC, "--vad"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 1 and "absent.onnx is not a file" in err  # once, not once per file
