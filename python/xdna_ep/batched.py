@@ -154,9 +154,9 @@ def decode_batch(
     tokens = np.tile(np.array(prompt, dtype=np.int64), (n_batch, 1))  # (batch, n)
     sum_logprobs = np.zeros(n_batch, dtype=np.float64)
     state = model.new_decoder_state(audio_features)
-    logits = model.decode_step(state, tokens)  # (batch, len(prompt), n_vocab)
-    no_speech_probs = np.exp(log_softmax(logits[:, sot_index].astype(np.float64)))[:, tokenizer.no_speech]
-    logits = logits[:, -1]
+    logits = model.decode_step(state, tokens, positions=[sot_index, -1])  # (batch, 2, n_vocab)
+    no_speech_probs = np.exp(log_softmax(logits[:, 0].astype(np.float64)))[:, tokenizer.no_speech]
+    logits = logits[:, 1]
     for step in range(sample_len):
         if step > 0:
             logits = model.decode_step(state, tokens[:, -1:])[:, -1]  # (batch, n_vocab)
