@@ -28,7 +28,8 @@ class Tokenizer:
     """Whisper's tokenizer for one model: English-only or multilingual.
 
     ``language_tokens`` maps language codes (``"en"``, ``"de"``, ...) to their token ids, in the
-    model's order; the codes are canonical (``he`` even where the vocabulary spells ``<|iw|>``). A multilingual prompt is ``sot, language, task``; an English-only one is ``sot``.
+    model's order; the codes are canonical (``he`` even where the vocabulary spells ``<|iw|>``).
+    A multilingual prompt is ``sot, language, task``; an English-only one is ``sot``.
     """
 
     def __init__(self, tokenizer_json: str | os.PathLike, multilingual: bool) -> None:
