@@ -1,7 +1,7 @@
 //===- attention.cc - xdna-ep fused attention core kernels (AIE2 / AIE2P) ---===//
 //
 // Compiled with Peano (llvm-aie): clang++ --target=aie2-none-unknown-elf -std=c++20 -O2
-//   -DHEAD_DIM=64 -DQ_ROWS=32 -DKV_TILE=64 [-DMMUL_R=4 -DMMUL_S=8 -DMMUL_T=4] [-DXDNA_ACCURATE]
+//   -DHEAD_DIM=64 -DQ_ROWS=32 -DKV_TILE=32 [-DMMUL_R=4 -DMMUL_S=8 -DMMUL_T=4] [-DXDNA_ACCURATE]
 // (one object per precision: xdna_attention_step_bf16, or with XDNA_ACCURATE xdna_attention_step_accurate)
 //   -I<mlir-aie>/include -I<kernels> -c attention.cc -o xdna_attention_d64_bf16.o
 // (CMakeLists.txt does this; MMUL_R/S/T is the profile's bf16 aie::mmul shape, 4 x 8 x 4 on npu1,
@@ -9,13 +9,16 @@
 //
 // One core owns Q_ROWS query rows of one head and streams that head's keys and values through in
 // tiles of KV_TILE (flash attention with an online softmax):
+//   xdna_attention_params(header, state)                    once per launch: the params header object
 //   xdna_attention_init(state, q_row0)                      once per (head, query tile)
-//   xdna_attention_step_<precision>(q, k, v, params, state) once per key tile
+//   xdna_attention_step_<precision>(q, kv, state)           once per key/value tile
 //   xdna_attention_finish(state, out)                       once: out = O / l, row-major
-// q [parts][Q_ROWS][HEAD_DIM], k and v [parts][KV_TILE][HEAD_DIM]: bf16, row-major (as the DMA
-// delivers them). state = [O (Q_ROWS x HEAD_DIM fp32, in r x t blocks of the intrinsic) | row max m
-// Q_ROWS | row sum l Q_ROWS | first query row, first key of the next tile], fp32; its layout is the
-// kernel's own.
+// header: the first object of the query stream, [parts][Q_ROWS][HEAD_DIM] bf16 whose first f32 words are
+// the params (scale, n_q, n_kv, causal; kernels/attention/spec.py). q [parts][Q_ROWS][HEAD_DIM] and
+// kv [(k, v)][parts][KV_TILE][HEAD_DIM]: bf16, row-major (as the DMA delivers them; kernels/attention/
+// design.py pack_kv), so v = kv + parts * KV_TILE * HEAD_DIM. state = [O (Q_ROWS x HEAD_DIM fp32, in
+// r x t blocks of the intrinsic) | row max m Q_ROWS | row sum l Q_ROWS | first query row, first key of
+// the next tile | PARAMS_WORDS params], fp32 (the design's state buffer); its layout is the kernel's own.
 //
 // Vector work only: q @ k^T and p @ v run on aie::mmul (2 x 2 blocks per iteration, four
 // accumulators); the blocks the intrinsic needs are gathered from the row-major tiles with narrow
@@ -54,16 +57,18 @@
 #define Q_ROWS 32
 #endif
 #ifndef KV_TILE
-#define KV_TILE 64
+#define KV_TILE 32
 #endif
 
-// params words (kernels/attention/spec.py): scale, n_q, n_kv, causal
+// params words (kernels/attention/spec.py PARAMS_WORDS): scale, n_q, n_kv, causal, then reserved
+constexpr unsigned PARAMS_WORDS = 16;
 enum { P_SCALE = 0, P_NQ = 1, P_NKV = 2, P_CAUSAL = 3 };
 // state layout
 constexpr unsigned STATE_O = 0;
 constexpr unsigned STATE_M = Q_ROWS * HEAD_DIM;
 constexpr unsigned STATE_L = STATE_M + Q_ROWS;
 constexpr unsigned STATE_ORIGIN = STATE_L + Q_ROWS; // [first query row, first key of the next tile]
+constexpr unsigned STATE_PARAMS = STATE_ORIGIN + 2;  // this launch's params words, copied by xdna_attention_params
 
 constexpr unsigned VEC = 16; // fp32 lanes
 static_assert(HEAD_DIM % VEC == 0 && KV_TILE % VEC == 0 && Q_ROWS % VEC == 0, "16-lane vectors");
@@ -102,7 +107,7 @@ constexpr unsigned BUILD_PARTS = 1;
 #endif
 // gathered blocks (static, so a core's data memory counts them; the stack is the design's stack_size):
 // q blocks of a pair of query blocks (2 x HEAD_DIM / s), v blocks of a pair of O block columns
-// (2 x KV_TILE / s), per part: with 64 / 64 / 4 x 8 x 4, 1 KB + 1 KB per part
+// (2 x KV_TILE / s), per part: with HEAD_DIM 64, KV_TILE 32 and 4 x 8 x 4, 1 KB + 0.5 KB per part
 static aie::vector<bfloat16, R * S> q_blocks[BUILD_PARTS][2][HEAD_DIM / S];
 static aie::vector<bfloat16, S * T> v_blocks[BUILD_PARTS][2][KV_TILE / S];
 
@@ -220,10 +225,13 @@ static inline aie::mask<VEC> masked_keys(const aie::vector<int32_t, VEC> &lanes,
   return aie::ge(aie::add(lanes, key), first_hidden);
 }
 
-// One key tile: scores, mask, online softmax update, O = O * correction + p @ v. q/k/v hold PARTS bf16 copies.
+// One key tile: scores, mask, online softmax update, O = O * correction + p @ v. q and kv hold PARTS bf16
+// copies; the params are the launch's, in state.
 template <unsigned PARTS>
-static void attention_step(const bfloat16 *__restrict q, const bfloat16 *__restrict k, const bfloat16 *__restrict v,
-                           const float *__restrict params, float *__restrict state) {
+static void attention_step(const bfloat16 *__restrict q, const bfloat16 *__restrict kv, float *__restrict state) {
+  const bfloat16 *__restrict k = kv;
+  const bfloat16 *__restrict v = kv + PARTS * KV_TILE * HEAD_DIM;
+  const float *params = state + STATE_PARAMS;
   const float scale = params[P_SCALE];
   const int32_t n_q = (int32_t)params[P_NQ];
   const int32_t n_kv = (int32_t)params[P_NKV];
@@ -305,6 +313,14 @@ static void attention_step(const bfloat16 *__restrict q, const bfloat16 *__restr
 
 extern "C" {
 
+// header: the query stream's first object; its first PARAMS_WORDS f32 words are the launch's params
+void xdna_attention_params(const bfloat16 *__restrict header, float *__restrict state) {
+  static_assert(PARAMS_WORDS <= BUILD_PARTS * Q_ROWS * HEAD_DIM / 2, "the header object holds the params words");
+  const float *__restrict words = reinterpret_cast<const float *>(header);
+  for (unsigned i = 0; i < PARAMS_WORDS; ++i)
+    state[STATE_PARAMS + i] = words[i];
+}
+
 void xdna_attention_init(float *__restrict state, int32_t q_row0) {
   aie::set_rounding(aie::rounding_mode::conv_even);
   for (unsigned i = 0; i < Q_ROWS * HEAD_DIM; i += VEC)
@@ -318,16 +334,14 @@ void xdna_attention_init(float *__restrict state, int32_t q_row0) {
 }
 
 #ifndef XDNA_ACCURATE
-void xdna_attention_step_bf16(const bfloat16 *q, const bfloat16 *k, const bfloat16 *v, const float *params,
-                              float *state) {
+void xdna_attention_step_bf16(const bfloat16 *q, const bfloat16 *kv, float *state) {
   aie::set_rounding(aie::rounding_mode::conv_even);
-  attention_step<1>(q, k, v, params, state);
+  attention_step<1>(q, kv, state);
 }
 #else
-void xdna_attention_step_accurate(const bfloat16 *q, const bfloat16 *k, const bfloat16 *v, const float *params,
-                                  float *state) {
+void xdna_attention_step_accurate(const bfloat16 *q, const bfloat16 *kv, float *state) {
   aie::set_rounding(aie::rounding_mode::conv_even);
-  attention_step<2>(q, k, v, params, state);
+  attention_step<2>(q, kv, state);
 }
 #endif
 

@@ -8,6 +8,8 @@
 //   xdna_zero_f32(c)                       once
 //   xdna_matmul_bf16_f32(a, b, c)          K / DIM_K times, accumulating in fp32
 //   xdna_bias_gelu_f32(params, c)          once: + bias, optional erf-GELU, in fp32
+// The params object is the k x n bf16 object the B stream carries after each column block's K rows
+// (kernels/matmul/design.py pack_weight stores it pre-permuted, so the core reads its f32 words in order).
 // Tiles arrive pre-blocked by the DMA (dims_to_stream in design.py): A in r x s blocks, B in s x t
 // blocks, C in r x t blocks, each block row-major, blocks row-major (as mlir-aie's mm.cc).
 //
@@ -137,9 +139,12 @@ void xdna_matmul_bf16_f32(const bfloat16 *__restrict a, const bfloat16 *__restri
   matmul_blocked(a, b, c);
 }
 
-// c: one DIM_M x DIM_N fp32 tile in r x t blocks; params: this column block's PARAMS_WORDS + DIM_N words.
-void xdna_bias_gelu_f32(const float *__restrict params, float *__restrict c) {
+// c: one DIM_M x DIM_N fp32 tile in r x t blocks; params_object: the column block's params object from the
+// B stream (DIM_K x DIM_N bf16), read as f32 words: PARAMS_WORDS, then DIM_N biases.
+void xdna_bias_gelu_f32(const bfloat16 *__restrict params_object, float *__restrict c) {
+  static_assert(DIM_K * DIM_N / 2 >= PARAMS_WORDS + DIM_N, "the params object holds the params words and biases");
   aie::set_rounding(aie::rounding_mode::conv_even);
+  const float *__restrict params = reinterpret_cast<const float *>(params_object);
   const bool apply_gelu = params[0] == ACTIVATION_GELU;
   const float *__restrict bias = params + PARAMS_WORDS;
   constexpr unsigned colB = DIM_N / T;

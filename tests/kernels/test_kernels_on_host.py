@@ -19,6 +19,7 @@ import pytest
 
 from xdna_ep.ep import cost_model
 from xdna_ep.kernels.attention import reference as attention_reference
+from xdna_ep.kernels.attention import spec as attention_spec
 from xdna_ep.kernels.bf16 import from_bf16_bits, to_bf16_bits
 from xdna_ep.kernels.matmul import reference as matmul_reference
 from xdna_ep.kernels.softmax import reference as softmax_reference
@@ -70,17 +71,21 @@ NPU2_MMUL = (8, 8, 8)  # AIE2P bf16 aie::mmul (kernels/designs.py passes it as M
 
 
 def run_attention_tile(lib, q_bits, k_bits, v_bits, params, q_row0: int, precision: str) -> np.ndarray:
-    """One core's query tile: init, one step per key tile, finish. *_bits: [parts, rows, d] uint16."""
+    """One core's query tile as the design runs it: the params header object into state, init, one step per
+    key/value object ([(k, v), parts, KV_TILE, d], as design.pack_kv lays them out), finish.
+    *_bits: [parts, rows, d] uint16."""
     parts = q_bits.shape[0]
-    state = np.zeros(Q_ROWS * HEAD_DIM + 2 * Q_ROWS + 2, dtype=np.float32)
+    state = np.zeros(Q_ROWS * HEAD_DIM + 2 * Q_ROWS + 2 + attention_spec.PARAMS_WORDS, dtype=np.float32)
     out = np.zeros((Q_ROWS, HEAD_DIM), dtype=np.float32)
+    header = np.zeros(parts * Q_ROWS * HEAD_DIM // 2, dtype=np.float32)  # one query-tile object of bf16
+    header[: params.size] = params
+    lib.xdna_attention_params(ptr(header.view(np.uint16)), ptr(state))
     step = getattr(lib, f"xdna_attention_step_{precision}")
     lib.xdna_attention_init(ptr(state), ctypes.c_int32(q_row0))
     q_tile = np.ascontiguousarray(q_bits[:, q_row0 : q_row0 + Q_ROWS])
     for key0 in range(0, k_bits.shape[1], KV_TILE):
-        k_tile = np.ascontiguousarray(k_bits[:, key0 : key0 + KV_TILE])
-        v_tile = np.ascontiguousarray(v_bits[:, key0 : key0 + KV_TILE])
-        step(ptr(q_tile), ptr(k_tile), ptr(v_tile), ptr(params), ptr(state))
+        kv_tile = np.ascontiguousarray(np.stack([k_bits[:, key0 : key0 + KV_TILE], v_bits[:, key0 : key0 + KV_TILE]]))
+        step(ptr(q_tile), ptr(kv_tile), ptr(state))
     lib.xdna_attention_finish(ptr(state), ptr(out))
     assert parts in (1, 2)
     return out
@@ -142,6 +147,14 @@ def blocked(matrix: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return np.ascontiguousarray(matrix.reshape(m // rows, rows, n // cols, cols).transpose(0, 2, 1, 3)).reshape(-1)
 
 
+def params_object(params: np.ndarray) -> np.ndarray:
+    """One column block's params words as the core reads its params object from the B stream: a K_TILE x N_TILE
+    bf16 object whose first f32 words are the params (kernels/matmul/design.py params_objects, re-blocked)."""
+    words = np.zeros(K_TILE * N_TILE // 2, dtype=np.float32)
+    words[: params.size] = params
+    return words.view(np.uint16)
+
+
 def test_matmul_kernel_with_bias_and_gelu_matches_the_reference(matmul_lib):
     rng = np.random.default_rng(5)
     a = rng.standard_normal((M_TILE, 2 * K_TILE), dtype=np.float32)
@@ -155,7 +168,8 @@ def test_matmul_kernel_with_bias_and_gelu_matches_the_reference(matmul_lib):
         b_tile = blocked(np.ascontiguousarray(b_bits[step * K_TILE : (step + 1) * K_TILE]), S, T)
         matmul_lib.xdna_matmul_bf16_f32(ptr(a_tile), ptr(b_tile), ptr(c))
     params = matmul_reference.prepare_params(bias, "gelu", N_TILE, N_TILE)
-    matmul_lib.xdna_bias_gelu_f32(ptr(params), ptr(c))
+    params_words = params_object(params)  # kept alive across the call
+    matmul_lib.xdna_bias_gelu_f32(ptr(params_words), ptr(c))
     got = c.reshape(M_TILE // R, N_TILE // T, R, T).transpose(0, 2, 1, 3).reshape(M_TILE, N_TILE)
     want = matmul_reference.gelu(from_bf16_bits(a_bits) @ from_bf16_bits(b_bits) + bias)
     # fp32 sums in another order, and the vector exp against NumPy's: measured 9.7e-8 of the scale
@@ -174,7 +188,8 @@ def test_matmul_kernel_at_the_npu2_intrinsic_shape(tmp_path_factory):
     a_tile, b_tile = blocked(a_bits, r, s), blocked(b_bits, s, t)  # kept alive across the calls
     params = matmul_reference.prepare_params(bias, "", N_TILE, N_TILE)
     lib.xdna_matmul_bf16_f32(ptr(a_tile), ptr(b_tile), ptr(c))
-    lib.xdna_bias_gelu_f32(ptr(params), ptr(c))
+    params_words = params_object(params)  # kept alive across the call
+    lib.xdna_bias_gelu_f32(ptr(params_words), ptr(c))
     got = c.reshape(M_TILE // r, N_TILE // t, r, t).transpose(0, 2, 1, 3).reshape(M_TILE, N_TILE)
     want = from_bf16_bits(a_bits) @ from_bf16_bits(b_bits) + bias
     assert np.abs(got - want).max() <= 5e-7 * np.abs(want).max()  # fp32 sums in another order
@@ -185,7 +200,8 @@ def test_gelu_epilogue_max_error_against_fp32_erf_gelu(matmul_lib):
     x = np.linspace(-10, 10, M_TILE * N_TILE, dtype=np.float32)
     c = blocked(x.reshape(M_TILE, N_TILE), R, T).astype(np.float32)
     params = matmul_reference.prepare_params(np.zeros(N_TILE, np.float32), "gelu", N_TILE, N_TILE)
-    matmul_lib.xdna_bias_gelu_f32(ptr(params), ptr(c))
+    params_words = params_object(params)  # kept alive across the call
+    matmul_lib.xdna_bias_gelu_f32(ptr(params_words), ptr(c))
     got = c.reshape(M_TILE // R, N_TILE // T, R, T).transpose(0, 2, 1, 3).reshape(-1)
     from math import erf
 
