@@ -144,7 +144,7 @@ class Core:
     outputs: tuple[str, ...]  # FIFOs it produces
     calls: tuple[KernelCall, ...]
     stack_bytes: int
-    defines: tuple[tuple[str, int], ...] = ()  # -D flags of its kernel object that depend on the profile
+    defines: tuple[tuple[str, int], ...] = ()  # -D flags of its kernel object (tile sizes, mmul shape, variant)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ import numpy as np
 
 from xdna_ep.ep.cost_model import ATTENTION_KV_TILE, ATTENTION_Q_ROWS_PER_CORE
 from xdna_ep.kernels.attention.spec import PARAMS_WORDS
+from xdna_ep.kernels.cxx_source import KERNELS_DIR, static_arrays
 from xdna_ep.kernels.dataflow import (
     AccessPattern,
     Core,
@@ -111,7 +112,7 @@ def describe(spec, heads: int, n_q: int, n_kv: int) -> Dataflow:
     profile = spec.device_profile
     n_cols, n_rows, cores = profile.columns, profile.rows, profile.cores
     parts, d = spec.parts, spec.head_dim
-    r, _, t = profile.intrinsic_bf16
+    r, s, t = profile.intrinsic_bf16
     q_rows, kv_tile = ATTENTION_Q_ROWS_PER_CORE, ATTENTION_KV_TILE
     rounds = n_q // (cores * q_rows)
     q_tile = q_tile_elements(spec)
@@ -124,6 +125,9 @@ def describe(spec, heads: int, n_q: int, n_kv: int) -> Dataflow:
         KernelCall(spec.c_symbol, ("bf16[]", "bf16[]", "f32[]"), ("bf16[]", "bf16[]", "f32[]"), "key/value tile"),
         KernelCall(spec.finish_symbol, ("f32[]", "f32[]"), ("f32[]", "f32[]"), "query tile"),
     )
+    defines = (("HEAD_DIM", d), ("Q_ROWS", q_rows), ("KV_TILE", kv_tile), ("MMUL_R", r), ("MMUL_S", s), ("MMUL_T", t))
+    defines += (("XDNA_ACCURATE", 1),) if parts == 2 else ()
+    arrays = static_arrays(KERNELS_DIR / "attention" / "attention.cc", defines)
     q_chunks, q_chunk = chunked(n_rows * q_tile, "bf16")
     kv_chunks, kv_chunk = chunked(n_kv // kv_tile * kv_object, "bf16")
     o_chunks, o_chunk = chunked(n_rows * q_rows * d, "f32")
@@ -138,17 +142,13 @@ def describe(spec, heads: int, n_q: int, n_kv: int) -> Dataflow:
             fifos.append(Fifo(f"Q_L1_{col}_{row}", memtile, (core,), q_depth(spec), "bf16", (q_tile,)))
             fifos.append(Fifo(f"O_L1_{col}_{row}", core, (memtile,), 1, "f32", (q_rows, d)))
             core_programs.append(Core(core, (f"Q_L1_{col}_{row}", f"KV_L1_{col}"), (f"O_L1_{col}_{row}",), calls,
-                                      STACK_BYTES, (("HEAD_DIM", d), ("Q_ROWS", q_rows), ("KV_TILE", kv_tile))))  # fmt: skip
+                                      STACK_BYTES, defines))  # fmt: skip
             buffers += [
                 LocalBuffer(core, f"state_{col}_{row}", "f32", state_words),
                 LocalBuffer(core, f"rtp_{col}_{row}", "i32", RTP_WORDS),
-                # attention.cc's static arrays: scores (f32), probabilities (bf16; lo in the accurate build
-                # only), the gathered q and v blocks (two of each per part), the per-row statistics
-                LocalBuffer(core, f"scores_{col}_{row}", "f32", q_rows * kv_tile),
-                LocalBuffer(core, f"probs_{col}_{row}", "bf16", parts * q_rows * kv_tile),
-                LocalBuffer(core, f"q_blocks_{col}_{row}", "bf16", parts * 2 * d * r),
-                LocalBuffer(core, f"v_blocks_{col}_{row}", "bf16", parts * 2 * kv_tile * t),
-                LocalBuffer(core, f"row_stats_{col}_{row}", "f32", 4 * q_rows),
+                # attention.cc's static arrays, as it declares them under these -D flags: scores, probabilities,
+                # the gathered q and v blocks, the per-row statistics
+                *(LocalBuffer(core, f"{array.name}_{col}_{row}", array.dtype, array.elements) for array in arrays),
             ]
         links.append(Link(memtile, (f"Q_{col}",), tuple(f"Q_L1_{col}_{row}" for row in range(n_rows))))
         links.append(Link(memtile, (f"KV_{col}",), (f"KV_L1_{col}",)))
