@@ -26,8 +26,9 @@ sequence's access patterns gather from and scatter to the buffers, objects pass 
 links of the design's description (``kernels/<kind>/design.py``: ``describe``), and each core runs its
 per-tile model (``kernels/<kind>/tile.py``). The op references are not called here; they are the
 oracle the tests compare with. Every launch, sync and design switch is recorded in the ledger of the
-simulated machine, with a modelled time from ``ep/cost_model.py`` (the same model the partitioner
-uses), through ``_modelled_time``.
+simulated machine, with a modelled time from the same description (``_modelled_time``: the timing walk
+of ``kernels/timing.py`` over the flow the launch executes, with each kernel's cycles per call from its
+``kernels/<kind>/cycles.py``; the partitioner's cost model runs the same walk).
 
 Simulated xclbins are JSON files generated from the kernel specs (``kernels/artifacts.py``); the real
 ones are binary and load only into the real pyxrt.
@@ -430,12 +431,17 @@ def _dtype(name: str) -> np.dtype:
     return np.dtype(np.uint16) if name == "bf16" else np.dtype(np.float32)
 
 
-def _execute(spec, shape: tuple[int, ...], buffers: dict[str, bo]) -> dict[str, np.ndarray]:
-    """Run the design's dataflow on the device copies (``ep/design_sim.py``); returns the outputs."""
-    from xdna_ep.ep import design_sim
+def _describe(spec, shape: tuple[int, ...]):
+    """The dataflow description of the design at the launch's instruction-stream ``shape``."""
     from xdna_ep.kernels.designs import describe
 
-    flow = describe(spec, spec.design_shape(shape))
+    return describe(spec, spec.design_shape(shape))
+
+
+def _execute(spec, flow, buffers: dict[str, bo]) -> dict[str, np.ndarray]:
+    """Run the design's dataflow on the device copies (``ep/design_sim.py``); returns the outputs."""
+    from xdna_ep.ep import design_sim
+
     host = {}
     for arg in flow.args:
         view = buffers[arg.name].device_view(_dtype(arg.dtype))
@@ -454,24 +460,32 @@ def _tile_model(spec):
     return tile
 
 
-def _modelled_time(profile: DeviceProfile, spec, shape: tuple[int, ...], buffers: dict[str, bo]) -> float:
-    """Modelled array time of one launch: the one place the simulator times a launch (the cost model's
-    compute term for the padded shape; a GEMM pays its GELU epilogue when the params objects its cores
-    read ask for it). The design's dataflow is ``kernels.designs.describe(spec, shape)``.
+def _modelled_time(profile: DeviceProfile, spec, flow, buffers: dict[str, bo]) -> float:
+    """Modelled array time of one launch: the one place the simulator times a launch. The timing walk
+    over ``flow``, the description the launch executes, with the kernels' cycles per call; a GEMM pays its
+    GELU epilogue when the params objects its cores read ask for it, and the dynamic-K design the wait
+    for its runtime parameters.
     """
+    from xdna_ep.kernels.timing import flow_time
+
     if spec.kind == "matmul":
+        from xdna_ep.kernels.matmul import cycles
         from xdna_ep.kernels.matmul.design import read_params
         from xdna_ep.kernels.matmul.spec import ACTIVATIONS
 
-        m, k, n = shape
+        _, k, n = flow.shape
         words = read_params(buffers["b"].device_view(np.uint16), k, n, spec)
         gelu = bool(np.any(words[:, 0] == ACTIVATIONS["gelu"]))
-        return cost_model.gemm_compute_s(profile, m, k, n, dynamic_k=spec.dynamic_k, gelu=gelu)
+        seconds = flow_time(flow, cycles.call_cycles(profile, spec, gelu=gelu), profile).seconds
+        return seconds + (profile.runtime_parameters_s if spec.dynamic_k else 0.0)
     if spec.kind == "attention":
-        heads, n_q, n_kv, head_dim = shape
-        return cost_model.attention_compute_s(profile, heads, n_q, n_kv, head_dim, spec.parts)
-    rows, cols = shape
-    return cost_model.softmax_compute_s(profile, rows, cols)
+        from xdna_ep.kernels.attention import cycles
+
+        calls = cycles.call_cycles(profile, spec, cost_model.ATTENTION_Q_ROWS_PER_CORE, cost_model.ATTENTION_KV_TILE)
+        return flow_time(flow, calls, profile).seconds
+    from xdna_ep.kernels.softmax import cycles
+
+    return flow_time(flow, cycles.call_cycles(spec), profile).seconds
 
 
 def _zero_outputs(spec, buffers: dict[str, bo]) -> None:
@@ -648,7 +662,8 @@ class kernel:  # noqa: N801 - pyxrt's spelling
         fault = _check_device(f"kernel {self.name}", point="launch")
         with npu.lock:
             switched = npu.loaded_design != design
-            compute = _modelled_time(profile, spec, shape, buffers)
+            flow = _describe(spec, shape)
+            compute = _modelled_time(profile, spec, flow, buffers)
             launch = profile.launch_s * (profile.runlist_launch_factor if npu.in_runlist else 1.0)
             modelled = launch + compute + (profile.design_switch_s if switched else 0.0)
             npu.loaded_design = design
@@ -666,7 +681,7 @@ class kernel:  # noqa: N801 - pyxrt's spelling
                 npu.loaded_design = None  # the driver restarted every context: the array is configured again
                 return ert_cmd_state.ERT_CMD_STATE_TIMEOUT
             try:
-                outputs = _execute(spec, shape, buffers)
+                outputs = _execute(spec, flow, buffers)
             except ValueError as error:  # the kernel's params contradict the launch: a hang or garbage on the device
                 raise RuntimeError(f"kernel {self.name}: {error}") from None
             for name, values in outputs.items():

@@ -12,10 +12,13 @@ every design here) compute and transfer overlap, so a step costs ``max(core cycl
 bytes / bytes per cycle)``. Steps repeat ``count`` times per core; the first step's inputs and the
 last step's outputs are not overlapped (``fill_cycles``).
 
-This is the seam to the dataflow description of issue 10 (``kernels/dataflow.py`` when it lands): a
-design's ``Step``s are read here from the tile and stream shapes of ``kernels/*/design.py`` (the
-``*_steps`` functions of each ``cycles.py``); a generic walk of the dataflow description can produce
-the same ``Step``s.
+The ``Step``s are read from the design's dataflow description (``flow_time``, the one timing walk:
+the simulator times the description it executes with it, and the partitioner's cost model times the
+description of the shape it estimates): the objects each FIFO carries follow from the runtime
+sequence's transfers and the memtile links; each core's kernel calls (``KernelCall.per``) run once per
+launch, once per object of its output FIFO (the outer step), or once per object of one of its input
+FIFOs (the inner step); each kernel's cycles per call come from its ``cycles.py``; every shim channel
+(one per shim FIFO) moves its transfers' bytes spread over the steps of the cores it feeds.
 
 Costs that are not published are marked *unverified*; ``FP32_MUL_ISSUES`` is the one with a range,
 and ``xdna-ep bench`` reports the device time at both ends of it.
@@ -23,9 +26,11 @@ and ``xdna-ep bench`` reports the device time at both ends of it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from xdna_ep.ep.device import DeviceProfile
+from xdna_ep.kernels.dataflow import DTYPE_BYTES, Dataflow
 
 LANES_F32 = 16  # fp32 lanes of one vector operation (aie::vector<float, 16>)
 LOAD_UNITS = 2  # AM020: two 256-bit load units: two load issues per cycle, each up to 32 bytes
@@ -147,3 +152,84 @@ def check_vector_only(tiles: list[TileCycles]) -> list[str]:
         for tile in tiles
         if tile.scalar_float_per_element > 0
     ]
+
+
+# when a core runs a kernel call (``KernelCall.per``): once per launch, per object of its output FIFO
+# (the outer step), or per object of its input FIFO number ``i`` (the inner step)
+CALL_PACE: dict[str, str | int] = {
+    "launch": "launch", "output tile": "output", "query tile": "output", "row": "output",
+    "K tile": 0, "key/value tile": 1,
+}  # fmt: skip
+
+
+def object_counts(flow: Dataflow) -> dict[str, int]:
+    """Objects each FIFO carries in one launch: the shim transfers' elements in whole objects, carried
+    through the memtile links (a link's inputs and outputs move the same number of objects)."""
+    counts: dict[str, int] = {}
+    for transfer in flow.transfers:
+        counts[transfer.fifo] = counts.get(transfer.fifo, 0) + transfer.pattern.length // flow.fifo(transfer.fifo).elements
+    changed = True
+    while changed:
+        changed = False
+        for link in flow.links:
+            names = (*link.inputs, *link.outputs)
+            known = [counts[name] for name in names if name in counts]
+            for name in names:
+                if known and name not in counts:
+                    counts[name] = known[0]
+                    changed = True
+    return counts
+
+
+def channel_bytes(flow: Dataflow, direction: str) -> dict[str, int]:
+    """Bytes each shim channel (one per shim FIFO) moves in one launch, ``direction`` "fill" or "drain"."""
+    moved: dict[str, int] = {}
+    for transfer in flow.transfers:
+        if transfer.direction == direction:
+            nbytes = transfer.pattern.length * DTYPE_BYTES[flow.arg(transfer.arg).dtype]
+            moved[transfer.fifo] = moved.get(transfer.fifo, 0) + nbytes
+    return moved
+
+
+def flow_time(flow: Dataflow, call_cycles: Mapping[str, TileCycles], profile: DeviceProfile) -> DesignTime:
+    """Modelled time of one launch of ``flow``: per core, its inner steps (the calls paced by an input
+    FIFO, each step against the busiest fill channel's bytes per step) inside its outer steps (the calls
+    paced by its output FIFO, each against the busiest drain channel's bytes per step), plus its
+    once-per-launch calls and the unoverlapped first fill and last drain; the slowest core sets the time.
+
+    ``call_cycles``: symbol -> cycles of one call (the kernel's ``cycles.py``).
+    """
+    counts = object_counts(flow)
+    fills, drains = channel_bytes(flow, "fill"), channel_bytes(flow, "drain")
+    slowest: DesignTime | None = None
+    for core in flow.cores:
+        unknown = [call.per for call in core.calls if call.per not in CALL_PACE]
+        missing = [call.symbol for call in core.calls if call.symbol not in call_cycles]
+        if unknown or missing:
+            raise ValueError(f"{flow.name}: {core.tile}: no cycle model for calls per {unknown} / of {missing}")
+        paced = {pace: [call_cycles[c.symbol] for c in core.calls if CALL_PACE[c.per] == pace] for pace in set(CALL_PACE.values())}
+        outer = counts[core.outputs[0]]
+        inner_fifo = next((core.inputs[CALL_PACE[c.per]] for c in core.calls if isinstance(CALL_PACE[c.per], int)), None)
+        inner = counts[inner_fifo] if inner_fifo is not None else outer
+        fill_per_step = max(fills.values(), default=0) / inner
+        drain_per_step = max(drains.values(), default=0) / outer
+        steps = [Step("launch", 1, _calls("once per launch", paced["launch"]), 0.0)] if paced["launch"] else []
+        outer_calls = _calls("per output object", paced["output"])
+        if inner_fifo is not None:
+            inner_step = Step(f"per {inner_fifo} object", inner // outer, _calls("per input object", [*paced[0], *paced[1]]), fill_per_step)
+            tile = TileCycles(kernel="output object", fill_cycles=inner_step.cycles(profile) + outer_calls.cycles)
+            name = f"output object ({inner // outer} x {inner_step.tile.cycles:.0f}-cycle steps, {inner_step.bound(profile)}-bound)"
+            steps.append(Step(name, outer, tile, drain_per_step))
+        else:
+            steps.append(Step("output object", outer, outer_calls, max(fill_per_step, drain_per_step)))
+        time = DesignTime(flow.name, tuple(steps), fill_per_step + drain_per_step, profile)
+        if slowest is None or time.cycles > slowest.cycles:
+            slowest = time
+    if slowest is None:
+        raise ValueError(f"{flow.name}: no cores to time")
+    return slowest
+
+
+def _calls(name: str, calls: list[TileCycles]) -> TileCycles:
+    """Kernel calls one after the other (each already pays its call overhead)."""
+    return TileCycles(kernel=name, fill_cycles=sum(call.cycles for call in calls))

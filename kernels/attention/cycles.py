@@ -24,14 +24,19 @@ Per (head, query tile) ``xdna_attention_init`` (vector stores) and ``xdna_attent
 host-side packing this project does not do yet: the shim DMA cannot transpose 16-bit elements), to
 show what the gathers cost.
 
-Data movement (``design.py``): each column's shim reads the head's key and value tiles (KV_TILE x
-HEAD_DIM bf16, times parts) on its two input channels and its memtile broadcasts them to the column's
-cores, so a key tile step is bounded by KV_TILE * HEAD_DIM * 2 * parts bytes on one channel; each
-column's query tiles share the key channel once per round; the column's O tiles leave on one output
-channel while the next round computes.
+Per launch ``xdna_attention_params`` copies the params header into state.
+
+Data movement, read from ``design.py``'s description by the timing walk (``kernels/timing.py``
+``flow_time``): each column's shim reads the head's key/value objects (k and v together, KV_TILE x
+HEAD_DIM bf16 each, times parts) on one input channel and its memtile broadcasts them to the column's
+cores, so a key tile step is bounded by 2 * parts * KV_TILE * HEAD_DIM * 2 bytes on that channel; the
+column's params header and query tiles come on the other input channel; the column's O tiles leave
+on one output channel while the next round computes.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 from xdna_ep.ep.device import DeviceProfile
 from xdna_ep.kernels.timing import (
@@ -41,9 +46,9 @@ from xdna_ep.kernels.timing import (
     LANES_F32,
     REDUCE_ALU,
     DesignTime,
-    Step,
     TileCycles,
     accesses,
+    flow_time,
     loop,
     sequence,
 )
@@ -111,47 +116,60 @@ def step_cycles(
     )
 
 
-def round_cycles(q_rows: int, head_dim: int, profile: DeviceProfile, fp32_mul_issues: int = FP32_MUL_ISSUES[0]) -> TileCycles:
-    """``xdna_attention_init`` + ``xdna_attention_finish`` of one query tile."""
-    r, _, t = profile.intrinsic_bf16
+def init_cycles(q_rows: int, head_dim: int) -> TileCycles:
+    """``xdna_attention_init`` of one query tile: zero O, m and l."""
     o_vectors = q_rows * head_dim // LANES_F32
     vector = accesses(LANES_F32 * FP32, LANES_F32 * FP32)
-    init = sequence("xdna_attention_init", loop("zero O, m, l", o_vectors + 2 * q_rows // LANES_F32, store_issues=vector))
-    finish = sequence(
+    return sequence("xdna_attention_init", loop("zero O, m, l", o_vectors + 2 * q_rows // LANES_F32, store_issues=vector))
+
+
+def finish_cycles(q_rows: int, head_dim: int, profile: DeviceProfile, fp32_mul_issues: int = FP32_MUL_ISSUES[0]) -> TileCycles:
+    """``xdna_attention_finish`` of one query tile: O / l."""
+    r, _, t = profile.intrinsic_bf16
+    vector = accesses(LANES_F32 * FP32, LANES_F32 * FP32)
+    return sequence(
         "xdna_attention_finish",
         loop("1 / l", q_rows // LANES_F32, mac_issues=2 * fp32_mul_issues, alu_issues=4, load_issues=vector),
         loop("O / l", q_rows * head_dim // (r * t), load_issues=accesses(r * t * FP32, r * t * FP32),
              mac_issues=fp32_mul_issues * r * t / LANES_F32, store_issues=r),
     )  # fmt: skip
-    return sequence("xdna_attention_init+finish", init, finish)
 
 
+def params_cycles() -> TileCycles:
+    """``xdna_attention_params``, once per launch: the params words copied into state, one scalar word each."""
+    from xdna_ep.kernels.attention.spec import PARAMS_WORDS  # spec imports the cost model, which imports this
+
+    return sequence("xdna_attention_params", loop("copy params", PARAMS_WORDS, load_issues=1, store_issues=1))
+
+
+def call_cycles(
+    profile: DeviceProfile, spec, q_rows: int, kv_tile: int, fp32_mul_issues: int = FP32_MUL_ISSUES[0],
+    layout: str = "row-major",
+) -> dict[str, TileCycles]:  # fmt: skip
+    """Cycles of one call of each of ``spec``'s kernels (an ``AttentionSpec``), by C symbol."""
+    d = spec.head_dim
+    return {
+        spec.params_symbol: params_cycles(),
+        spec.init_symbol: init_cycles(q_rows, d),
+        spec.c_symbol: step_cycles(profile, q_rows, kv_tile, d, spec.parts, fp32_mul_issues, layout),
+        spec.finish_symbol: finish_cycles(q_rows, d, profile, fp32_mul_issues),
+    }
+
+
+@lru_cache(maxsize=512)
 def design_time(
     profile: DeviceProfile, heads: int, n_q_pad: int, n_kv_pad: int, head_dim: int, parts: int,
     *, q_rows: int, kv_tile: int, fp32_mul_issues: int = FP32_MUL_ISSUES[0], layout: str = "row-major",
 ) -> DesignTime:  # fmt: skip
-    """One launch of the attention design on padded shapes (all heads)."""
-    rounds = n_q_pad // (profile.cores * q_rows)
-    kv_tiles = n_kv_pad // kv_tile
-    kv_bytes = parts * kv_tile * head_dim * BF16
-    step = step_cycles(profile, q_rows, kv_tile, head_dim, parts, fp32_mul_issues, layout)
-    key_step = Step("key tile", kv_tiles, step, kv_bytes)
-    q_bytes = profile.rows * parts * q_rows * head_dim * BF16  # the column's query tiles, on the key channel
-    round_tile = TileCycles(
-        kernel="query tile",
-        fill_cycles=key_step.cycles(profile) + q_bytes / profile.shim_bytes_per_cycle
-        + round_cycles(q_rows, head_dim, profile, fp32_mul_issues).cycles,
-    )
-    o_bytes = profile.rows * q_rows * head_dim * FP32
-    return DesignTime(
-        design=f"attention {heads}x{n_q_pad}x{n_kv_pad}x{head_dim}",
-        steps=(Step(f"query tile ({kv_tiles} key tiles of {step.cycles:.0f} cycles)", heads * rounds,
-                    round_tile, o_bytes),),  # fmt: skip
-        fill_dma_bytes=q_bytes + kv_bytes + o_bytes,
-        profile=profile,
-    )
+    """One launch of the attention design on padded shapes (all heads): the timing walk over its description."""
+    from xdna_ep.kernels.attention.design import describe
+    from xdna_ep.kernels.attention.spec import AttentionSpec
+
+    spec = AttentionSpec(head_dim=head_dim, precision="bf16" if parts == 1 else "accurate", profile=profile.name)
+    calls = call_cycles(profile, spec, q_rows, kv_tile, fp32_mul_issues, layout)
+    return flow_time(describe(spec, heads, n_q_pad, n_kv_pad), calls, profile)
 
 
 def tiles(profile: DeviceProfile, q_rows: int, kv_tile: int, head_dim: int) -> list[TileCycles]:
     return [step_cycles(profile, q_rows, kv_tile, head_dim, 1), step_cycles(profile, q_rows, kv_tile, head_dim, 2),
-            round_cycles(q_rows, head_dim, profile)]  # fmt: skip
+            init_cycles(q_rows, head_dim), finish_cycles(q_rows, head_dim, profile), params_cycles()]  # fmt: skip

@@ -10,14 +10,17 @@ Counted from the source, per core (intrinsic r x s x t; loads and stores in issu
   bias add, a store, and with GELU the erf polynomial and the vector exp (``GELU_MULS`` fp32
   multiplies, ``GELU_ALU`` ALU operations, counted from ``gelu_erf_f32``).
 
-Data movement (``design.py``): each column's shim reads one row group of A (m x k bf16 per K step,
-broadcast across the columns) on one channel and its B column block (k x n bf16) on the other; the
-memtile joins the column's ``rows`` C tiles (m x n fp32) onto one output channel. A K step is bounded
-by the A channel (m * k * 2 bytes); an output tile by the C channel (rows * m * n * 4 bytes), which
-drains while the next tile computes (FIFO depth 2).
+Data movement: read from ``design.py``'s description by the timing walk (``kernels/timing.py``
+``flow_time``): each column's shim reads one row group of A (m x k bf16 per K step, broadcast across
+the columns) on one channel and its B column block (k x n bf16, then the params object) on the other;
+the memtile joins the column's ``rows`` C tiles (m x n fp32) onto one output channel. A K step is
+bounded by the A channel (m * k * 2 bytes); an output tile by the C channel (rows * m * n * 4 bytes),
+which drains while the next tile computes (FIFO depth 2).
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 from xdna_ep.ep.device import DeviceProfile
 from xdna_ep.kernels.timing import (
@@ -26,9 +29,9 @@ from xdna_ep.kernels.timing import (
     FP32_MUL_ISSUES,
     LANES_F32,
     DesignTime,
-    Step,
     TileCycles,
     accesses,
+    flow_time,
     loop,
     sequence,
 )
@@ -78,30 +81,30 @@ def epilogue_cycles(profile: DeviceProfile, gelu: bool, fp32_mul_issues: int = F
     return sequence("xdna_bias_gelu_f32", bias, body)
 
 
+def call_cycles(
+    profile: DeviceProfile, spec, *, gelu: bool = False, fp32_mul_issues: int = FP32_MUL_ISSUES[0]
+) -> dict[str, TileCycles]:  # fmt: skip
+    """Cycles of one call of each of ``spec``'s kernels (a ``MatmulSpec``), by C symbol."""
+    return {
+        spec.zero_symbol: zero_cycles(profile),
+        spec.c_symbol: kernel_cycles(profile),
+        spec.epilogue_symbol: epilogue_cycles(profile, gelu, fp32_mul_issues),
+    }
+
+
+@lru_cache(maxsize=512)
 def design_time(
     profile: DeviceProfile, m_pad: int, k_pad: int, n_pad: int, *, gelu: bool = False,
     fp32_mul_issues: int = FP32_MUL_ISSUES[0],
 ) -> DesignTime:  # fmt: skip
-    """One launch of the whole-array GEMM on a padded (M, K, N)."""
-    m, k, n = profile.gemm_tile
-    output_tiles = (m_pad // (profile.rows * m)) * (n_pad // (profile.columns * n))
-    k_steps = k_pad // k
-    a_bytes = max(1, profile.rows // profile.columns) * m * k * BF16  # one shim channel per column
-    b_bytes = k * n * BF16
-    k_step = Step("K step", k_steps, kernel_cycles(profile), max(a_bytes, b_bytes))
-    tile = TileCycles(
-        kernel="output tile",
-        fill_cycles=k_step.cycles(profile)
-        + zero_cycles(profile).cycles
-        + epilogue_cycles(profile, gelu, fp32_mul_issues).cycles,
-    )
-    c_bytes = profile.rows * m * n * FP32
-    return DesignTime(
-        design=f"gemm {m_pad}x{k_pad}x{n_pad}",
-        steps=(Step(f"output tile ({k_steps} K steps of {k_step.tile.cycles:.0f} cycles)", output_tiles, tile, c_bytes),),
-        fill_dma_bytes=max(a_bytes, b_bytes) + c_bytes,
-        profile=profile,
-    )
+    """One launch of the whole-array GEMM on a padded (M, K, N): the timing walk over its description
+    (the dynamic-K design's; the static design moves the same data through the same cores)."""
+    from xdna_ep.kernels.matmul.design import describe
+    from xdna_ep.kernels.matmul.spec import MatmulSpec
+
+    spec = MatmulSpec(k=None, profile=profile.name)
+    calls = call_cycles(profile, spec, gelu=gelu, fp32_mul_issues=fp32_mul_issues)
+    return flow_time(describe(spec, m_pad, k_pad, n_pad), calls, profile)
 
 
 def tiles(profile: DeviceProfile) -> list[TileCycles]:
