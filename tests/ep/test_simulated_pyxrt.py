@@ -301,3 +301,21 @@ def test_runlist_runs_every_added_run():
     runs.wait()
     assert xrt.simulated_npu().ledger.launches == launches_before + 3
     np.testing.assert_allclose(gemm.result(), reference.matmul_reference(gemm.x, gemm.w), rtol=0, atol=ACCUMULATION_ATOL)
+
+
+def test_a_launch_is_timed_by_the_walk_over_the_description_it_executes(machine):
+    from xdna_ep.kernels.designs import describe
+    from xdna_ep.kernels.matmul import cycles
+    from xdna_ep.kernels.timing import flow_time
+
+    gemm = Gemm()
+    tiled = reference.prepare_weight(gemm.w, K, N, gemm.spec.tile[2], "bf16")
+    gemm.write("b", pack_weight(tiled, reference.prepare_params(None, "gelu", N, gemm.spec.tile[2]), K, N, gemm.spec))
+    machine.reset_ledger()
+    gemm.launch().wait()
+    flow = describe(gemm.spec, (M, K, N))
+    walked = flow_time(flow, cycles.call_cycles(NPU1, gemm.spec, gelu=True), NPU1).seconds  # the params ask for GELU
+    record = machine.ledger.records[0]
+    assert record.modelled_s == pytest.approx(NPU1.launch_s + NPU1.design_switch_s + walked, rel=1e-12)
+    plain = flow_time(flow, cycles.call_cycles(NPU1, gemm.spec), NPU1).seconds
+    assert walked > plain  # the GELU epilogue is charged only when the params objects ask for it
