@@ -35,6 +35,8 @@
 // key yet keeps O, m and l. Arithmetic order against the NumPy models, where it differs:
 // - the mmul sums over HEAD_DIM (or KV_TILE) in blocks of s, in fp32, where NumPy's matmul uses its
 //   own order; the row sum is four 16-lane partial sums and a lane tree, NumPy's is pairwise;
+// - p @ v accumulates onto O * correction block by block (the accumulator starts from it), where
+//   tile.py adds the whole tile's p @ v to O * correction once;
 // - with XDNA_ACCURATE the three products hi*hi, hi*lo, lo*hi go into one fp32 accumulator block by
 //   block; the reference adds (hi*lo + lo*hi) to hi*hi at the end.
 // These change the last bits only (tests/kernels/test_kernels_on_host.py bounds them).

@@ -14,7 +14,9 @@
 // blocks, C in r x t blocks, each block row-major, blocks row-major (as mlir-aie's mm.cc).
 //
 // Numerics (the contract is kernels/matmul/reference.py): bf16 operands, fp32 accumulation across the
-// whole K (the accumulator tile stays fp32 between calls), fp32 epilogue. The rounding mode is set to
+// whole K (the accumulator tile stays fp32 between calls), fp32 epilogue. Order against the per-tile
+// model (tile.py): the mmul adds each s-block's products onto the running C tile, tile.py adds each K
+// tile's whole product to it; the last bits differ (tests/kernels/test_kernels_on_host.py bounds them). The rounding mode is set to
 // round-to-nearest-even: the stock mode truncates toward zero (npu.md, Numerics).
 //
 //===----------------------------------------------------------------------===//
