@@ -7,9 +7,10 @@ its busiest resource (AM020, "Functional Overview": two 256-bit load and one 256
 A loop's cost is ``iterations x busiest resource + fill`` (the pipeline's prologue and epilogue).
 
 A design is a sequence of ``Step``s: every core runs the same kernel calls per step (the slowest tile
-sets the pace) while the DMA channels move the step's data; with double-buffered FIFOs (depth 2, as
-every design here) compute and transfer overlap, so a step costs ``max(core cycles, busiest channel's
-bytes / bytes per cycle)``. Steps repeat ``count`` times per core; the first step's inputs and the
+sets the pace) while the DMA channels move the step's data; with double-buffered FIFOs (depth 2)
+compute and transfer overlap, so a step costs ``max(core cycles, busiest channel's
+bytes / bytes per cycle)``; a single-buffered input FIFO (depth 1) does not overlap, so its step costs
+the sum. Steps repeat ``count`` times per core; the first step's inputs and the
 last step's outputs are not overlapped (``fill_cycles``).
 
 The ``Step``s are read from the design's dataflow description (``flow_time``, the one timing walk:
@@ -87,8 +88,11 @@ class Step:
     count: int
     tile: TileCycles
     dma_bytes: float
+    overlapped: bool = True  # double-buffered: the next step's data moves while this one computes
 
     def cycles(self, profile: DeviceProfile) -> float:
+        if not self.overlapped:  # single-buffered: the core waits for each object, then computes
+            return self.count * (self.tile.cycles + self.dma_cycles(profile))
         return self.count * max(self.tile.cycles, self.dma_cycles(profile))
 
     def dma_cycles(self, profile: DeviceProfile) -> float:
@@ -216,7 +220,8 @@ def flow_time(flow: Dataflow, call_cycles: Mapping[str, TileCycles], profile: De
         steps = [Step("launch", 1, _calls("once per launch", paced["launch"]), 0.0)] if paced["launch"] else []
         outer_calls = _calls("per output object", paced["output"])
         if inner_fifo is not None:
-            inner_step = Step(f"per {inner_fifo} object", inner // outer, _calls("per input object", [*paced[0], *paced[1]]), fill_per_step)
+            inner_step = Step(f"per {inner_fifo} object", inner // outer, _calls("per input object", [*paced[0], *paced[1]]),
+                              fill_per_step, overlapped=flow.fifo(inner_fifo).depth >= 2)  # fmt: skip
             tile = TileCycles(kernel="output object", fill_cycles=inner_step.cycles(profile) + outer_calls.cycles)
             name = f"output object ({inner // outer} x {inner_step.tile.cycles:.0f}-cycle steps, {inner_step.bound(profile)}-bound)"
             steps.append(Step(name, outer, tile, drain_per_step))

@@ -87,3 +87,16 @@ def test_a_call_without_a_cycle_model_is_refused():
     del calls[spec.epilogue_symbol]
     with pytest.raises(ValueError, match="no cycle model .*xdna_bias_gelu_f32"):
         flow_time(describe_matmul(spec, 256, 64, 128), calls, NPU1)
+
+
+def test_a_single_buffered_key_value_fifo_pays_its_transfer_after_each_step():
+    # the accurate variant single-buffers its key/value tiles to fit 64 KB: each step waits for its object
+    spec = AttentionSpec(head_dim=64, precision="accurate")
+    flow = describe_attention(spec, 1, NPU1.cores * Q_ROWS, 4 * KV_TILE)
+    assert all(f.depth == 1 for f in flow.fifos if f.name.startswith("KV_L1_"))
+    double = dataclasses.replace(flow, fifos=tuple(dataclasses.replace(f, depth=2) if f.name.startswith("KV_L1_") else f for f in flow.fifos))
+    single_time, double_time = attention_time(flow, spec), attention_time(double, spec)
+    kv_cycles = 2 * 2 * KV_TILE * 64 * 2 / NPU1.shim_bytes_per_cycle  # (k, v) x (hi, lo) bf16 per step
+    step = attention_cycles.call_cycles(NPU1, spec, Q_ROWS, KV_TILE)[spec.c_symbol].cycles
+    assert step > kv_cycles  # compute-bound when overlapped
+    assert single_time.cycles - double_time.cycles == pytest.approx(4 * kv_cycles, rel=1e-9)  # 4 key tiles, 1 round
