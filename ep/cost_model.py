@@ -1,5 +1,5 @@
-"""Time model of one fused node on the NPU and on the CPU: the partitioner decides with it, the simulated
-NPU reports its modelled device time with it (one source of truth).
+"""Time model of one fused node on the NPU and on the CPU: the partitioner decides with it; the simulated
+NPU times each launch by the same walk over the design (one source of truth).
 
 NPU time of one launch = host overhead (custom-op call, fp32 -> bf16 conversion of the activations,
 copies) + launch (kernel() + wait() from Python) + transfers (activations in, results out; weights are
@@ -8,7 +8,9 @@ bucket (whole-array GEMM: M to rows * m, K to k, N to columns * n).
 
 Compute on the array is bottom-up (``kernels/timing.py``): each kernel's cycles per tile, counted from
 its inner loops (``kernels/<op>/cycles.py``: matrix-unit issues, vector ALU operations, load and store
-issues, loop fills), summed along the design's steps, each step bounded by its busiest DMA channel;
+issues, loop fills), summed by the timing walk over the design's dataflow description at the padded
+shape (``kernels/timing.py`` ``flow_time``, the walk the simulator runs over the description each launch
+executes), each step bounded by its busiest shim channel;
 the accurate precision runs the same GEMM design with 3 x K. One parameter, the array clock, is fitted
 on one published GEMM and the model is checked on held-out measurements (``ep/calibration.py``,
 ``xdna-ep bench --calibration``).
