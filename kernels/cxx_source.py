@@ -51,14 +51,21 @@ def parameter_type(parameter: str) -> str:
 
 def signatures(source: Path) -> dict[str, tuple[str, ...]]:
     """Every ``extern "C"`` function of ``source`` (all preprocessor branches) -> its argument types."""
-    text = _strip_comments(source.read_text())
+    source = Path(source)
+    return dict(_signatures(source, source.read_text()))
+
+
+@lru_cache(maxsize=16)
+def _signatures(source: Path, text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Cached on the source's text."""
+    text = _strip_comments(text)
     start = text.find('extern "C"')
     if start < 0:
         raise ValueError(f"{source.name}: no extern \"C\" block")
-    return {
-        name: tuple(parameter_type(p) for p in params.split(",") if p.strip())
+    return tuple(
+        (name, tuple(parameter_type(p) for p in params.split(",") if p.strip()))
         for name, params in _FUNCTION.findall(text[start:])
-    }
+    )
 
 
 def static_arrays(source: Path, defines: tuple[tuple[str, int], ...]) -> tuple[StaticArray, ...]:

@@ -145,6 +145,7 @@ class Core:
     calls: tuple[KernelCall, ...]
     stack_bytes: int
     defines: tuple[tuple[str, int], ...] = ()  # -D flags of its kernel object (tile sizes, mmul shape, variant)
+    source: str = ""  # its kernel's C++ file under kernels/ (the verifier checks the calls and arrays against it)
 
 
 @dataclass(frozen=True)

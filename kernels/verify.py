@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+from xdna_ep.kernels.cxx_source import KERNELS_DIR, signatures, static_arrays
 from xdna_ep.kernels.dataflow import DTYPE_BYTES, AccessPattern, Dataflow, Tile
 from xdna_ep.kernels.limits import Limits, limits_for
 
 # the rules, as they appear in violation messages
 RULES = (
     "dma_in", "dma_out", "buffer_descriptors", "locks", "data_memory", "bd_dims", "placement",
-    "access_pattern", "kernel_types", "mmul_shape", "object_size",
+    "access_pattern", "kernel_types", "kernel_arrays", "mmul_shape", "object_size",
 )  # fmt: skip
 
 
@@ -225,6 +226,8 @@ def verify(flow: Dataflow, limits: Limits | None = None) -> Report:
                         f"{flow.name}: {core.tile}: kernel_types: {call.symbol} argument {index} is declared "
                         f"{declared}, the core passes {passed}"
                     )
+        if core.source:
+            violations += _source_errors(flow, core)
         defines = dict(core.defines)
         if "MMUL_R" in defines:
             shape = (defines["MMUL_R"], defines["MMUL_S"], defines["MMUL_T"])
@@ -234,3 +237,29 @@ def verify(flow: Dataflow, limits: Limits | None = None) -> Report:
                     f"has {'x'.join(map(str, limits.mmul_bf16))}"
                 )
     return Report(flow.name, tuple(usages), tuple(violations))
+
+
+def _source_errors(flow: Dataflow, core) -> list[str]:
+    """The core's kernel calls against the ``extern "C"`` signatures of its C++ source, and its local
+    buffers against the static arrays the source declares under the core's -D flags."""
+    source = KERNELS_DIR / core.source
+    declared_in_cxx = signatures(source)
+    errors = []
+    for call in core.calls:
+        if call.symbol not in declared_in_cxx:
+            errors.append(f"{flow.name}: {core.tile}: kernel_types: {call.symbol} is not an extern \"C\" function of {core.source}")
+        elif call.declared != declared_in_cxx[call.symbol]:
+            errors.append(
+                f"{flow.name}: {core.tile}: kernel_types: {call.symbol} is declared ({', '.join(call.declared)}), "
+                f"{core.source} has ({', '.join(declared_in_cxx[call.symbol])})"
+            )
+    # a core's buffer of a static array is named after it, then the core's column and row index
+    buffers = {buffer.name.rsplit("_", 2)[0]: buffer for buffer in flow.buffers if buffer.tile == core.tile}
+    for array in static_arrays(source, core.defines):
+        buffer = buffers.get(array.name)
+        if buffer is None or (buffer.dtype, buffer.elements) != (array.dtype, array.elements):
+            errors.append(
+                f"{flow.name}: {core.tile}: kernel_arrays: {core.source} declares static {array.name} "
+                f"({array.elements} {array.dtype}), which the description does not count as declared"
+            )
+    return errors

@@ -142,7 +142,7 @@ def describe(spec, heads: int, n_q: int, n_kv: int) -> Dataflow:
             fifos.append(Fifo(f"Q_L1_{col}_{row}", memtile, (core,), q_depth(spec), "bf16", (q_tile,)))
             fifos.append(Fifo(f"O_L1_{col}_{row}", core, (memtile,), 1, "f32", (q_rows, d)))
             core_programs.append(Core(core, (f"Q_L1_{col}_{row}", f"KV_L1_{col}"), (f"O_L1_{col}_{row}",), calls,
-                                      STACK_BYTES, defines))  # fmt: skip
+                                      STACK_BYTES, defines, "attention/attention.cc"))  # fmt: skip
             buffers += [
                 LocalBuffer(core, f"state_{col}_{row}", "f32", state_words),
                 LocalBuffer(core, f"rtp_{col}_{row}", "i32", RTP_WORDS),

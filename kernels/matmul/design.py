@@ -180,7 +180,7 @@ def describe(spec, M: int, K: int, N: int) -> Dataflow:
     for col in range(n_cols):
         for row in range(n_rows):
             tile = Tile(col, 2 + row)
-            cores.append(Core(tile, (f"A_L1_{row}", f"B_L1_{col}"), (f"C_L1_{col}_{row}",), calls, STACK_BYTES, defines))
+            cores.append(Core(tile, (f"A_L1_{row}", f"B_L1_{col}"), (f"C_L1_{col}_{row}",), calls, STACK_BYTES, defines, "matmul/matmul.cc"))
             if spec.dynamic_k:
                 buffers.append(LocalBuffer(tile, f"rtp_{col}_{row}", "i32", RTP_WORDS))
     args = (

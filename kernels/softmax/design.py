@@ -65,7 +65,7 @@ def describe(spec, rows: int) -> Dataflow:
         for row, core in enumerate(column_cores):
             fifos.append(Fifo(f"X_L1_{col}_{row}", memtile, (core,), 2, "f32", (cols,)))
             fifos.append(Fifo(f"Y_L1_{col}_{row}", core, (memtile,), 2, "f32", (cols,)))
-            cores.append(Core(core, (f"P_{col}", f"X_L1_{col}_{row}"), (f"Y_L1_{col}_{row}",), calls, STACK_BYTES))
+            cores.append(Core(core, (f"P_{col}", f"X_L1_{col}_{row}"), (f"Y_L1_{col}_{row}",), calls, STACK_BYTES, source="softmax/softmax.cc"))
             buffers.append(LocalBuffer(core, f"rtp_{col}_{row}", "i32", RTP_WORDS))
         links.append(Link(memtile, (f"X_{col}",), tuple(f"X_L1_{col}_{row}" for row in range(n_rows))))
         links.append(Link(memtile, tuple(f"Y_L1_{col}_{row}" for row in range(n_rows)), (f"Y_{col}",)))

@@ -4,11 +4,13 @@ static array the .cc declares under the core's -D flags."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import pytest
 
 from xdna_ep.kernels.cxx_source import KERNELS_DIR, signatures, static_arrays
+from xdna_ep.kernels.dataflow import KernelCall
 from xdna_ep.kernels.designs import build_list, describe
 
 TINY = {"tiny": (384, 6)}  # one encoder size: every design kind, both precisions
@@ -79,3 +81,20 @@ def test_a_new_static_array_is_counted_and_an_unreadable_one_refused(tmp_path):
     source.write_text("static float c[UNKNOWN];\n")
     with pytest.raises(ValueError, match="cannot evaluate 'UNKNOWN'"):
         static_arrays(source, ())
+
+
+def test_the_verifier_refuses_a_description_that_drifts_from_its_cxx():
+    from xdna_ep.kernels.attention.spec import AttentionSpec
+    from xdna_ep.kernels.verify import verify
+
+    spec = AttentionSpec(head_dim=64)
+    flow = describe(spec, (1, 16 * 32, 64))
+    assert verify(flow).ok
+    # a description that forgets one static array of attention.cc, and one whose step still takes k, v, params
+    dropped = dataclasses.replace(flow, buffers=tuple(b for b in flow.buffers if not b.name.startswith("scores_0_0")))
+    violations = verify(dropped).violations
+    assert len(violations) == 1 and "kernel_arrays: attention/attention.cc declares static scores (1024 f32)" in violations[0]
+    old_step = KernelCall(spec.c_symbol, ("bf16[]",) * 3 + ("f32[]",) * 2, ("bf16[]",) * 3 + ("f32[]",) * 2, "key/value tile")
+    core = dataclasses.replace(flow.cores[0], calls=tuple(old_step if c.symbol == spec.c_symbol else c for c in flow.cores[0].calls))
+    violations = verify(dataclasses.replace(flow, cores=(core, *flow.cores[1:]))).violations
+    assert len(violations) == 1 and f"kernel_types: {spec.c_symbol} is declared (bf16[], bf16[], bf16[], f32[], f32[])" in violations[0]
