@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 GOLDEN_SETTINGS = dict(
-    temperature=0.0, without_timestamps=True, condition_on_previous_text=False, language="en"
+    temperature=0.0, beam_size=1, without_timestamps=True, condition_on_previous_text=False, language="en"
 )
 
 

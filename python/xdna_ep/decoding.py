@@ -1,6 +1,8 @@
-"""Decoding one 30-s window: prompt, greedy or temperature sampling, and Whisper's logit filters.
+"""Decoding one 30-s window: prompt, beam search, greedy or temperature sampling, Whisper's logit filters.
 
-Follows openai-whisper's ``decoding.py``: suppress blank at the start, suppress non-speech and
+Follows openai-whisper's ``decoding.py``: beam search at temperature 0 (``beam_size`` beams, finished
+when ``round(beam_size * patience)`` candidates have ended, ranked by sum logprob over a length
+penalty), ``best_of`` samples at temperature > 0; suppress blank at the start, suppress non-speech and
 special tokens, timestamp rules (pairs, monotonic, ``max_initial_timestamp``, timestamp when their
 total probability beats any text token), at most ``sample_len`` tokens, ``no_speech_prob`` from the
 first step's logits at ``<|startoftranscript|>``, language detection for multilingual models.
@@ -17,7 +19,7 @@ import numpy as np
 from xdna_ep.tokenizer import TASKS, TIME_PRECISION
 
 if TYPE_CHECKING:
-    from xdna_ep.model import WhisperModel
+    from xdna_ep.model import DecoderState, WhisperModel
     from xdna_ep.tokenizer import Tokenizer
 
 
@@ -29,9 +31,16 @@ class DecodingOptions:
     task: str = "transcribe"
     # language code ("en", "de", ...); None detects it (multilingual models) or means "en" (English-only)
     language: str | None = None
-    # 0 decodes greedily (argmax); > 0 samples from softmax(logits / temperature)
+    # 0 decodes by beam search (or greedily with beam_size 1); > 0 samples from softmax(logits / temperature)
     temperature: float = 0.0
-    # candidates sampled when temperature > 0; the most likely one (sum logprob / length) is kept
+    # beams searched at temperature 0 (faster-whisper's default, 5); 1 decodes greedily (argmax)
+    beam_size: int = 5
+    # beam search ends when round(beam_size * patience) candidates have ended (arxiv:2204.05424)
+    patience: float = 1.0
+    # candidates are ranked by sum logprob / penalty: None divides by the length, alpha in [0, 1] by
+    # ((5 + length) / 6) ** alpha (Google NMT's length penalty)
+    length_penalty: float | None = None
+    # candidates sampled when temperature > 0; the best ranked one is kept
     best_of: int = 5
     # seed of the sampling RNG, so that a run with temperature > 0 is reproducible
     seed: int = 0
@@ -55,6 +64,16 @@ class DecodingOptions:
             raise ValueError(f"temperature must be >= 0, not {self.temperature!r}")
         if self.best_of < 1:
             raise ValueError(f"best_of must be >= 1, not {self.best_of!r}")
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, not {self.beam_size!r}")
+        if not self.patience > 0:
+            raise ValueError(f"patience must be > 0, not {self.patience!r}")
+        if round(self.beam_size * self.patience) < 1:
+            raise ValueError(
+                f"beam_size * patience must round to at least one candidate, not {self.beam_size} * {self.patience}"
+            )
+        if self.length_penalty is not None and not 0 <= self.length_penalty <= 1:
+            raise ValueError(f"length_penalty must be in [0, 1] or None, not {self.length_penalty!r}")
         if self.sample_len is not None and self.sample_len < 1:
             raise ValueError(f"sample_len must be >= 1 or None, not {self.sample_len!r}")
         if self.max_initial_timestamp is not None and self.max_initial_timestamp < 0:
@@ -204,6 +223,127 @@ def _logsumexp(values: np.ndarray) -> float:
     return float(peak + np.log(np.exp(values - peak).sum()))
 
 
+def _rank(candidates: list[list[int]], sum_logprobs: list[float], length_penalty: float | None) -> int:
+    """Index of the best candidate by sum logprob / penalty (openai-whisper's MaximumLikelihoodRanker)."""
+    scores = []
+    for tokens, logprob in zip(candidates, sum_logprobs):
+        length = max(len(tokens), 1)
+        penalty = length if length_penalty is None else ((5 + length) / 6) ** length_penalty
+        scores.append(logprob / penalty)
+    return int(np.argmax(scores))
+
+
+def _top_k(logprobs: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest values of ``logprobs`` (n_vocab,), largest first."""
+    top = np.argpartition(-logprobs, k - 1)[:k]
+    return top[np.argsort(-logprobs[top], kind="stable")]
+
+
+def _sample(
+    model: WhisperModel,
+    state: DecoderState,
+    logits: np.ndarray,
+    tokens: np.ndarray,
+    logit_filter: LogitFilter,
+    options: DecodingOptions,
+    sample_len: int,
+) -> tuple[list[list[int]], list[float]]:
+    """Greedy (temperature 0) or sampled candidates, one per row of ``tokens`` (n_group, n):
+    (candidates without the prompt and <|endoftext|>, their sum logprobs)."""
+    eot = model.tokenizer.eot
+    n_group = tokens.shape[0]
+    sample_begin = tokens.shape[1]
+    rng = np.random.default_rng(options.seed)
+    sum_logprobs = np.zeros(n_group, dtype=np.float64)
+    for step in range(sample_len):
+        if step > 0:
+            logits = model.decode_step(state, tokens[:, -1:])[:, -1]  # (n_group, n_vocab)
+        logits = logits.astype(np.float32, copy=True)
+        logit_filter.apply(logits, tokens)
+        if options.temperature == 0:
+            next_tokens = logits.argmax(axis=-1)
+        else:  # Gumbel-max: argmax(logits / T + Gumbel noise) samples softmax(logits / T)
+            gumbel = -np.log(-np.log(rng.uniform(size=logits.shape)))
+            next_tokens = (logits / options.temperature + gumbel).argmax(axis=-1)
+        logprobs = log_softmax(logits)
+        finished = tokens[:, -1] == eot
+        sum_logprobs += np.where(finished, 0.0, logprobs[np.arange(n_group), next_tokens])
+        next_tokens[finished] = eot
+        tokens = np.concatenate([tokens, next_tokens[:, None]], axis=1)
+        if (next_tokens == eot).all() or tokens.shape[1] > model.dims.n_text_ctx:
+            break
+    candidates = []
+    for row in tokens[:, sample_begin:].tolist():
+        candidates.append(row[: row.index(eot)] if eot in row else row)
+    return candidates, sum_logprobs.tolist()
+
+
+def _beam_search(
+    model: WhisperModel,
+    state: DecoderState,
+    logits: np.ndarray,
+    tokens: np.ndarray,
+    logit_filter: LogitFilter,
+    options: DecodingOptions,
+    sample_len: int,
+) -> tuple[list[list[int]], list[float]]:
+    """openai-whisper's BeamSearchDecoder over ``tokens`` (beam_size, n), identical prompts.
+
+    Each step extends every beam by its ``beam_size + 1`` most likely tokens, keeps the
+    ``beam_size`` best unfinished sequences (the KV cache is reordered to follow them) and collects
+    the ones that ended, until ``round(beam_size * patience)`` have ended. Returns the ended
+    candidates (topped up with the best unfinished ones if fewer than ``beam_size`` ended) without the
+    prompt and <|endoftext|>, with their sum logprobs.
+    """
+    eot = model.tokenizer.eot
+    beam_size = options.beam_size
+    max_candidates = round(beam_size * options.patience)
+    sample_begin = tokens.shape[1]
+    sum_logprobs = np.zeros(beam_size, dtype=np.float64)
+    finished: dict[tuple[int, ...], float] = {}
+    for step in range(sample_len):
+        if step > 0:
+            logits = model.decode_step(state, tokens[:, -1:])[:, -1]  # (beam_size, n_vocab)
+        logits = logits.astype(np.float32, copy=True)
+        logit_filter.apply(logits, tokens)
+        logprobs = log_softmax(logits)
+
+        scores: dict[tuple[int, ...], float] = {}
+        sources: dict[tuple[int, ...], int] = {}
+        for beam in range(tokens.shape[0]):
+            prefix = tuple(tokens[beam].tolist())
+            for token in _top_k(logprobs[beam], beam_size + 1).tolist():
+                sequence = prefix + (token,)
+                scores[sequence] = float(sum_logprobs[beam] + logprobs[beam, token])
+                sources[sequence] = beam
+        kept: list[tuple[int, ...]] = []
+        newly_finished: dict[tuple[int, ...], float] = {}
+        for sequence in sorted(scores, key=scores.get, reverse=True):
+            if sequence[-1] == eot:
+                newly_finished[sequence] = scores[sequence]
+            else:
+                kept.append(sequence)
+                if len(kept) == beam_size:
+                    break
+        for sequence in sorted(newly_finished, key=newly_finished.get, reverse=True):
+            if len(finished) >= max_candidates:
+                break  # the candidate list is full
+            finished[sequence] = newly_finished[sequence]
+        tokens = np.array(kept, dtype=np.int64)  # (beam_size, n + 1)
+        sum_logprobs = np.array([scores[sequence] for sequence in kept])
+        if len(finished) >= max_candidates or tokens.shape[1] > model.dims.n_text_ctx:
+            break
+        state.reorder(np.array([sources[sequence] for sequence in kept]))
+
+    if len(finished) < beam_size:  # not enough ended: the best unfinished ones stand in
+        for beam in np.argsort(sum_logprobs)[::-1].tolist():
+            finished[tuple(tokens[beam].tolist()) + (eot,)] = float(sum_logprobs[beam])
+            if len(finished) >= beam_size:
+                break
+    candidates = [list(sequence[sample_begin:-1]) for sequence in finished]
+    return candidates, list(finished.values())
+
+
 def decode(
     model: WhisperModel,
     audio_features: np.ndarray,
@@ -212,8 +352,9 @@ def decode(
 ) -> DecodingResult:
     """Decode one window: ``audio_features`` (1, n_audio_ctx, n_audio_state) -> tokens and text.
 
-    With ``temperature == 0`` one greedy pass; with ``temperature > 0`` ``best_of`` samples decoded as
-    one batch, of which the most likely (sum logprob / length) is returned.
+    With ``temperature == 0`` a beam search of ``beam_size`` beams (one greedy pass for beam_size 1);
+    with ``temperature > 0`` ``best_of`` samples decoded as one batch. The best ranked candidate
+    (sum logprob / length penalty) is returned.
     """
     tokenizer = model.tokenizer
     check_model_options(model, options)
@@ -231,11 +372,13 @@ def decode(
     if sample_begin >= n_text_ctx:
         raise ValueError(f"the prompt ({sample_begin} tokens) fills the decoder context ({n_text_ctx})")
 
-    n_group = options.best_of if options.temperature > 0 else 1
-    rng = np.random.default_rng(options.seed)
+    beam_search = options.temperature == 0 and options.beam_size > 1
+    if beam_search:
+        n_group = options.beam_size
+    else:
+        n_group = options.best_of if options.temperature > 0 else 1
     logit_filter = LogitFilter(tokenizer, options, sample_begin)
     tokens = np.tile(np.array(prompt, dtype=np.int64), (n_group, 1))  # (n_group, n)
-    sum_logprobs = np.zeros(n_group, dtype=np.float64)
     state = model.new_decoder_state(audio_features)
 
     # first step: the prompt, the same for every candidate, runs once; the cache is then repeated
@@ -245,30 +388,10 @@ def decode(
     no_speech_prob = float(probs_at_sot[tokenizer.no_speech])
     logits = np.repeat(logits[:, -1], n_group, axis=0)  # (n_group, n_vocab)
     state.repeat(n_group)
-    for step in range(sample_len):
-        if step > 0:
-            logits = model.decode_step(state, tokens[:, -1:])[:, -1]  # (n_group, n_vocab)
-        logits = logits.astype(np.float32, copy=True)
-        logit_filter.apply(logits, tokens)
+    search = _beam_search if beam_search else _sample
+    candidates, sum_logprobs = search(model, state, logits, tokens, logit_filter, options, sample_len)
 
-        if options.temperature == 0:
-            next_tokens = logits.argmax(axis=-1)
-        else:  # Gumbel-max: argmax(logits / T + Gumbel noise) samples softmax(logits / T)
-            gumbel = -np.log(-np.log(rng.uniform(size=logits.shape)))
-            next_tokens = (logits / options.temperature + gumbel).argmax(axis=-1)
-        logprobs = log_softmax(logits)
-        finished = tokens[:, -1] == tokenizer.eot
-        sum_logprobs += np.where(finished, 0.0, logprobs[np.arange(n_group), next_tokens])
-        next_tokens[finished] = tokenizer.eot
-        tokens = np.concatenate([tokens, next_tokens[:, None]], axis=1)
-        if (next_tokens == tokenizer.eot).all() or tokens.shape[1] > n_text_ctx:
-            break
-
-    candidates = []
-    for row in tokens[:, sample_begin:].tolist():
-        candidates.append(row[: row.index(tokenizer.eot)] if tokenizer.eot in row else row)
-    # most likely candidate by sum logprob / length (openai-whisper's ranking without length penalty)
-    best = int(np.argmax([lp / max(len(c), 1) for lp, c in zip(sum_logprobs, candidates)]))
+    best = _rank(candidates, sum_logprobs, options.length_penalty)
     best_tokens = candidates[best]
     text = tokenizer.decode(best_tokens)
     return DecodingResult(

@@ -135,6 +135,22 @@ class DecoderState:
         self.audio_features = np.repeat(self.audio_features, n, axis=0)
         self.past = {name: np.repeat(value, n, axis=0) for name, value in self.past.items()}
 
+    def reorder(self, indices: np.ndarray) -> None:
+        """Make row ``b`` of the batch the former row ``indices[b]`` (beams following their sources).
+
+        Only the self-attention entries (``*.decoder.*``, one row per beam) are gathered; the
+        cross-attention entries and ``audio_features`` are the same in every row of a beam search
+        (one audio), so they keep their rows uncopied; an identity ``indices`` copies nothing.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.ndim != 1 or indices.size != self.audio_features.shape[0]:
+            raise ValueError(f"reorder needs one index per batch row ({self.audio_features.shape[0]}), got {indices.shape}")
+        if np.array_equal(indices, np.arange(indices.size)):
+            return
+        for name, value in self.past.items():
+            if ".decoder." in name:
+                self.past[name] = value[indices]
+
 
 def _overridable_inputs(session: Any) -> set[str]:
     """Inputs of ``session`` that have a default (ONNX initializers that are also graph inputs)."""

@@ -431,6 +431,22 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--temperature", type=_temperatures, metavar="T[,T...]",
         help="temperature schedule tried in order on decoding failures (a single value: no fallback)",
     )
+    parser.add_argument(
+        "--beam-size", type=int, metavar="N",
+        help=f"beams searched at temperature 0; 1 decodes greedily (default: {DecodingOptions.beam_size})",
+    )
+    parser.add_argument(
+        "--best-of", type=int, metavar="N",
+        help=f"candidates sampled at a temperature above 0 (default: {DecodingOptions.best_of})",
+    )
+    parser.add_argument(
+        "--patience", type=float,
+        help=f"beam search ends after round(beam size * patience) candidates (default: {DecodingOptions.patience})",
+    )
+    parser.add_argument(
+        "--length-penalty", type=float, metavar="ALPHA",
+        help="rank candidates by logprob / ((5 + length) / 6) ** ALPHA, ALPHA in [0, 1] (default: logprob / length)",
+    )
     parser.add_argument("--initial-prompt", help="text to condition the first window on (names, spelling)")
     parser.add_argument(
         "--condition-on-previous-text", action=argparse.BooleanOptionalAction, default=None,
@@ -512,7 +528,8 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         options = TranscribeOptions.from_kwargs(
             **_given(args, "language", "task", "without_timestamps", "temperature", "initial_prompt",
-                     "condition_on_previous_text", "progress", "vad", "batch_size"),
+                     "condition_on_previous_text", "progress", "vad", "batch_size", "beam_size", "best_of",
+                     "patience", "length_penalty"),
             vad_parameters=_vad_parameters(args),
         )
     except ValueError as error:

@@ -123,7 +123,7 @@ def _transcribe_tokens(model_name: str, clip: str, precision: str):
 
     # the settings goldens.json was produced with (faster-whisper: beam 1, temperature 0, no timestamps)
     options = TranscribeOptions.from_kwargs(
-        temperature=0.0, without_timestamps=True, condition_on_previous_text=False, language="en"
+        temperature=0.0, beam_size=1, without_timestamps=True, condition_on_previous_text=False, language="en"
     )
     result = transcribe(_loaded(model_name, precision), AUDIO_DIR / clip, options)
     return [token for segment in result.segments for token in segment.tokens], result

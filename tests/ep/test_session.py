@@ -103,7 +103,7 @@ def test_transcription_through_the_fused_graphs_reproduces_the_golden_tokens(mod
     monkeypatch.setattr(session_module, "make_executor", lambda device, profile, precision: ReferenceExecutor())
     model = _fused_models.get(model_name) or _fused_models.setdefault(model_name, xdna_ep.load_model(model_name, device="sim"))
     options = TranscribeOptions.from_kwargs(
-        temperature=0.0, without_timestamps=True, condition_on_previous_text=False, language="en"
+        temperature=0.0, beam_size=1, without_timestamps=True, condition_on_previous_text=False, language="en"
     )
     result = transcribe(model, AUDIO_DIR / clip, options)
     tokens = [token for segment in result.segments for token in segment.tokens]

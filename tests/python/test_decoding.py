@@ -7,7 +7,16 @@ import pytest
 from conftest import AUDIO_DIR
 
 from xdna_ep.audio import HOP_LENGTH, N_FRAMES, load_audio, log_mel_spectrogram, pad_or_trim
-from xdna_ep.decoding import DecodingOptions, LogitFilter, decode, detect_language, initial_tokens
+from xdna_ep.decoding import (
+    DecodingOptions,
+    LogitFilter,
+    _beam_search,
+    _rank,
+    decode,
+    detect_language,
+    initial_tokens,
+    log_softmax,
+)
 from xdna_ep.model import DecoderState, WhisperModel
 from xdna_ep.transcribe import TranscribeOptions, transcribe
 
@@ -23,7 +32,7 @@ GOLDEN_CLIPS = [
 ]
 # the settings goldens.json was produced with (faster-whisper: beam 1, temperature 0, no timestamps, ...)
 GOLDEN_OPTIONS = TranscribeOptions.from_kwargs(
-    temperature=0.0, without_timestamps=True, condition_on_previous_text=False, language="en"
+    temperature=0.0, beam_size=1, without_timestamps=True, condition_on_previous_text=False, language="en"
 )
 
 
@@ -81,7 +90,7 @@ class RecomputingModel:
 )
 def test_kv_cache_gives_the_tokens_of_full_recomputation(tiny_en_model, clip, without_timestamps):
     features = _first_window_features(tiny_en_model, clip)
-    options = DecodingOptions(without_timestamps=without_timestamps, language="en")
+    options = DecodingOptions(without_timestamps=without_timestamps, language="en", beam_size=1)
     cached = decode(tiny_en_model, features, options)
     recomputing = RecomputingModel(tiny_en_model)
     recomputed = decode(recomputing, features, options)
@@ -198,7 +207,15 @@ def test_english_only_model_rejects_other_languages_and_translation(tiny_en_mode
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"task": "summarize"}, "task"), ({"temperature": -1.0}, "temperature"), ({"best_of": 0}, "best_of")],
+    [
+        ({"task": "summarize"}, "task"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"best_of": 0}, "best_of"),
+        ({"beam_size": 0}, "beam_size"),
+        ({"patience": 0.0}, "patience"),
+        ({"beam_size": 1, "patience": 0.4}, "beam_size \\* patience"),
+        ({"length_penalty": 1.5}, "length_penalty"),
+    ],
 )
 def test_invalid_decoding_options(options, message):
     with pytest.raises(ValueError, match=message):
@@ -219,3 +236,72 @@ def test_a_repeated_prompt_state_equals_a_batched_first_step(tiny_en_model):
     next_tokens = np.array([[400], [500], [600]])
     np.testing.assert_allclose(tiny_en_model.decode_step(repeated, next_tokens),
                                tiny_en_model.decode_step(batched, next_tokens), rtol=0, atol=1e-3)
+
+
+def test_reorder_gathers_the_self_attention_cache_and_leaves_the_cross_attention_cache(tiny_en_model):
+    features = _first_window_features(tiny_en_model, "jfk.wav")
+    state = tiny_en_model.new_decoder_state(features)
+    tiny_en_model.decode_step(state, np.array([tiny_en_model.tokenizer.sot_sequence("en")]))
+    state.repeat(3)
+    tiny_en_model.decode_step(state, np.array([[400], [500], [600]]))  # rows now differ
+    before = dict(state.past)
+    state.reorder(np.array([0, 1, 2]))  # identity: nothing copied
+    assert all(state.past[name] is value for name, value in before.items())
+    state.reorder(np.array([2, 2, 0]))
+    for name, value in before.items():
+        if ".decoder." in name:
+            np.testing.assert_array_equal(state.past[name], value[[2, 2, 0]], err_msg=name)
+        else:  # one audio: the cross-attention rows are equal and stay where they are, uncopied
+            assert state.past[name] is value
+    with pytest.raises(ValueError, match="one index per batch row"):
+        state.reorder(np.array([0, 1]))
+
+
+def _sum_logprob_by_recomputation(model, features, prompt, candidate, options) -> float:
+    """Sum logprob of ``candidate`` after ``prompt``, every position from one decoder_model pass."""
+    sequence = np.array([prompt + candidate + [model.tokenizer.eot]])
+    logits = model.decoder.run(["logits"], {"input_ids": sequence, "encoder_hidden_states": features})[0][0]
+    logit_filter = LogitFilter(model.tokenizer, options, len(prompt))
+    total = 0.0
+    for position in range(len(prompt), sequence.shape[1]):
+        step_logits = logits[position - 1][None].astype(np.float32, copy=True)
+        logit_filter.apply(step_logits, sequence[:, :position])
+        total += float(log_softmax(step_logits)[0, sequence[0, position]])
+    return total
+
+
+@pytest.mark.parametrize("patience", [1.0, 2.0])
+def test_beam_search_candidates_score_what_a_full_recomputation_scores(tiny_en_model, patience):
+    """Every ended candidate's sum logprob is that of its own sequence: the cache followed each beam."""
+    features = _first_window_features(tiny_en_model, "jfk.wav")
+    options = DecodingOptions(language="en", beam_size=3, patience=patience)
+    prompt = initial_tokens(tiny_en_model.tokenizer, options, "en", tiny_en_model.dims.n_text_ctx)
+    state = tiny_en_model.new_decoder_state(features)
+    logits = np.repeat(tiny_en_model.decode_step(state, np.array([prompt]))[:, -1], 3, axis=0)
+    state.repeat(3)
+    logit_filter = LogitFilter(tiny_en_model.tokenizer, options, len(prompt))
+    tokens = np.tile(np.array(prompt), (3, 1))
+    candidates, sum_logprobs = _beam_search(tiny_en_model, state, logits, tokens, logit_filter, options, 224)
+    assert len(candidates) == round(3 * patience)  # the search stops once that many have ended
+    assert len({tuple(c) for c in candidates}) == len(candidates)
+    for candidate, sum_logprob in zip(candidates, sum_logprobs):
+        recomputed = _sum_logprob_by_recomputation(tiny_en_model, features, prompt, candidate, options)
+        # float32 logits through two graphs (cached vs full): measured differences below 1e-3
+        assert sum_logprob == pytest.approx(recomputed, abs=5e-3)
+
+
+def test_beam_search_scores_at_least_greedy(tiny_en_model):
+    features = _first_window_features(tiny_en_model, "libri-1088-134315-0000.wav")
+    greedy = decode(tiny_en_model, features, DecodingOptions(language="en", beam_size=1))
+    beam = decode(tiny_en_model, features, DecodingOptions(language="en", beam_size=5))
+    # the greedy path is among the sequences beam search explores first: beam search never ranks lower
+    assert beam.avg_logprob >= greedy.avg_logprob - 1e-4
+    assert len(beam.tokens) > 20
+
+
+def test_rank_length_penalty():
+    candidates, sum_logprobs = [[1] * 4, [1] * 10], [-2.0, -4.0]
+    assert _rank(candidates, sum_logprobs, None) == 1  # -0.5 per token against -0.4
+    assert _rank(candidates, sum_logprobs, 0.0) == 0  # no length penalty: the higher sum wins
+    # GNMT: -2 / (9 / 6) = -1.33 against -4 / (15 / 6) = -1.6
+    assert _rank(candidates, sum_logprobs, 1.0) == 0

@@ -59,7 +59,7 @@ def faster_whisper_tiny_en():
 
 @pytest.mark.parametrize("clip", ["jfk.wav", "2412-153948-0000.flac", "libri-1088-134315-0000.wav"])
 def test_timestamped_segments_match_faster_whisper(tiny_en_model, faster_whisper_tiny_en, clip):
-    options = TranscribeOptions.from_kwargs(temperature=0.0, language="en", condition_on_previous_text=False)
+    options = TranscribeOptions.from_kwargs(temperature=0.0, beam_size=1, language="en", condition_on_previous_text=False)
     result = transcribe(tiny_en_model, AUDIO_DIR / clip, options)
     reference, _ = faster_whisper_tiny_en.transcribe(
         str(AUDIO_DIR / clip), beam_size=1, temperature=0.0, language="en",
@@ -109,7 +109,9 @@ def test_long_recording_matches_faster_whisper(
     tiny_en_model, faster_whisper_tiny_en, long_recording, condition_on_previous_text
 ):
     """The seek loop, prompts and timestamps over three windows give faster-whisper's segments exactly."""
-    options = TranscribeOptions.from_kwargs(language="en", condition_on_previous_text=condition_on_previous_text)
+    options = TranscribeOptions.from_kwargs(
+        language="en", beam_size=1, condition_on_previous_text=condition_on_previous_text
+    )
     result = transcribe(tiny_en_model, long_recording, options)
     reference, _ = faster_whisper_tiny_en.transcribe(
         long_recording, beam_size=1, language="en", condition_on_previous_text=condition_on_previous_text,
@@ -160,7 +162,7 @@ def test_multilingual_model_detects_english_and_translates(base_model):
 
 def test_options_are_validated():
     with pytest.raises(ValueError, match="unknown transcribe option"):
-        TranscribeOptions.from_kwargs(beam_size=5)
+        TranscribeOptions.from_kwargs(beam_width=5)
     with pytest.raises(ValueError, match="temperature"):
         TranscribeOptions.from_kwargs(temperature=(0.0, -0.2))
     with pytest.raises(ValueError, match="no_speech_threshold"):
