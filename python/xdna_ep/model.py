@@ -144,7 +144,9 @@ class DecoderState:
         """
         indices = np.asarray(indices, dtype=np.int64)
         if indices.ndim != 1 or indices.size != self.audio_features.shape[0]:
-            raise ValueError(f"reorder needs one index per batch row ({self.audio_features.shape[0]}), got {indices.shape}")
+            raise ValueError(
+                f"reorder needs one index per batch row ({self.audio_features.shape[0]}), got shape {indices.shape}"
+            )
         if np.array_equal(indices, np.arange(indices.size)):
             return
         for name, value in self.past.items():

@@ -63,6 +63,8 @@ class TranscribeOptions:
     # decode up to this many VAD chunks (<= 30 s of speech each) as one batch, as faster-whisper's
     # BatchedInferencePipeline does (VAD on, no previous text, first temperature only); None: sequential
     batch_size: int | None = None
+    # time every word (cross-attention alignment, one extra decoder pass per window on the CPU)
+    word_timestamps: bool = False
 
     def __post_init__(self) -> None:
         temperatures = self.temperature
@@ -111,6 +113,16 @@ class TranscribeOptions:
 
 
 @dataclass(frozen=True)
+class Word:
+    """One word of a segment, times in seconds from the start of the recording."""
+
+    word: str  # with its leading space, and the punctuation next to it
+    start: float
+    end: float
+    probability: float  # mean probability of its tokens
+
+
+@dataclass(frozen=True)
 class Segment:
     """A stretch of speech with its text, times in seconds from the start of the recording."""
 
@@ -124,6 +136,7 @@ class Segment:
     avg_logprob: float
     compression_ratio: float
     no_speech_prob: float
+    words: list[Word] | None = None  # with word_timestamps
 
 
 @dataclass(frozen=True)
@@ -160,11 +173,21 @@ def transcribe(
         return _transcribe_speech(model, audio, options, on_segment)
     import numpy as np
 
-    from xdna_ep.audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, load_audio, log_mel_spectrogram, pad_or_trim
+    from xdna_ep.audio import (
+        FRAMES_PER_SECOND,
+        HOP_LENGTH,
+        N_FRAMES,
+        SAMPLE_RATE,
+        load_audio,
+        log_mel_spectrogram,
+        pad_or_trim,
+    )
     from xdna_ep.decoding import check_model_options, decode, detect_language
     from xdna_ep.tokenizer import TIME_PRECISION
 
     timing = {"load_audio": 0.0, "log_mel": 0.0, "encode": 0.0, "decode": 0.0}
+    if options.word_timestamps:
+        timing["align"] = 0.0
     started = time.perf_counter()
     check_model_options(model, options.decoding)
     tokenizer = model.tokenizer
@@ -233,6 +256,7 @@ def transcribe(
     all_tokens: list[int] = list(initial_prompt_tokens)
     prompt_reset_since = 0
     segments: list[Segment] = []
+    last_speech_timestamp = 0.0
 
     progress = None
     if options.progress:
@@ -271,7 +295,7 @@ def transcribe(
                     progress.update(round(segment_duration, 2))
                 continue
 
-        window_segments: list[tuple[float, float, list[int]]] = []  # (start, end, tokens)
+        window_segments: list[dict[str, Any]] = []  # start, end, tokens[, words]
         is_timestamp = tokens >= timestamp_begin
         single_timestamp_ending = is_timestamp[-2:].tolist() == [False, True]
         consecutive = np.where(is_timestamp[:-1] & is_timestamp[1:])[0] + 1  # where a pair ends a segment
@@ -284,7 +308,7 @@ def transcribe(
                 sliced = tokens[last_slice:current_slice]
                 start = time_offset + (int(sliced[0]) - timestamp_begin) * TIME_PRECISION
                 end = time_offset + (int(sliced[-1]) - timestamp_begin) * TIME_PRECISION
-                window_segments.append((start, end, sliced.tolist()))
+                window_segments.append({"start": start, "end": end, "tokens": sliced.tolist()})
                 last_slice = current_slice
             if single_timestamp_ending:
                 seek += segment_size  # the speech ran to the end of what was decoded
@@ -298,12 +322,30 @@ def transcribe(
             if timestamps.size > 0 and timestamps[-1] != timestamp_begin:
                 # a lone final timestamp marks where the speech ended
                 end_time = (int(timestamps[-1]) - timestamp_begin) * TIME_PRECISION
-            window_segments.append((time_offset, time_offset + end_time, tokens.tolist()))
+            window_segments.append({"start": time_offset, "end": time_offset + end_time, "tokens": tokens.tolist()})
             seek += segment_size
 
-        for start, end, segment_tokens in window_segments:
+        if options.word_timestamps:
+            from xdna_ep.alignment import add_word_timestamps
+
+            clock = time.perf_counter()
+            add_word_timestamps(
+                model, features, tokenizer.sot_sequence(language, decoding.task), window_segments, time_offset,
+                segment_size, language, last_speech_timestamp,
+            )
+            timing["align"] += time.perf_counter() - clock
+            spoken = [segment["words"][-1]["end"] for segment in window_segments if segment["words"]]
+            last_word_end = spoken[-1] if spoken else (window_segments[-1]["end"] if window_segments else None)
+            if not single_timestamp_ending and last_word_end is not None and last_word_end > time_offset:
+                seek = round(last_word_end * FRAMES_PER_SECOND)  # resume after the last word heard
+            if last_word_end is not None:
+                last_speech_timestamp = last_word_end
+
+        for window_segment in window_segments:
+            segment_tokens = window_segment["tokens"]
             # timestamps may run past the end of the recording in its last window
-            start, end = round(min(start, duration), 3), round(min(end, duration), 3)
+            start = round(min(window_segment["start"], duration), 3)
+            end = round(min(window_segment["end"], duration), 3)
             text = tokenizer.decode(segment_tokens)
             if start >= end or not text.strip():  # instantaneous or empty: nothing to show
                 continue
@@ -318,6 +360,7 @@ def transcribe(
                 avg_logprob=result.avg_logprob,
                 compression_ratio=result.compression_ratio,
                 no_speech_prob=result.no_speech_prob,
+                words=[Word(**word) for word in window_segment["words"]] if options.word_timestamps else None,
             )
             segments.append(segment)
             all_tokens.extend(segment_tokens)
@@ -471,6 +514,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "min_silence_duration_ms 160, and max_speech_duration_s is at most 30)",
     )
     parser.add_argument(
+        "--word-timestamps", action="store_true", default=None,
+        help="time every word (json: each segment's words; srt/vtt: see --word-cues)",
+    )
+    parser.add_argument(
+        "--word-cues", action="store_true",
+        help="with --word-timestamps: one word per srt/vtt cue instead of one segment per cue",
+    )
+    parser.add_argument(
         "--output-format", choices=(*FORMATS, "all"),
         help="write the transcript in this format (default: only print it; with --output-dir: all)",
     )
@@ -529,11 +580,13 @@ def run_command(args: argparse.Namespace) -> int:
         options = TranscribeOptions.from_kwargs(
             **_given(args, "language", "task", "without_timestamps", "temperature", "initial_prompt",
                      "condition_on_previous_text", "progress", "vad", "batch_size", "beam_size", "best_of",
-                     "patience", "length_penalty"),
+                     "patience", "length_penalty", "word_timestamps"),
             vad_parameters=_vad_parameters(args),
         )
     except ValueError as error:
         raise XdnaError(str(error)) from None
+    if args.word_cues and not options.word_timestamps:
+        raise XdnaError("--word-cues needs --word-timestamps")
     from xdna_ep.models.registry import DEFAULT_MODEL
 
     if options.vad or options.batch_size is not None:
@@ -590,7 +643,7 @@ def run_command(args: argparse.Namespace) -> int:
         if output_format:
             output_dir = args.output_dir or Path(".")
             try:
-                paths = write_result(result, stem, output_dir, output_format)
+                paths = write_result(result, stem, output_dir, output_format, word_cues=args.word_cues)
             except OSError as error:
                 raise XdnaError(f"cannot write the transcript into {output_dir}: {error}") from None
             for path in paths:
