@@ -41,6 +41,8 @@ SENTENCE_END_MARKS = ".。!！?？"
 # languages written without spaces: words are split where the tokens decode to whole characters
 _UNSPACED_LANGUAGES = {"zh", "ja", "th", "lo", "my", "yue"}
 
+# ops whose output depends on their input's shape only, not on its values
+_SHAPE_ONLY_OPS = {"Shape", "Size"}
 # (layer, head) of the cross-attention heads that follow the audio, per model; from openai-whisper's
 # _ALIGNMENT_HEADS (whisper/__init__.py, base85 of a gzip'd (n_text_layer, n_text_head) bool mask),
 # decoded; CTranslate2's converted models list the same heads in config.json "alignment_heads"
@@ -86,15 +88,17 @@ def cross_attention_softmax_outputs(graph: onnx.GraphProto, n_text_layer: int) -
     """Names of the cross-attention Softmax outputs of a Whisper decoder graph, first layer first.
 
     A cross-attention Softmax normalises ``MatMul(query, key)`` (through an optional mask ``Add``)
-    whose key depends on ``encoder_hidden_states`` and not on ``input_ids``; a self-attention key
-    depends on ``input_ids``. ModelError naming what was found when there are not ``n_text_layer``.
+    whose key values are computed from ``encoder_hidden_states`` and not from ``input_ids``; a
+    self-attention key's are computed from ``input_ids``. Only values count: what a ``Shape`` reads
+    (the batch size a Reshape takes from the query side) is not followed. ModelError naming what
+    was found when there are not ``n_text_layer``.
     """
     producer = {output: node for node in graph.node for output in node.output}
     graph_inputs = {value.name for value in graph.input}
     reaches: dict[str, frozenset[str]] = {}
 
     def inputs_reached(name: str) -> frozenset[str]:
-        """The graph inputs ``name`` is computed from (iterative: decoder graphs are deep)."""
+        """The graph inputs whose values ``name`` is computed from (iterative: decoder graphs are deep)."""
         stack = [name]
         while stack:
             current = stack[-1]
@@ -102,8 +106,8 @@ def cross_attention_softmax_outputs(graph: onnx.GraphProto, n_text_layer: int) -
                 stack.pop()
                 continue
             node = producer.get(current)
-            if node is None:
-                reaches[current] = frozenset({current}) & graph_inputs
+            if node is None or node.op_type in _SHAPE_ONLY_OPS:
+                reaches[current] = frozenset({current}) & graph_inputs if node is None else frozenset()
                 stack.pop()
                 continue
             pending = [source for source in node.input if source and source not in reaches]

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "transcribe": ("xdna_ep.transcribe", "transcribe audio files"),
     "models": ("xdna_ep.models.cli", "export and list Whisper ONNX models"),
     "bench-transcribe": ("xdna_ep.bench_transcribe", "time transcription against faster-whisper on the same weights"),
+    "bench-agreement": ("xdna_ep.bench_agreement", "beam search and word timestamps against faster-whisper"),
     "inspect": ("xdna_ep.inspect_model", "show the fused nodes of a model, their placement and why"),
     "serve": ("xdna_ep.server", "HTTP transcription server (OpenAI audio API, whisper.cpp /inference)"),
     "bench-longform": ("xdna_ep.bench_longform", "VAD on a recording with long gaps; batched vs sequential vs faster-whisper"),
