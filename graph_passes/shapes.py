@@ -2,8 +2,9 @@
 
 The partitioner decides per node and per shape, but the exported graphs have symbolic dimensions.
 Whisper's are static enough: the encoder always sees 1500 positions; the first decoder step sees the
-prompt (about 4 tokens); ``decoder_with_past`` sees one token after a past of up to 224 positions (the
-sampling length of openai-whisper's decoding, half the text context). Those values are substituted and
+prompt (about 4 tokens, run once per window whatever the beam); ``decoder_with_past`` sees one token
+per beam after a past of up to 224 positions (the sampling length of openai-whisper's decoding, half
+the text context), the beams being its batch: ``DECODE_BATCH`` of them, the default beam search. Those values are substituted and
 ONNX Runtime's symbolic shape inference propagates them; the substitutions are kept in ``assumptions``
 so that every placement reason can state them.
 """
@@ -22,12 +23,16 @@ DECODER = "decoder"  # first step: prompt tokens + encoder states
 DECODER_WITH_PAST = "decoder_with_past"
 OTHER = "other"
 
+# Beams decoded together by decoder_with_past: the default beam size (xdna_ep.decoding.DecodingOptions
+# .beam_size, which a higher layer defines; a test keeps the two equal). Greedy decoding runs batch 1.
+DECODE_BATCH = 5
+
 # Representative sizes of the symbolic dimensions of optimum's Whisper export.
 REPRESENTATIVE_DIMS = {
     ENCODER: {"batch_size": 1},
     DECODER: {"batch_size": 1, "decoder_sequence_length": 4, "encoder_sequence_length": 1500},
     DECODER_WITH_PAST: {
-        "batch_size": 1,
+        "batch_size": DECODE_BATCH,
         "decoder_sequence_length": 1,
         "past_decoder_sequence_length": 224,
         "encoder_sequence_length": 1500,
@@ -40,6 +45,7 @@ DIM_REASONS = {
     "encoder_sequence_length": "1500 audio positions",
 }
 WITH_PAST_STEP_REASON = "one token per step"
+WITH_PAST_BATCH_REASON = f"a beam of {DECODE_BATCH}, the default beam search"
 
 # Initializers larger than this are replaced by typed inputs before shape inference (values unused).
 _LARGE_INITIALIZER_ELEMENTS = 1024
@@ -114,6 +120,8 @@ def representative_shapes(model: ModelProto) -> ShapeTable:
         reason = DIM_REASONS.get(name, "unknown dimension, assumed")
         if role == DECODER_WITH_PAST and name == "decoder_sequence_length":
             reason = WITH_PAST_STEP_REASON
+        if role == DECODER_WITH_PAST and name == "batch_size":
+            reason = WITH_PAST_BATCH_REASON
         notes.append(f"{name}={value} ({reason})")
     return ShapeTable(role=role, shapes=shapes, elem_types=elem_types, assumptions=", ".join(notes))
 

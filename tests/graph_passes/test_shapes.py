@@ -6,7 +6,9 @@ import onnx
 import pytest
 from real_sessions import model_folder, whisper_config
 
+from xdna_ep.decoding import DecodingOptions
 from xdna_ep.graph_passes.shapes import (
+    DECODE_BATCH,
     DECODER,
     DECODER_WITH_PAST,
     ENCODER,
@@ -20,7 +22,9 @@ from xdna_ep.graph_passes.shapes import (
     [
         ("encoder_model", ENCODER, (1, "h", 1500, 1500), "batch_size=1"),
         ("decoder_model", DECODER, (1, "h", 4, 1500), "decoder_sequence_length=4 (prompt of about 4 tokens)"),
-        ("decoder_with_past_model", DECODER_WITH_PAST, (1, "h", 1, 1500), "decoder_sequence_length=1 (one token per step)"),
+        ("decoder_with_past_model", DECODER_WITH_PAST, (5, "h", 1, 1500), "decoder_sequence_length=1 (one token per step)"),
+        # the beams are decoder_with_past's batch: planned for the default beam search
+        ("decoder_with_past_model", DECODER_WITH_PAST, (5, "h", 1, 1500), "batch_size=5 (a beam of 5, the default beam"),
     ],
 )
 def test_roles_and_representative_shapes_of_tiny_en(session, role, attention_scores, assumed):
@@ -35,3 +39,8 @@ def test_roles_and_representative_shapes_of_tiny_en(session, role, attention_sco
     expected = tuple(n_head if dim == "h" else dim for dim in attention_scores)
     assert table.shape(scores) == expected
     assert table.is_float32(scores) is True
+
+
+def test_decoder_with_past_is_planned_for_the_default_beam():
+    # graph_passes cannot import the decoding layer: the constant is spelled twice and kept equal here
+    assert DECODE_BATCH == DecodingOptions().beam_size
