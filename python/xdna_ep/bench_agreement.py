@@ -112,7 +112,7 @@ def compare_clip(clip: Path, model: Any, faster_whisper: Any, reference: str | N
 def _seconds(values: list[float]) -> str:
     if not values:
         return "-"
-    return f"median {statistics.median(values):.3f} s, max {max(values):.2f} s"
+    return f"median {statistics.median(values):.3f} s, max {max(values):.3f} s"
 
 
 def run_bench(options: AgreementOptions) -> list[str]:
