@@ -26,18 +26,6 @@ from xdna_ep.errors import ModelError
 from xdna_ep.transcribe import TranscribeOptions, transcribe
 from xdna_ep.writers import to_json, to_srt, to_vtt
 
-ENGLISH_CLIPS = [
-    "jfk.wav",
-    "jfk.flac",
-    "librispeech-1995-1837-0001.wav",
-    "2412-153948-0000.flac",
-    "libri-1088-134315-0000.wav",
-    "espeak_fox.wav",
-    "espeak_stella.wav",
-    "espeak_device.wav",
-]
-
-
 def _dtw_reference(x: np.ndarray) -> np.ndarray:
     """openai-whisper's dtw_cpu and backtrace, loop for loop."""
     n, m = x.shape
@@ -160,13 +148,13 @@ def test_words_and_times_match_faster_whisper(tiny_en_model, faster_whisper_tiny
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["tiny.en", "base"])
-def test_words_and_times_match_faster_whisper_on_every_english_clip(request, model_name):
+def test_words_and_times_match_faster_whisper_on_every_english_clip(request, model_name, goldens):
     from xdna_ep.baselines import faster_whisper_model
 
     model = request.getfixturevalue("tiny_en_model" if model_name == "tiny.en" else "base_model")
     faster_whisper = faster_whisper_model(model_name)
     starts, ends = [], []
-    for clip in ENGLISH_CLIPS:
+    for clip in goldens:  # the shared English clips
         clip_starts, clip_ends = _compare_with_faster_whisper(model, faster_whisper, clip)
         starts += clip_starts
         ends += clip_ends
@@ -204,7 +192,8 @@ def test_srt_and_vtt_one_word_per_cue(jfk_words, tiny_en_model):
 
 def test_cli_word_timestamps_and_cues(tmp_path, capsys):
     clip = str(AUDIO_DIR / "jfk.wav")
-    arguments = ["transcribe", clip, "--word-timestamps", "--word-cues", "--beam-size", "2", "--output-dir", str(tmp_path)]
+    arguments = ["transcribe", clip, "--word-timestamps", "--word-cues", "--beam-size", "2"]
+    arguments += ["--output-dir", str(tmp_path)]
     assert main(arguments) == 0
     data = json.loads((tmp_path / "jfk.json").read_text())
     assert all(segment["words"] for segment in data["segments"])
