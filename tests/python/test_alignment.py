@@ -146,6 +146,9 @@ def test_words_and_times_match_faster_whisper(tiny_en_model, faster_whisper_tiny
     assert len(starts) == 22
 
 
+BASE_CLIPS = ("jfk.wav", "2412-153948-0000.flac", "libri-1088-134315-0000.wav")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["tiny.en", "base"])
 def test_words_and_times_match_faster_whisper_on_every_english_clip(request, model_name, goldens):
@@ -155,8 +158,7 @@ def test_words_and_times_match_faster_whisper_on_every_english_clip(request, mod
     faster_whisper = faster_whisper_model(model_name)
     starts, ends = [], []
     # tiny.en: every shared English clip; base (slower): three, the rest is in bench-agreement's figures
-    clips = list(goldens) if model_name == "tiny.en" else ["jfk.wav", "2412-153948-0000.flac"]
-    clips += [] if model_name == "tiny.en" else ["libri-1088-134315-0000.wav"]
+    clips = list(goldens) if model_name == "tiny.en" else list(BASE_CLIPS)
     for clip in clips:
         clip_starts, clip_ends = _compare_with_faster_whisper(model, faster_whisper, clip)
         starts += clip_starts
