@@ -45,8 +45,8 @@ def transcribe(
     ``model``: a name, an exported model folder, or a model from ``load_model`` (reused as is; then
     ``device`` must be None or the model's). ``device`` defaults to ``cpu``. ``options``: fields of
     ``TranscribeOptions`` and ``DecodingOptions``, e.g. ``language="en"``, ``temperature=0``,
-    ``beam_size=1`` (greedy; the default is a beam search of 5), ``without_timestamps=True``,
-    ``initial_prompt="..."``.
+    ``beam_size=1`` (greedy; the default is a beam search of 5), ``word_timestamps=True`` (each
+    segment's ``words``), ``without_timestamps=True``, ``initial_prompt="..."``.
     """
     from xdna_ep.model import WhisperModel
     from xdna_ep.transcribe import TranscribeOptions
