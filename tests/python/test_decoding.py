@@ -305,3 +305,26 @@ def test_rank_length_penalty():
     assert _rank(candidates, sum_logprobs, 0.0) == 0  # no length penalty: the higher sum wins
     # GNMT: -2 / (9 / 6) = -1.33 against -4 / (15 / 6) = -1.6
     assert _rank(candidates, sum_logprobs, 1.0) == 0
+
+
+@pytest.mark.slow
+def test_beam_search_on_the_simulated_npu2_gives_the_cpu_tokens(tiny_en_model):
+    """The beam is decoder_with_past's batch: planned at batch 5, its vocabulary projection runs on
+    the (simulated) npu2 every step, with no fallback, and the beams find the CPU's tokens."""
+    from xdna_ep.ep import stats
+
+    simulated = WhisperModel("tiny.en", device="sim", profile="npu2")
+    options = TranscribeOptions.from_kwargs(language="en", beam_size=5)
+    before = stats.snapshot()
+    result = transcribe(simulated, AUDIO_DIR / "jfk.wav", options)
+    used = stats.since(before)["totals"]
+    reference = transcribe(tiny_en_model, AUDIO_DIR / "jfk.wav", options)
+    # bf16 NPU arithmetic: measured the same tokens as the CPU's float32 on this clip
+    assert [s.tokens for s in result.segments] == [s.tokens for s in reference.segments]
+    assert used["fallbacks"] == 0
+    projections = [
+        node for executor in stats.snapshot()["executors"] for name, node in executor["nodes"].items()
+        if "proj_out" in name and executor["profile"] == "npu2"
+    ]
+    steps = result.stats["sampled_tokens"]  # one decoder_with_past step per token after the first
+    assert max(node["calls"] for node in projections) >= steps - 1
