@@ -161,8 +161,10 @@ class Aligner:
         for layer in layers:
             output = onnx.helper.make_tensor_value_info(softmax_outputs[layer], onnx.TensorProto.FLOAT, None)
             graph_model.graph.output.append(output)
+        session_options = onnxruntime.SessionOptions()
+        session_options.log_severity_level = 3  # errors only: an optional input with a default warns at load
         self.session = onnxruntime.InferenceSession(
-            graph_model.SerializeToString(), providers=["CPUExecutionProvider"]
+            graph_model.SerializeToString(), session_options, providers=["CPUExecutionProvider"]
         )
 
     def attention(self, audio_features: np.ndarray, tokens: list[int]) -> tuple[np.ndarray, np.ndarray]:

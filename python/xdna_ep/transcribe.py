@@ -91,6 +91,8 @@ class TranscribeOptions:
         batch_size = self.batch_size
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be an integer >= 1 or None, not {self.batch_size!r}")
+        if batch_size is not None and self.word_timestamps:
+            raise ValueError("word_timestamps are not computed by the batched mode (batch_size); use vad without it")
         if self.vad_parameters is not None:
             from xdna_ep.vad import VadOptions
 
@@ -426,6 +428,15 @@ def _transcribe_speech(
         )
 
     def original(segment: Segment) -> Segment:
+        if segment.words:  # each word in the chunk holding its middle; the segment spans its words (faster-whisper)
+            words = []
+            for word in segment.words:
+                chunk = speech_map.chunk_index((word.start + word.end) / 2)
+                words.append(replace(
+                    word, start=speech_map.original_time(word.start, chunk_index=chunk),
+                    end=speech_map.original_time(word.end, chunk_index=chunk),
+                ))
+            return replace(segment, start=words[0].start, end=words[-1].end, words=words)
         start, end = speech_map.segment_times(segment.start, segment.end, vad_options.speech_pad_ms / 1000)
         return replace(segment, start=start, end=end)
 
