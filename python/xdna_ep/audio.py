@@ -15,11 +15,11 @@ import functools
 import os
 import re
 from pathlib import Path
-from typing import Union
+from typing import Iterator, Union
 
 import numpy as np
 
-from xdna_ep.errors import AudioError
+from xdna_ep.errors import AudioError, AudioTooLong
 
 # hard-coded audio hyperparameters of Whisper
 SAMPLE_RATE = 16000
@@ -37,43 +37,28 @@ LOG_MEL_DYNAMIC_RANGE = 8.0  # log10 units kept below the maximum
 
 # frames per STFT block: bounds the complex intermediate to a few MB whatever the duration
 _STFT_BLOCK_FRAMES = N_FRAMES
+# bytes of the file's own samples decoded at a time (float32, all channels): 4 MiB is 65 s of 16-kHz mono
+DECODE_BLOCK_BYTES = 4 * 2**20
 
 AudioInput = Union[str, os.PathLike, np.ndarray]
 
 
-def load_audio(source: AudioInput, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def load_audio(source: AudioInput, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
     """Decode an audio file (or check an array) into mono float32 samples at ``sample_rate``.
 
     ``source`` is a path to any file libsndfile (wav, flac, ogg, mp3, ...) or FFmpeg (through PyAV:
     m4a, opus, webm, ...) decodes, with any sample rate and channel count; or a 1-D float array that
     already holds mono samples at ``sample_rate``. Returns shape (n_samples,) float32.
+    ``max_seconds``: refuse (AudioTooLong) a recording longer than this, before it is decoded when the
+    container declares its duration, else as soon as the decoded samples pass it.
     Raises AudioError naming the file and the problem.
     """
     if isinstance(source, np.ndarray):
-        return check_samples(source, "audio array")
-    path = Path(source)
-    if not path.exists():
-        raise AudioError(f"audio file not found: {path}")
-    if not path.is_file():
-        raise AudioError(f"not a file: {path}")
-    if path.stat().st_size == 0:
-        raise AudioError(f"audio file is empty (0 bytes): {path}")
-    try:
-        samples, file_rate = _decode_with_soundfile(path)
-    except _NotDecodable as soundfile_error:
-        try:
-            samples, file_rate = _decode_with_pyav(path)
-        except _NotDecodable as pyav_error:
-            raise AudioError(
-                f"cannot decode {path} as audio ({soundfile_error}; {pyav_error})"
-            ) from None
-    mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
-    mono = check_samples(mono, str(path))
-    if file_rate != sample_rate:
-        import soxr
-
-        mono = soxr.resample(mono, file_rate, sample_rate).astype(np.float32, copy=False)
-    return np.ascontiguousarray(mono, dtype=np.float32)
+        samples = check_samples(source, "audio array")
+        _check_length(samples.size / sample_rate, max_seconds, "audio array")
+        return samples
+    blocks = list(stream_audio(source, sample_rate, max_seconds))
+    return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
 
 
 def check_samples(samples: np.ndarray, name: str) -> np.ndarray:
@@ -85,11 +70,121 @@ def check_samples(samples: np.ndarray, name: str) -> np.ndarray:
     if samples.size == 0:
         raise AudioError(f"{name}: contains no audio samples (zero length)")
     samples = samples.astype(np.float32, copy=False)
-    finite = np.isfinite(samples)
-    if not finite.all():
-        n_bad = int(samples.size - np.count_nonzero(finite))
+    n_bad = _count_non_finite(samples)
+    if n_bad:
         raise AudioError(f"{name}: {n_bad} of {samples.size} samples are NaN or infinite")
     return samples
+
+
+def _count_non_finite(samples: np.ndarray) -> int:
+    finite = np.isfinite(samples)
+    return 0 if finite.all() else int(samples.size - np.count_nonzero(finite))
+
+
+def _check_length(seconds: float, max_seconds: float | None, name: str) -> None:
+    if max_seconds is not None and seconds > max_seconds:
+        raise AudioTooLong(seconds, max_seconds, name)
+
+
+def declared_duration(path: str | os.PathLike) -> float | None:
+    """Seconds of audio the file's container declares in its header, read without decoding a sample.
+
+    None when the container does not declare it (a stream written with the length unknown, a raw
+    codec stream) or neither decoder can open the file. A declaration can lie; ``stream_audio``
+    counts what it decodes as well.
+    """
+    import soundfile
+
+    try:
+        info = soundfile.info(str(path))
+        if 0 < info.frames < _SNDFILE_UNKNOWN_FRAMES and info.samplerate > 0:
+            return info.frames / info.samplerate
+        return None
+    except soundfile.LibsndfileError:
+        pass
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+                return float(stream.duration * stream.time_base)
+            if container.duration is not None and container.duration > 0:
+                return container.duration / av.time_base
+    except av.error.FFmpegError:
+        pass
+    return None
+
+
+def stream_audio(
+    source: AudioInput, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None
+) -> Iterator[np.ndarray]:
+    """Decode ``source`` a block at a time into mono float32 blocks at ``sample_rate``.
+
+    Holds one decoded block (about DECODE_BLOCK_BYTES of the file's own samples) and its resampled
+    copy at a time, whatever the duration: mixing to mono and resampling (soxr's stream, which gives
+    the same samples as resampling the whole recording at once) happen per block. A recording longer
+    than ``max_seconds`` raises AudioTooLong before its first sample is decoded when the container
+    declares its duration, else as soon as the decoded samples pass the limit. Non-finite samples
+    raise AudioError after the last block, naming how many there were. An array is checked and
+    yielded in blocks of N_SAMPLES (views, no copy).
+    """
+    if isinstance(source, np.ndarray):
+        samples = check_samples(source, "audio array")
+        _check_length(samples.size / sample_rate, max_seconds, "audio array")
+        for start in range(0, samples.size, N_SAMPLES):
+            yield samples[start:start + N_SAMPLES]
+        return
+    path = Path(source)
+    if not path.exists():
+        raise AudioError(f"audio file not found: {path}")
+    if not path.is_file():
+        raise AudioError(f"not a file: {path}")
+    if path.stat().st_size == 0:
+        raise AudioError(f"audio file is empty (0 bytes): {path}")
+    if max_seconds is not None:
+        declared = declared_duration(path)
+        if declared is not None:
+            _check_length(declared, max_seconds, str(path))
+
+    n_samples = n_bad = 0
+    resampler = None
+    for file_block, file_rate in _decode_blocks(path):
+        mono = file_block.mean(axis=1, dtype=np.float32) if file_block.shape[1] > 1 else file_block[:, 0]
+        if file_rate != sample_rate:
+            if resampler is None:
+                import soxr
+
+                resampler = soxr.ResampleStream(file_rate, sample_rate, 1, dtype="float32")
+            mono = resampler.resample_chunk(mono)
+        if mono.size == 0:
+            continue
+        n_samples += mono.size
+        n_bad += _count_non_finite(mono)
+        _check_length(n_samples / sample_rate, max_seconds, str(path))
+        yield np.ascontiguousarray(mono, dtype=np.float32)
+    if resampler is not None:
+        tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+        if tail.size:
+            n_samples += tail.size
+            n_bad += _count_non_finite(tail)
+            _check_length(n_samples / sample_rate, max_seconds, str(path))
+            yield np.ascontiguousarray(tail, dtype=np.float32)
+    if n_samples == 0:
+        raise AudioError(f"{path}: contains no audio samples (zero length)")
+    if n_bad:
+        raise AudioError(f"{path}: {n_bad} of {n_samples} samples are NaN or infinite")
+
+
+def measure_audio(source: AudioInput, max_seconds: float | None = None) -> float:
+    """Seconds of 16-kHz audio ``source`` decodes to, checked as ``load_audio`` checks it, holding one block.
+
+    Raises AudioTooLong past ``max_seconds`` and AudioError for anything ``load_audio`` refuses.
+    """
+    n_samples = sum(block.size for block in stream_audio(source, SAMPLE_RATE, max_seconds))
+    return n_samples / SAMPLE_RATE
 
 
 class _NotDecodable(Exception):
@@ -100,12 +195,32 @@ class _NotDecodable(Exception):
 _WAV_DATA_SIZE = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
 # sizes streaming writers put in the header when the length is not known yet
 _WAV_UNKNOWN_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF, 0xFFFFFFFF - 1}
+# libsndfile reports SF_COUNT_MAX frames for a file whose length it does not know
+_SNDFILE_UNKNOWN_FRAMES = 2**62
 
 
-def _decode_with_soundfile(path: Path) -> tuple[np.ndarray, int]:
-    """Decode with libsndfile. Returns (samples (n, channels) float32, sample rate)."""
+def _decode_blocks(path: Path) -> Iterator[tuple[np.ndarray, int]]:
+    """(samples (n, channels) float32, the file's rate) blocks: libsndfile first, FFmpeg when it cannot open the file.
+
+    A decoder that fails after its first block has been given out cannot hand over to the other:
+    that is an AudioError naming the failure.
+    """
+    try:
+        yield from _decode_with_soundfile(path)
+        return
+    except _NotDecodable as soundfile_error:
+        first_error = soundfile_error
+    try:
+        yield from _decode_with_pyav(path)
+    except _NotDecodable as pyav_error:
+        raise AudioError(f"cannot decode {path} as audio ({first_error}; {pyav_error})") from None
+
+
+def _decode_with_soundfile(path: Path) -> Iterator[tuple[np.ndarray, int]]:
+    """Decode with libsndfile, DECODE_BLOCK_BYTES at a time. Yields (samples (n, channels) float32, rate)."""
     import soundfile
 
+    given_out = False
     try:
         with soundfile.SoundFile(str(path)) as sound_file:
             declared = _WAV_DATA_SIZE.search(sound_file.extra_info)
@@ -116,35 +231,42 @@ def _decode_with_soundfile(path: Path) -> tuple[np.ndarray, int]:
                         f"audio file is truncated: {path} declares {size} bytes of samples "
                         f"but holds {present}"
                     )
-            samples = sound_file.read(dtype="float32", always_2d=True)
-            return samples, sound_file.samplerate
+            block_frames = max(1, DECODE_BLOCK_BYTES // (4 * sound_file.channels))
+            while True:
+                block = sound_file.read(block_frames, dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    return
+                given_out = True
+                yield block, sound_file.samplerate
     except soundfile.LibsndfileError as error:
+        if given_out:
+            raise AudioError(f"cannot decode {path} as audio (libsndfile: {error.error_string})") from None
         raise _NotDecodable(f"libsndfile: {error.error_string}") from None
 
 
-def _decode_with_pyav(path: Path) -> tuple[np.ndarray, int]:
-    """Decode the first audio stream with FFmpeg (PyAV). Returns (samples (n, channels) float32, rate)."""
+def _decode_with_pyav(path: Path) -> Iterator[tuple[np.ndarray, int]]:
+    """Decode the first audio stream with FFmpeg (PyAV), a frame at a time. Yields (samples (n, channels), rate)."""
     import av
 
+    given_out = False
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
                 raise _NotDecodable("FFmpeg: no audio stream")
             stream = container.streams.audio[0]
-            # planar float at the stream's own rate and layout; mixing and resampling happen in load_audio
+            # planar float at the stream's own rate and layout; mixing and resampling happen in stream_audio
             resampler = av.AudioResampler(format="fltp")
-            blocks = []
+            rate = stream.codec_context.sample_rate
             for frame in container.decode(stream):
                 for planar in resampler.resample(frame):
-                    blocks.append(planar.to_ndarray())  # (channels, n)
+                    given_out = True
+                    yield planar.to_ndarray().T, rate  # (n, channels)
             for planar in resampler.resample(None):
-                blocks.append(planar.to_ndarray())
-            rate = stream.codec_context.sample_rate
+                yield planar.to_ndarray().T, rate
     except av.error.FFmpegError as error:
+        if given_out:
+            raise AudioError(f"cannot decode {path} as audio (FFmpeg: {error.strerror})") from None
         raise _NotDecodable(f"FFmpeg: {error.strerror}") from None
-    if not blocks:
-        raise AudioError(f"{path}: contains no audio samples (zero length)")
-    return np.concatenate(blocks, axis=1).T.astype(np.float32, copy=False), rate
 
 
 def pad_or_trim(array: np.ndarray, length: int = N_FRAMES, *, axis: int = -1) -> np.ndarray:

@@ -14,6 +14,15 @@ class AudioError(XdnaError):
     """An audio file is missing, undecodable, empty or otherwise unusable."""
 
 
+class AudioTooLong(AudioError):
+    """A recording is longer than the caller accepts; raised before its samples are held."""
+
+    def __init__(self, seconds: float, max_seconds: float, name: str) -> None:
+        super().__init__(f"{name}: audio too long: {seconds:.1f} s; at most {max_seconds:g} s accepted")
+        self.seconds = seconds
+        self.max_seconds = max_seconds
+
+
 class ModelError(XdnaError):
     """A model folder, weights file or ONNX file is missing, corrupt or not the expected Whisper export."""
 
