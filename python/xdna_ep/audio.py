@@ -37,7 +37,9 @@ LOG_MEL_DYNAMIC_RANGE = 8.0  # log10 units kept below the maximum
 
 # frames per STFT block: bounds the complex intermediate to a few MB whatever the duration
 _STFT_BLOCK_FRAMES = N_FRAMES
-# bytes of the file's own samples decoded at a time (float32, all channels): 4 MiB is 65 s of 16-kHz mono
+# libsndfile decodes DECODE_BLOCK_SECONDS at a time, fewer when that would be over DECODE_BLOCK_BYTES of
+# the file's own samples (float32, all channels): a block holds at most 4 MiB, and 10 s once resampled
+DECODE_BLOCK_SECONDS = 10
 DECODE_BLOCK_BYTES = 4 * 2**20
 
 AudioInput = Union[str, os.PathLike, np.ndarray]
@@ -123,8 +125,8 @@ def stream_audio(
 ) -> Iterator[np.ndarray]:
     """Decode ``source`` a block at a time into mono float32 blocks at ``sample_rate``.
 
-    Holds one decoded block (about DECODE_BLOCK_BYTES of the file's own samples) and its resampled
-    copy at a time, whatever the duration: mixing to mono and resampling (soxr's stream, which gives
+    Holds one decoded block (at most DECODE_BLOCK_SECONDS, at most DECODE_BLOCK_BYTES of the file's
+    own samples; FFmpeg's frames are smaller) and its resampled copy at a time, whatever the duration: mixing to mono and resampling (soxr's stream, which gives
     the same samples as resampling the whole recording at once) happen per block. A recording longer
     than ``max_seconds`` raises AudioTooLong before its first sample is decoded when the container
     declares its duration, else as soon as the decoded samples pass the limit. Non-finite samples
@@ -231,7 +233,8 @@ def _decode_with_soundfile(path: Path) -> Iterator[tuple[np.ndarray, int]]:
                         f"audio file is truncated: {path} declares {size} bytes of samples "
                         f"but holds {present}"
                     )
-            block_frames = max(1, DECODE_BLOCK_BYTES // (4 * sound_file.channels))
+            block_frames = min(DECODE_BLOCK_SECONDS * sound_file.samplerate, DECODE_BLOCK_BYTES // (4 * sound_file.channels))
+            block_frames = max(1, block_frames)
             while True:
                 block = sound_file.read(block_frames, dtype="float32", always_2d=True)
                 if block.shape[0] == 0:
@@ -338,26 +341,144 @@ def log_mel_spectrogram(audio: AudioInput, n_mels: int = 80, padding: int = 0) -
     zeros, not a reflection, past the end, as openai-whisper and faster-whisper do).
 
     Returns (n_mels, (n_samples + padding) // HOP_LENGTH) float32, normalised over the whole input.
+    ``WindowedLogMel`` gives the same frames, computed a block at a time.
     """
     samples = load_audio(audio)
     if padding > 0:
         samples = np.pad(samples, (0, padding))
     padded = np.pad(samples, (N_FFT // 2, N_FFT // 2), mode="reflect")  # centred frames
-    n_frames = 1 + (padded.size - N_FFT) // HOP_LENGTH - 1  # the last STFT frame is dropped
-    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]  # (n, N_FFT)
-    filters = mel_filters(n_mels)
-    window = _hann_window(N_FFT)
-
+    n_frames = (padded.size - N_FFT) // HOP_LENGTH  # the last STFT frame is dropped
     log_spec = np.empty((n_mels, n_frames), dtype=np.float32)
     if n_frames == 0:  # shorter than one hop: nothing to normalise
         return log_spec
     for start in range(0, n_frames, _STFT_BLOCK_FRAMES):
         stop = min(start + _STFT_BLOCK_FRAMES, n_frames)
-        spectrum = np.fft.rfft(frames[start:stop] * window, axis=-1).astype(np.complex64)
-        power = np.abs(spectrum) ** 2  # (frames, N_FFT // 2 + 1)
-        mel = filters @ power.T  # (n_mels, frames)
-        log_spec[:, start:stop] = np.log10(np.maximum(mel, LOG_MEL_FLOOR))
-    np.maximum(log_spec, log_spec.max() - LOG_MEL_DYNAMIC_RANGE, out=log_spec)
+        log_spec[:, start:stop] = _log10_mel(padded[start * HOP_LENGTH:(stop - 1) * HOP_LENGTH + N_FFT], n_mels)
+    return _normalise(log_spec, log_spec.max())
+
+
+def _log10_mel(padded: np.ndarray, n_mels: int) -> np.ndarray:
+    """log10 mel power of every frame of ``padded`` (frames start every HOP_LENGTH samples, N_FFT long).
+
+    Returns (n_mels, (padded.size - N_FFT) // HOP_LENGTH + 1) float32, not yet normalised.
+    """
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]  # (n, N_FFT)
+    spectrum = np.fft.rfft(frames * _hann_window(N_FFT), axis=-1).astype(np.complex64)
+    power = np.abs(spectrum) ** 2  # (frames, N_FFT // 2 + 1)
+    mel = mel_filters(n_mels) @ power.T  # (n_mels, frames)
+    return np.log10(np.maximum(mel, LOG_MEL_FLOOR))
+
+
+def _normalise(log_spec: np.ndarray, maximum: float) -> np.ndarray:
+    """Whisper's normalisation, in place: clamp to ``maximum`` - 8 (log10 units), then (x + 4) / 4."""
+    np.maximum(log_spec, maximum - LOG_MEL_DYNAMIC_RANGE, out=log_spec)
     log_spec += 4.0
     log_spec /= 4.0
     return log_spec
+
+
+class _Log10MelBlocks:
+    """The un-normalised log10 mel of a recording, block by block of _STFT_BLOCK_FRAMES frames, from a
+    stream of sample blocks; the same numbers, block for block, as ``log_mel_spectrogram`` computes.
+
+    Holds the samples of about one block (480,240 samples, 1.9 MB) besides the decoder's block. The
+    centred frames need N_FFT // 2 samples reflected at each end: the start's are the recording's
+    first samples; the end's are known when the stream ends. ``n_samples`` is set then.
+    """
+
+    def __init__(self, sample_blocks: Iterator[np.ndarray], n_mels: int, padding: int) -> None:
+        self.sample_blocks = sample_blocks
+        self.n_mels = n_mels
+        self.padding = padding
+        self.n_samples: int | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Yields (first frame, (n_mels, frames) float32) for each block in order."""
+        half = N_FFT // 2
+        block_samples = _STFT_BLOCK_FRAMES * HOP_LENGTH  # padded samples from one block's start to the next's
+        block_span = (_STFT_BLOCK_FRAMES - 1) * HOP_LENGTH + N_FFT  # padded samples one full block reads
+        pending: list[np.ndarray] = []
+        held = np.zeros(0, np.float32)  # padded samples from padded index `held_from` on
+        held_from = 0
+        n_samples = 0
+        block = 0
+        started = False  # the reflected start is in `held`
+        for samples in self.sample_blocks:
+            n_samples += samples.size
+            pending.append(samples)
+            if not started:
+                if n_samples < block_span - half:  # not one block yet: keep gathering
+                    continue
+                gathered = np.concatenate(pending)
+                held = np.concatenate([gathered[1:half + 1][::-1], gathered])  # reflect padding at the start
+                started = True
+            else:
+                held = np.concatenate([held, *pending])
+            pending = []
+            while held_from + held.size >= block * block_samples + block_span:
+                offset = block * block_samples - held_from
+                yield block * _STFT_BLOCK_FRAMES, _log10_mel(held[offset:offset + block_span], self.n_mels)
+                block += 1
+                drop = block * block_samples - held_from
+                held, held_from = held[drop:], held_from + drop
+        self.n_samples = n_samples
+        n_frames = (n_samples + self.padding) // HOP_LENGTH
+        if not started:  # shorter than one block: pad it as log_mel_spectrogram does
+            samples = np.concatenate(pending) if pending else np.zeros(0, np.float32)
+            held = np.pad(np.pad(samples, (0, self.padding)), (half, half), mode="reflect")
+        else:
+            extended = np.concatenate([held, *pending, np.zeros(self.padding, np.float32)])
+            held = np.concatenate([extended, extended[-half - 1:-1][::-1]])  # reflect padding at the end
+        while block * _STFT_BLOCK_FRAMES < n_frames:
+            frames = min(_STFT_BLOCK_FRAMES, n_frames - block * _STFT_BLOCK_FRAMES)
+            offset = block * block_samples - held_from
+            yield block * _STFT_BLOCK_FRAMES, _log10_mel(held[offset:offset + (frames - 1) * HOP_LENGTH + N_FFT], self.n_mels)
+            block += 1
+
+
+class WindowedLogMel:
+    """Whisper's log-mel of a whole recording, computed a block of N_FRAMES frames at a time.
+
+    The same frames as ``log_mel_spectrogram(audio, n_mels, padding)``, bit for bit, without holding
+    the recording or its log-mel: construction decodes the recording once (``stream_audio``) to find
+    its length and the maximum the normalisation clamps to; ``frames(start, stop)`` decodes it again
+    as far as ``stop`` and keeps the blocks from ``start`` on, so memory stays flat with the duration
+    as long as the windows asked for move forward (as ``transcribe``'s seek does).
+    """
+
+    def __init__(self, audio: AudioInput, n_mels: int = 80, padding: int = 0, max_seconds: float | None = None) -> None:
+        self.audio = audio
+        self.n_mels = n_mels
+        self.padding = padding
+        maximum = -np.inf
+        blocks = _Log10MelBlocks(stream_audio(audio, max_seconds=max_seconds), n_mels, padding)
+        for _, log_spec in blocks:
+            maximum = max(maximum, float(log_spec.max()))
+        assert blocks.n_samples is not None
+        self.n_samples = blocks.n_samples  # 16-kHz samples in the recording
+        self.n_frames = (self.n_samples + padding) // HOP_LENGTH  # log-mel frames, the padding included
+        self.maximum = maximum
+        self._blocks: Iterator[tuple[int, np.ndarray]] | None = None
+        self._held: dict[int, np.ndarray] = {}  # first frame -> normalised block
+        self._next_block = 0  # first frame of the next block the decoder will give
+
+    def frames(self, start: int, stop: int) -> np.ndarray:
+        """The normalised log-mel frames [start, stop) (clipped to n_frames): (n_mels, frames) float32."""
+        stop = min(stop, self.n_frames)
+        if stop <= start:
+            return np.zeros((self.n_mels, 0), np.float32)
+        first_block = start - start % _STFT_BLOCK_FRAMES
+        if self._blocks is None or (self._held and min(self._held) > first_block) or (
+            not self._held and self._next_block > first_block
+        ):  # a first call, or a window behind the blocks kept: decode again from the start
+            self._blocks = iter(_Log10MelBlocks(stream_audio(self.audio), self.n_mels, self.padding))
+            self._held = {}
+            self._next_block = 0
+        self._held = {first: block for first, block in self._held.items() if first + block.shape[1] > start}
+        while self._next_block < stop:
+            first, log_spec = next(self._blocks)
+            self._next_block = first + log_spec.shape[1]
+            if self._next_block > start:
+                self._held[first] = _normalise(log_spec, self.maximum)
+        pieces = [block[:, max(0, start - first):stop - first] for first, block in sorted(self._held.items()) if first < stop]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)

@@ -180,8 +180,7 @@ def transcribe(
         HOP_LENGTH,
         N_FRAMES,
         SAMPLE_RATE,
-        load_audio,
-        log_mel_spectrogram,
+        WindowedLogMel,
         pad_or_trim,
     )
     from xdna_ep.decoding import check_model_options, decode, detect_language
@@ -193,21 +192,27 @@ def transcribe(
     started = time.perf_counter()
     check_model_options(model, options.decoding)
     tokenizer = model.tokenizer
-    samples = load_audio(audio)
+    # the log-mel a window at a time (memory flat with the duration): a first pass decodes the audio to
+    # find its length and the normalisation's maximum ("load_audio"), windows are computed as seek reaches
+    # them ("log_mel"). HOP_LENGTH zeros past the end: the last frames see silence, not a reflection
+    mel = WindowedLogMel(audio, model.dims.n_mels, padding=HOP_LENGTH)
+    content_frames = mel.n_samples // HOP_LENGTH
+    duration = mel.n_samples / SAMPLE_RATE
     timing["load_audio"] = time.perf_counter() - started
 
-    clock = time.perf_counter()
-    # HOP_LENGTH zeros past the end: the last frames see silence, not a reflection (as whisper does)
-    mel = log_mel_spectrogram(samples, model.dims.n_mels, padding=HOP_LENGTH)  # (n_mels, n_frames)
-    content_frames = samples.size // HOP_LENGTH
-    duration = samples.size / SAMPLE_RATE
-    timing["log_mel"] = time.perf_counter() - clock
+    def mel_frames(start: int, stop: int) -> np.ndarray:
+        """(n_mels, stop - start) normalised log-mel frames of the recording."""
+        clock = time.perf_counter()
+        frames = mel.frames(start, stop)
+        timing["log_mel"] += time.perf_counter() - clock
+        return frames
 
     def window_features(seek: int) -> tuple[np.ndarray, int]:
         """Encoder output of the window starting at frame ``seek``: ((1, n_audio_ctx, d), frames)."""
         segment_size = min(N_FRAMES, content_frames - seek)
+        window = mel_frames(seek, seek + segment_size)
         clock = time.perf_counter()
-        features = model.encode(pad_or_trim(mel[:, seek:seek + segment_size], N_FRAMES))
+        features = model.encode(pad_or_trim(window, N_FRAMES))
         timing["encode"] += time.perf_counter() - clock
         return features, segment_size
 
@@ -270,7 +275,7 @@ def transcribe(
     while seek < content_frames:
         time_offset = seek * HOP_LENGTH / SAMPLE_RATE
         silent_frames = min(N_FRAMES, content_frames - seek)
-        if np.ptp(mel[:, seek:seek + silent_frames]) == 0:
+        if np.ptp(mel_frames(seek, seek + silent_frames)) == 0:
             # a constant log-mel (digital silence) holds nothing to hear: decoding it only hallucinates ("you")
             stats["windows"] += 1
             stats["skipped_no_speech"] += 1

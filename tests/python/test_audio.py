@@ -12,12 +12,15 @@ from xdna_ep.audio import (
     N_FRAMES,
     N_SAMPLES,
     SAMPLE_RATE,
+    WindowedLogMel,
+    declared_duration,
     load_audio,
     log_mel_spectrogram,
+    measure_audio,
     mel_filters,
     pad_or_trim,
 )
-from xdna_ep.errors import AudioError
+from xdna_ep.errors import AudioError, AudioTooLong
 
 
 def _sine(frequency: float, seconds: float, rate: int) -> np.ndarray:
@@ -182,3 +185,78 @@ def test_log_mel_is_normalised_and_windows_pad_with_zeros():
 
 def test_log_mel_of_very_short_input_is_empty_not_an_error():
     assert log_mel_spectrogram(np.zeros(100, dtype=np.float32)).shape == (80, 0)
+
+
+@pytest.fixture(scope="module")
+def long_stereo_flac(tmp_path_factory):
+    """jfk.flac (44.1 kHz stereo) repeated to 70 s: three log-mel blocks, resampled a block at a time."""
+    samples, rate = soundfile.read(AUDIO_DIR / "jfk.flac", dtype="float32")
+    path = tmp_path_factory.mktemp("long") / "long.flac"
+    soundfile.write(path, np.resize(samples, (70 * rate, samples.shape[1])), rate, subtype="PCM_24")
+    return path
+
+
+def test_windowed_log_mel_is_the_whole_log_mel_bit_for_bit(long_stereo_flac):
+    whole = log_mel_spectrogram(long_stereo_flac, padding=HOP_LENGTH)
+    windowed = WindowedLogMel(long_stereo_flac, padding=HOP_LENGTH)
+    assert windowed.n_frames == whole.shape[1] == 70 * 100 + 1
+    # seek's windows: forward, across block edges, the last one short; then a window behind (decoded again)
+    for start, stop in [(0, 3000), (1234, 4234), (2999, 5999), (6000, 9000), (6500, 7001), (10, 20)]:
+        np.testing.assert_array_equal(windowed.frames(start, stop), whole[:, start:stop])
+
+
+@pytest.mark.parametrize("n_samples", [100, 1000, N_SAMPLES - 1, N_SAMPLES + 40, 2 * N_SAMPLES + 7])
+def test_windowed_log_mel_of_arrays_around_block_edges(n_samples):
+    samples = np.random.default_rng(n_samples).normal(0, 0.1, n_samples).astype(np.float32)
+    whole = log_mel_spectrogram(samples)
+    windowed = WindowedLogMel(samples)
+    assert windowed.n_frames == whole.shape[1]
+    np.testing.assert_array_equal(windowed.frames(0, whole.shape[1]), whole)
+
+
+@pytest.fixture(scope="module")
+def six_hours_of_silence(tmp_path_factory):
+    """The issue's file: six hours of 8-kHz silence, 16-bit FLAC (546 KB), written 10 minutes at a time."""
+    path = tmp_path_factory.mktemp("silence") / "six_hours.flac"
+    with soundfile.SoundFile(path, "w", 8000, 1, subtype="PCM_16", format="FLAC") as sound_file:
+        ten_minutes = np.zeros(8000 * 600, np.int16)
+        for _ in range(36):
+            sound_file.write(ten_minutes)
+    return path
+
+
+def test_declared_duration_refuses_before_decoding(six_hours_of_silence):
+    import tracemalloc
+
+    assert declared_duration(six_hours_of_silence) == 6 * 3600.0
+    tracemalloc.start()
+    try:
+        with pytest.raises(AudioTooLong, match="21600.0 s; at most 1800 s"):
+            load_audio(six_hours_of_silence, max_seconds=1800)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 * 2**20  # nothing decoded: the header alone (1 MiB leaves room for libsndfile's Python side)
+
+
+def test_undeclared_duration_is_capped_while_decoding(six_hours_of_silence, monkeypatch):
+    import tracemalloc
+
+    import xdna_ep.audio
+
+    monkeypatch.setattr(xdna_ep.audio, "declared_duration", lambda path: None)  # as a stream with no length
+    tracemalloc.start()
+    try:
+        with pytest.raises(AudioTooLong, match="at most 1800 s"):
+            measure_audio(six_hours_of_silence, max_seconds=1800)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # refused once 1800 s were decoded, holding one block at a time (1800 s at 16 kHz would be 110 MiB)
+    assert peak < 8 * 2**20  # measured 2.7 MiB
+
+
+def test_measure_audio_counts_what_load_audio_decodes():
+    assert measure_audio(AUDIO_DIR / "jfk.flac") == load_audio(AUDIO_DIR / "jfk.flac").size / SAMPLE_RATE == 11.0
+    with pytest.raises(AudioTooLong, match="11.0 s; at most 10 s"):
+        measure_audio(AUDIO_DIR / "jfk.flac", max_seconds=10)
