@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ class BenchOptions:
         from xdna_ep.ep.cost_model import check_precision
         from xdna_ep.ep.device import get_profile
 
-        if self.device not in ("sim", "npu"):
+        if self.device not in ("sim", "npu", "cpu"):  # cpu: --memory only (run_command)
             raise ValueError(f"bench measures an NPU device, 'sim' or 'npu', not {self.device!r}")
         check_precision(self.precision)
         get_profile(self.profile)
@@ -431,7 +432,9 @@ def bench_memory(options: BenchOptions, minutes: tuple[float, ...]) -> Iterator[
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     defaults = BenchOptions()
-    parser.add_argument("--device", choices=("sim", "npu"), default=defaults.device, help="where the xdna ops run")
+    parser.add_argument(
+        "--device", choices=("sim", "npu", "cpu"), default=defaults.device, help="where the xdna ops run (cpu: --memory only)"
+    )
     parser.add_argument("--profile", choices=("npu1", "npu2"), default=defaults.profile)
     parser.add_argument("--precision", choices=("bf16", "accurate"), default=defaults.precision)
     parser.add_argument("--model", action="append", help=f"model(s) to bench (default: {', '.join(DEFAULT_MODELS)})")
@@ -460,6 +463,9 @@ def run_command(args: argparse.Namespace) -> int:
         data = calibration.report()
         print(json.dumps(data["points"], indent=1) if args.json else "\n".join(calibration.format_report(data)))
         return 0
+    if options.device == "cpu" and not args.memory:
+        print("error: bench models an NPU device (sim or npu); --device cpu measures only --memory", file=sys.stderr)
+        return 2
     if args.json and not args.memory:
         print(json.dumps(run_bench_json(options), indent=1))
         return 0

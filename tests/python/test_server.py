@@ -99,10 +99,13 @@ def start_server(folder: Path, *arguments: str, api_key: str | None = None) -> R
         if process.poll() is not None:
             pytest.fail(f"the server exited with {process.returncode}:\n{log_path.read_text()}")
         try:
-            httpx.get(f"{server.url}/health", timeout=1)
-            return server
+            health = httpx.get(f"{server.url}/health", headers=server.headers(api_key), timeout=1)
+            if health.status_code == 200:
+                return server
+            assert health.status_code == 503 and health.json()["reason"] == "loading the model", health.text
         except httpx.TransportError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     server.stop()
     pytest.fail(f"the server did not answer within {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()}")
 
