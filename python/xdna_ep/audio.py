@@ -83,9 +83,10 @@ def _count_non_finite(samples: np.ndarray) -> int:
     return 0 if finite.all() else int(samples.size - np.count_nonzero(finite))
 
 
-def _check_length(seconds: float, max_seconds: float | None, name: str) -> None:
+def _check_length(seconds: float, max_seconds: float | None, name: str, *, complete: bool = True) -> None:
+    """AudioTooLong past ``max_seconds``; ``complete``: ``seconds`` is the whole duration, not a running count."""
     if max_seconds is not None and seconds > max_seconds:
-        raise AudioTooLong(seconds, max_seconds, name)
+        raise AudioTooLong(seconds if complete else None, max_seconds, name)
 
 
 def declared_duration(path: str | os.PathLike) -> float | None:
@@ -165,14 +166,14 @@ def stream_audio(
             continue
         n_samples += mono.size
         n_bad += _count_non_finite(mono)
-        _check_length(n_samples / sample_rate, max_seconds, str(path))
+        _check_length(n_samples / sample_rate, max_seconds, str(path), complete=False)
         yield np.ascontiguousarray(mono, dtype=np.float32)
     if resampler is not None:
         tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
         if tail.size:
             n_samples += tail.size
             n_bad += _count_non_finite(tail)
-            _check_length(n_samples / sample_rate, max_seconds, str(path))
+            _check_length(n_samples / sample_rate, max_seconds, str(path), complete=False)
             yield np.ascontiguousarray(tail, dtype=np.float32)
     if n_samples == 0:
         raise AudioError(f"{path}: contains no audio samples (zero length)")

@@ -17,10 +17,15 @@ class AudioError(XdnaError):
 class AudioTooLong(AudioError):
     """A recording is longer than the caller accepts; raised before its samples are held."""
 
-    def __init__(self, seconds: float, max_seconds: float, name: str) -> None:
-        super().__init__(f"{name}: audio too long: {seconds:.1f} s; at most {max_seconds:g} s accepted")
+    def __init__(self, seconds: float | None, max_seconds: float, name: str) -> None:
+        """``seconds``: the recording's duration, or None when decoding stopped at the limit without learning it."""
+        super().__init__(f"{name}: audio too long: {self.describe(seconds, max_seconds)}; at most {max_seconds:g} s accepted")
         self.seconds = seconds
         self.max_seconds = max_seconds
+
+    @staticmethod
+    def describe(seconds: float | None, max_seconds: float) -> str:
+        return f"{seconds:.1f} s" if seconds is not None else f"more than {max_seconds:g} s"
 
 
 class ModelError(XdnaError):

@@ -309,10 +309,9 @@ def create_app(options: ServerOptions, load: Callable[[], WhisperModel]) -> Fast
         try:
             return measure_audio(upload.audio_path, options.max_audio_seconds)
         except AudioTooLong as error:
-            longer = "" if error.seconds > error.max_seconds + 60 else "over "  # the cap hit while decoding
             raise RequestError(
-                413, f"audio too long: {longer}{error.seconds:.1f} s; this server accepts at most "
-                f"{options.max_audio_seconds:g} s", "file",
+                413, f"audio too long: {error.describe(error.seconds, error.max_seconds)}; this server accepts "
+                f"at most {options.max_audio_seconds:g} s", "file",
             ) from None
         except AudioError as error:
             message = str(error).replace(str(upload.audio_path), "the uploaded file")

@@ -55,6 +55,7 @@ class RunningServer:
     process: subprocess.Popen
     temp_root: Path  # the server's TMPDIR: its private upload folder is created inside
     log_path: Path
+    saw_loading: bool = False  # /health answered 503 "loading the model" before its first 200
 
     def headers(self, key: str | None = API_KEY) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"} if key else {}
@@ -103,6 +104,7 @@ def start_server(folder: Path, *arguments: str, api_key: str | None = None) -> R
             if health.status_code == 200:
                 return server
             assert health.status_code == 503 and health.json()["reason"] == "loading the model", health.text
+            server.saw_loading = True
         except httpx.TransportError:
             pass
         time.sleep(0.1)
