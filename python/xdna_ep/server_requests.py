@@ -228,6 +228,11 @@ def _json_safe(value: Any) -> Any:
 
 
 def _check_language(model: WhisperModel, language: str | None, task: str) -> str | None:
+    """The one place every contract reads its ``language`` field (400 naming the problem)."""
+    # WIRE-UP (issue 14, branch i14b): once xdna_ep.languages is merged, the next three lines become
+    #     try: language = normalize_language(language)
+    #     except ValueError as error: raise RequestError(400, str(error), "language") from None
+    # so that "auto", English names (any case) and other spellings of a code (iw -> he) are accepted
     if language is None:
         return None
     language = language.lower()
