@@ -37,3 +37,17 @@ def base_model():
     from xdna_ep.model import WhisperModel
 
     return WhisperModel("base", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def six_hours_of_silence(tmp_path_factory) -> Path:
+    """Issue 15's upload: six hours of 8-kHz silence as 16-bit FLAC (546 KB), written 10 minutes at a time."""
+    import numpy as np
+    import soundfile
+
+    path = tmp_path_factory.mktemp("silence") / "six_hours.flac"
+    with soundfile.SoundFile(path, "w", 8000, 1, subtype="PCM_16", format="FLAC") as sound_file:
+        ten_minutes = np.zeros(8000 * 600, np.int16)
+        for _ in range(36):
+            sound_file.write(ten_minutes)
+    return path

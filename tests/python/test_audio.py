@@ -214,17 +214,6 @@ def test_windowed_log_mel_of_arrays_around_block_edges(n_samples):
     np.testing.assert_array_equal(windowed.frames(0, whole.shape[1]), whole)
 
 
-@pytest.fixture(scope="module")
-def six_hours_of_silence(tmp_path_factory):
-    """The issue's file: six hours of 8-kHz silence, 16-bit FLAC (546 KB), written 10 minutes at a time."""
-    path = tmp_path_factory.mktemp("silence") / "six_hours.flac"
-    with soundfile.SoundFile(path, "w", 8000, 1, subtype="PCM_16", format="FLAC") as sound_file:
-        ten_minutes = np.zeros(8000 * 600, np.int16)
-        for _ in range(36):
-            sound_file.write(ten_minutes)
-    return path
-
-
 def test_declared_duration_refuses_before_decoding(six_hours_of_silence):
     import tracemalloc
 

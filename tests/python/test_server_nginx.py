@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from test_server import (  # noqa: E402 - helpers of the server tests, not fixtures
@@ -24,8 +25,6 @@ from test_server import (  # noqa: E402 - helpers of the server tests, not fixtu
     normalise,
     start_server,
 )
-
-httpx = pytest.importorskip("httpx")
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 NGINX_CONF = Path(__file__).resolve().parents[2] / "examples" / "nginx.conf"
