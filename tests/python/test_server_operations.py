@@ -168,3 +168,20 @@ def test_sigterm_drains_finishes_what_it_holds_and_exits(tmp_path):
     finally:
         running.stop()
         held.join(timeout=REQUEST_TIMEOUT_S)
+
+
+def test_a_transcription_whose_npu_calls_all_fell_back_marks_the_device_lost():
+    from types import SimpleNamespace
+
+    from xdna_ep.server_queue import lost_device
+
+    on_sim = SimpleNamespace(encoder=SimpleNamespace(device="sim", report=None), device="sim", profile="npu1")
+    lost = {"launches": 0, "fallbacks": 12, "fallback_causes": {"DeviceError: bo.sync": 12}}
+    assert lost_device(on_sim, lost) == (
+        "device lost: the last transcription's 12 xdna calls all fell back to the CPU (DeviceError: bo.sync x12)"
+    )
+    # some launches went through: a fault, not a lost device; nothing fell back: healthy
+    assert lost_device(on_sim, {"launches": 3, "fallbacks": 1, "fallback_causes": {"DeviceError: timeout": 1}}) is None
+    assert lost_device(on_sim, {"launches": 40, "fallbacks": 0, "fallback_causes": {}}) is None
+    on_cpu = SimpleNamespace(encoder=SimpleNamespace(device="cpu", report=None), device="cpu", profile=None)
+    assert lost_device(on_cpu, {"launches": 0, "fallbacks": 0, "fallback_causes": {}}) is None
