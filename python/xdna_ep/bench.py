@@ -373,10 +373,9 @@ def bench_memory(options: BenchOptions, minutes: tuple[float, ...]) -> Iterator[
     """Peak resident memory (RSS, sampled every 5 ms) while transcribing recordings ``minutes`` long:
     the clip (default jfk.wav) repeated with 1.5 s of silence between copies, written to a 16-bit WAV
     and transcribed with the default options by one loaded model, warmed up by one transcription of
-    the clip (the device's scratch buffers and ONNX Runtime's arenas are allocated then). Bounded
-    memory means the peak grows with the duration by the recording alone (its samples, their padded
-    copies during the log-mel, and the log-mel: about 15 MB a minute), not by anything per window.
-    Yields report lines as they are measured.
+    the clip (the device's scratch buffers and ONNX Runtime's arenas are allocated then). The file
+    is decoded and its log-mel computed a window at a time (``xdna_ep.audio.WindowedLogMel``), so
+    the peak should not grow with the duration. Yields report lines as they are measured.
     """
     import tempfile
     import threading
