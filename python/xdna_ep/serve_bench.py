@@ -148,7 +148,7 @@ def _free_port() -> int:
 
 
 def start_server(args: argparse.Namespace, max_queue: int, log_path: Path) -> tuple[subprocess.Popen, str]:
-    """``xdna-ep serve`` on a free loopback port; returns (process, base URL) once /health answers."""
+    """``xdna-ep serve`` on a free loopback port; returns (process, base URL) once /health answers 200 (ready)."""
     import httpx
 
     from xdna_ep.errors import XdnaError
@@ -167,10 +167,11 @@ def start_server(args: argparse.Namespace, max_queue: int, log_path: Path) -> tu
         if process.poll() is not None:
             raise XdnaError(f"the server exited with {process.returncode}:\n{log_path.read_text()}")
         try:
-            httpx.get(f"{base_url}/health", timeout=1)
-            return process, base_url
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:  # 503 while the model loads
+                return process, base_url
         except httpx.TransportError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     process.terminate()
     raise XdnaError(f"the server did not answer within {STARTUP_TIMEOUT_S:g} s")
 
