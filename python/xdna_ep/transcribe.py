@@ -3,9 +3,8 @@
 Follows openai-whisper's ``transcribe()``: the log-mel is normalised over the whole recording, each
 window is cut from it at ``seek`` and zero-padded to 3000 frames (computed a block at a time as seek
 reaches it, ``xdna_ep.audio.WindowedLogMel``, so memory does not grow with the duration); after a
-window, ``seek`` moves to
-the last complete timestamp pair (or by the full window), so no speech is dropped or decoded twice
-at window edges. A window whose decoding is too repetitive (compression ratio) or too unlikely
+window, ``seek`` moves to the last complete timestamp pair (or by the full window), so no speech is
+dropped or decoded twice at window edges. A window whose decoding is too repetitive (compression ratio) or too unlikely
 (average log probability) is decoded again at the next temperature; a window the model calls
 silence (``no_speech_prob``) with an unlikely decoding is skipped, and so is a window of digital
 silence (a constant log-mel), without decoding: Whisper hears "you" in it.
