@@ -52,7 +52,7 @@ class BenchOptions:
         from xdna_ep.ep.device import get_profile
 
         if self.device not in ("sim", "npu", "cpu"):  # cpu: --memory only (run_command)
-            raise ValueError(f"bench measures an NPU device, 'sim' or 'npu', not {self.device!r}")
+            raise ValueError(f"bench measures an NPU device, 'sim' or 'npu' ('cpu' for --memory), not {self.device!r}")
         check_precision(self.precision)
         get_profile(self.profile)
         if not self.models:

@@ -8,10 +8,21 @@ from xdna_ep.bench import BenchOptions, bench_encoder, encoder_input, format_enc
 
 
 def test_options_are_validated():
-    with pytest.raises(ValueError, match=r"'sim' or 'npu', not 'cpu'"):
-        BenchOptions(device="cpu")
+    with pytest.raises(ValueError, match=r"'sim' or 'npu' \('cpu' for --memory\), not 'gpu'"):
+        BenchOptions(device="gpu")
     with pytest.raises(ValueError, match=r"unknown precision"):
         BenchOptions(precision="int8")
+
+
+def test_cpu_device_measures_only_memory(capsys):
+    import argparse
+
+    from xdna_ep.bench import configure_parser, run_command
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    assert run_command(parser.parse_args(["--device", "cpu"])) == 2  # the encoder bench models an NPU
+    assert "--device cpu measures only --memory" in capsys.readouterr().err
 
 
 @pytest.mark.slow
