@@ -249,3 +249,29 @@ def test_measure_audio_counts_what_load_audio_decodes():
     assert measure_audio(AUDIO_DIR / "jfk.flac") == load_audio(AUDIO_DIR / "jfk.flac").size / SAMPLE_RATE == 11.0
     with pytest.raises(AudioTooLong, match="11.0 s; at most 10 s"):
         measure_audio(AUDIO_DIR / "jfk.flac", max_seconds=10)
+
+
+def test_windowed_log_mel_memory_does_not_grow_with_the_duration(tmp_path):
+    import tracemalloc
+
+    def peak_mib(minutes: int) -> float:
+        path = tmp_path / f"{minutes}.wav"
+        tone = _sine(440, 60, SAMPLE_RATE)
+        with soundfile.SoundFile(path, "w", SAMPLE_RATE, 1, subtype="PCM_16") as sound_file:
+            for _ in range(minutes):
+                sound_file.write(tone)
+        tracemalloc.start()
+        try:
+            mel = WindowedLogMel(path, padding=HOP_LENGTH)
+            for seek in range(0, mel.n_frames, N_FRAMES):  # every window, as transcribe's seek reaches it
+                mel.frames(seek, seek + N_FRAMES)
+            return tracemalloc.get_traced_memory()[1] / 2**20
+        finally:
+            tracemalloc.stop()
+
+    one, six = peak_mib(1), peak_mib(6)
+    # the same peak whatever the duration (the whole 6-min recording would add 22 MiB of samples and
+    # 11 MiB of log-mel): 2 MiB of slack over the 1-minute peak
+    assert six < one + 2, (one, six)
+    # measured 35 MiB: mostly one block's STFT (3000 frames x 400 samples, NumPy's complex128 FFT)
+    assert six < 40, six
