@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Collection
 from starlette.requests import Request
 from starlette.responses import Response
 
+from xdna_ep.languages import normalize_language
+
 if TYPE_CHECKING:
     from xdna_ep.model import WhisperModel
     from xdna_ep.transcribe import Segment, TranscribeOptions, Transcription
@@ -229,13 +231,12 @@ def _json_safe(value: Any) -> Any:
 
 def _check_language(model: WhisperModel, language: str | None, task: str) -> str | None:
     """The one place every contract reads its ``language`` field (400 naming the problem)."""
-    # WIRE-UP (issue 14, branch i14b): once xdna_ep.languages is merged, the next three lines become
-    #     try: language = normalize_language(language)
-    #     except ValueError as error: raise RequestError(400, str(error), "language") from None
-    # so that "auto", English names (any case) and other spellings of a code (iw -> he) are accepted
+    try:  # "auto", English names (any case) and other spellings of a code (iw -> he) are accepted
+        language = normalize_language(language)
+    except ValueError as error:
+        raise RequestError(400, str(error), "language") from None
     if language is None:
         return None
-    language = language.lower()
     known = model.tokenizer.language_tokens
     if known and language not in known:
         raise RequestError(400, f"unknown language code {language!r}; known codes: {', '.join(known)}", "language")
