@@ -180,7 +180,7 @@ class SwitchPlan:
     - time-shared (today's plan): both designs take every column in turn, the array switches designs
       twice a layer (GEMMs -> attention -> GEMMs; the dynamic-K design makes all GEMMs one xclbin);
     - split: each design built for half the columns, both resident in their own hardware contexts at
-      once: no switch, but each runs on half the cores (modelled bottom-up at that width);
+      once: no switch, but each runs on half the cores (the whole-array walk scaled by the column ratio);
     - one xclbin holding both core programs (OpenFlowLM's one-xclbin encoder runs GEMMs only): every
       compute tile would hold both designs' buffers at once (``combined_tile_bytes``).
     The planner takes the cheapest option that fits.
@@ -249,11 +249,16 @@ def plan_encoder_switches(
         return n_layers * layer
 
     switches = 2 * n_layers
+    whole_array_s = compute(device)
+    # The descriptions exist for the whole array only (a design's columns come from its profile), so a
+    # half-array design is modelled as the whole-array walk scaled by the column ratio: each column
+    # streams its own share of the output through the same per-column dataflow.
+    split_s = whole_array_s * device.columns / half.columns
     return SwitchPlan(
         profile=device.name,
         switches=switches,
-        time_shared_s=compute(device) + switches * device.design_switch_s,
-        split_s=compute(half),
+        time_shared_s=whole_array_s + switches * device.design_switch_s,
+        split_s=split_s,
         combined_tile_bytes=combined_tile_bytes(profile, precision),
         tile_data_bytes=device.tile_data_bytes,
     )

@@ -21,8 +21,21 @@ def test_tiny_en_on_npu1_keeps_the_time_shared_array_and_says_why():
     assert "KB per tile of 64 KB" in plan.reason
 
 
-def test_the_split_wins_when_switches_outweigh_the_lost_columns():
-    # npu2 (8 columns, switches as costly as on npu1): tiny.en's compute is small enough that two
-    # resident half-array designs model cheaper than 8 switches
+def test_npu2_keeps_the_time_shared_array_too():
+    # npu2 has twice the columns, so half of them cost tiny.en's compute twice (modelled 28.3 ms) against
+    # the 8 switches of the time-shared plan (25.4 ms in all)
     plan = plan_encoder_switches(384, 6, 4, "npu2")
+    assert plan.choice == "time-shared" and plan.split_s > plan.time_shared_s
+
+
+def test_the_split_wins_when_switches_outweigh_the_lost_columns(monkeypatch):
+    # a device whose switches cost ten times npu2's: 8 switches then outweigh running on half the columns
+    import dataclasses
+
+    from xdna_ep.kernels import designs
+
+    costly = dataclasses.replace(NPU2, design_switch_s=10 * NPU2.design_switch_s)
+    monkeypatch.setattr(designs, "get_profile", lambda name: costly)
+    plan = designs.plan_encoder_switches(384, 6, 4, "npu2")
     assert plan.choice == "split" and plan.split_s < plan.time_shared_s
+    assert plan.reason.startswith("split: ")
