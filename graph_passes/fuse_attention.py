@@ -14,8 +14,15 @@ Exporter variations tolerated: the scale folded into Q before or after its Resha
 or applied to the scores; Mul or Div by the scale (and PyTorch SDPA's split ``* 1.0`` on both
 operands); K^T from K (b, h, n, d) by perm (0, 1, 3, 2) or from the (b, n, h, d) reshape by
 (0, 2, 3, 1); the mask added before or after the scale; the ``Where(IsNaN(P), 0, P)`` guard after
-the softmax. A mask is accepted only if evaluating it on probe inputs gives exactly the causal
-pattern (visible iff key j <= n_kv - n_q + i); anything else is rejected with the reason.
+the softmax. A mask is accepted only if its value depends on no input's values (only on shapes, read
+through Shape / Size) and evaluating it on probe inputs of two sizes gives exactly the causal pattern
+over the scores it is added to (visible iff key j <= n_kv - n_q + i); anything else is rejected with
+the reason.
+
+Refused with a reason, because the fused op cannot compute them: a Softmax over anything but the last
+axis (before opset 13 the default axis is 1 and the tensor is flattened there), Q, K and V whose batch
+or head counts differ (multi-query / grouped-query attention broadcasts K and V over Q's heads), and
+operands that are not float32.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import ModelProto, NodeProto, helper
+from onnx import ModelProto, NodeProto, TensorProto, helper
 
 from xdna_ep.graph_passes import xdna_ops
 from xdna_ep.graph_passes.graph import GraphView, Rewrite, apply_rewrites
@@ -31,8 +38,10 @@ from xdna_ep.graph_passes.match_log import MatchLog
 from xdna_ep.graph_passes.shapes import ShapeTable
 
 PASS_NAME = "fuse_attention"
+SOFTMAX_AXIS_OPSET = 13  # from opset 13 Softmax normalises one axis (default -1); before, it flattens at axis (default 1)
 MASKED_AT_MOST = -1e4  # an additive mask entry this negative hides its key (exp underflows to 0)
 LAYOUT_OPS = ("Transpose", "Reshape")
+SHAPE_ONLY_OPS = ("Shape", "Size")  # ops that read only the shape of their input
 _PROBE_INITIALIZER_ELEMENTS = 4096  # larger initializers enter the mask probe as zero inputs
 
 
@@ -74,19 +83,21 @@ def fuse_attention(
     """Fuse every attention subgraph anchored on a Softmax into xdna::Attention (in place)."""
     log = log if log is not None else MatchLog()
     view = GraphView(model.graph)
+    opset = default_opset(model)
     matches: list[tuple[NodeProto, AttentionMatch]] = []
     for node in list(model.graph.node):
         if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
             continue
         try:
-            matches.append((node, match_attention(view, node, shapes)))
+            matches.append((node, match_attention(view, node, shapes, opset)))
         except NoMatch as reason:
             log.reject(PASS_NAME, node.name, str(reason))
-    mask_reasons = probe_masks(model, [match.mask for _, match in matches if match.mask])
+    mask_reasons = probe_masks(model, [(match.mask, match.scores_matmul.output[0]) for _, match in matches if match.mask])
     rewrites = []
     for softmax, match in matches:
-        if match.mask is not None and mask_reasons.get(match.mask):
-            log.reject(PASS_NAME, softmax.name, mask_reasons[match.mask])
+        reason = mask_reasons.get((match.mask, match.scores_matmul.output[0])) if match.mask else None
+        if reason:
+            log.reject(PASS_NAME, softmax.name, reason)
             continue
         try:
             rewrite, kind = build_rewrite(view, match)
@@ -99,12 +110,34 @@ def fuse_attention(
     return model, bool(rewrites)
 
 
-def match_attention(view: GraphView, softmax: NodeProto, shapes: ShapeTable | None) -> AttentionMatch:
+def default_opset(model: ModelProto) -> int:
+    """The model's opset of the default ONNX domain."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def softmax_is_last_axis(softmax: NodeProto, rank: int, opset: int) -> str | None:
+    """None when ``softmax`` normalises exactly the last axis of its rank-``rank`` input, else why not.
+
+    Before opset 13 the default axis is 1 and the input is flattened to 2-D at ``axis``: that equals a
+    last-axis softmax only when ``axis`` is the last axis. ``rank`` 0 means unknown.
+    """
+    default = -1 if opset >= SOFTMAX_AXIS_OPSET else 1
+    axis = int(_attribute(softmax, "axis", default))
+    if axis == -1 or (rank and axis == rank - 1):
+        return None
+    where = "default axis" if not any(a.name == "axis" for a in softmax.attribute) else "axis"
+    flatten = f" (opset {opset} < {SOFTMAX_AXIS_OPSET}: it flattens the input from axis {axis} on)" if opset < SOFTMAX_AXIS_OPSET else ""
+    return f"Softmax {where} {axis} is not the last axis of its rank-{rank or '?'} input{flatten}"
+
+
+def match_attention(
+    view: GraphView, softmax: NodeProto, shapes: ShapeTable | None, opset: int = SOFTMAX_AXIS_OPSET
+) -> AttentionMatch:
     """Match O = Softmax(Q @ K^T * scale [+ mask]) @ V around ``softmax``; raise NoMatch with the reason."""
-    axis = _attribute(softmax, "axis", -1)
     rank = len(shapes.shape(softmax.input[0]) or ()) if shapes else 0
-    if axis != -1 and not (rank and axis == rank - 1):
-        raise NoMatch(f"Softmax axis {axis} is not the last axis")
+    axis_problem = softmax_is_last_axis(softmax, rank, opset)
+    if axis_problem:
+        raise NoMatch(axis_problem)
     probs, guard_nodes = _skip_nan_guard(view, softmax)
     consumers = view.consumers(probs)
     if view.is_graph_output(softmax.output[0]) or view.is_graph_output(probs):
@@ -120,14 +153,17 @@ def match_attention(view: GraphView, softmax: NodeProto, shapes: ShapeTable | No
     k = trace_operand(view, scores_matmul.input[1])
     v = probs_matmul.input[1]
     if shapes is not None:
+        operand_shapes = {}
         for role, name in (("Q", scores_matmul.input[0]), ("K^T", scores_matmul.input[1]), ("V", v)):
             shape = shapes.shape(name)
             if shape is None:
                 raise NoMatch(f"the shape of {role} is unknown at the representative sizes")
             if len(shape) != 4:
                 raise NoMatch(f"{role} has rank {len(shape)}, not 4 (batch, heads, positions, head_dim)")
-            if shapes.is_float32(name) is False:
-                raise NoMatch(f"{role} is not float32")
+            if shapes.is_float32(name) is not True:
+                raise NoMatch(f"{role} is not float32 (only float32 crosses to the xdna ops)")
+            operand_shapes[role] = shape
+        _check_operand_shapes(operand_shapes["Q"], operand_shapes["K^T"], operand_shapes["V"])
     nodes = (*chain_nodes(view, softmax.input[0], scores), softmax, *guard_nodes, probs_matmul)
     return AttentionMatch(
         probs_matmul=probs_matmul,
@@ -139,6 +175,21 @@ def match_attention(view: GraphView, softmax: NodeProto, shapes: ShapeTable | No
         mask=mask,
         nodes=(scores_matmul, *nodes),
     )
+
+
+def _check_operand_shapes(q: tuple[int, ...], k_t: tuple[int, ...], v: tuple[int, ...]) -> None:
+    """Q (b, h, n_q, d), K^T (b, h, d, n_kv), V (b, h, n_kv, d_v) with equal b and h, else NoMatch.
+
+    ONNX MatMul broadcasts a K or V of one head over Q's heads (multi-query attention) or of fewer
+    heads (grouped-query attention); xdna::Attention computes equal heads only, so those are refused.
+    """
+    if q[:2] != k_t[:2] or q[:2] != v[:2]:
+        raise NoMatch(
+            f"Q {q}, K^T {k_t} and V {v} differ in batch or heads (broadcast heads: multi-query or grouped-query "
+            "attention), which xdna::Attention does not compute"
+        )
+    if q[3] != k_t[2] or k_t[3] != v[2]:
+        raise NoMatch(f"Q {q}, K^T {k_t} and V {v} are not Q (b, h, n_q, d), K^T (b, h, d, n_kv), V (b, h, n_kv, d_v)")
 
 
 def build_rewrite(view: GraphView, match: AttentionMatch) -> tuple[Rewrite, str]:
@@ -188,28 +239,81 @@ def trace_operand(view: GraphView, name: str) -> Operand:
     return Operand(base=name, layout=tuple(reversed(layout_reversed)), scale=scale, walked=tuple(walked), rebuild=rebuild)
 
 
-def probe_masks(model: ModelProto, masks: list[str]) -> dict[str, str | None]:
-    """Evaluate each additive mask on probe inputs: None if it is exactly causal, else the reason.
+def probe_masks(model: ModelProto, masked: list[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+    """For each (additive mask, scores it is added to): None if the mask is exactly causal, else the reason.
 
-    Two probes: 3 new tokens after 2 past ones, and 2 new after 5 past (a decoder without past sees
-    only the new tokens). The mask subgraph is cut from the model and run with ONNX Runtime.
+    First by structure: the mask may depend on the inputs' shapes (through Shape / Size) but on no
+    input's values, so that the probes below decide it for every input. Then by evaluation: the mask
+    and the scores' shape are computed with ONNX Runtime at two sets of sizes (every symbolic input
+    dimension gets its own size, different in each probe) and the mask must hide exactly the keys after
+    each query's position (queries aligned to the end of the keys, as a decoder with past has them).
     """
-    masks = sorted(set(masks))
-    if not masks:
+    pairs = sorted(set(masked))
+    if not pairs:
         return {}
-    reasons: dict[str, str | None] = {}
+    view = GraphView(model.graph)
+    reasons: dict[tuple[str, str], str | None] = {}
+    probed = []
+    for pair in pairs:
+        dependence = _value_dependence(view, pair[0])
+        if dependence:
+            reasons[pair] = f"the attention mask depends on the values of {dependence}, not only on shapes"
+        else:
+            probed.append(pair)
+    if not probed:
+        return reasons
     try:
-        probes = [_run_mask_probe(model, masks, n_new, n_past) for n_new, n_past in ((3, 2), (2, 5))]
+        probes = [_run_mask_probe(model, probed, probe) for probe in (0, 1)]
     except Exception as error:  # noqa: BLE001 - ORT raises its own types; the reason is what matters
-        return {mask: f"the attention mask could not be evaluated on probe inputs: {error}" for mask in masks}
-    for mask in masks:
-        reasons[mask] = None
-        for (n_new, n_past, values) in probes:
-            reason = _causal_mismatch(values[mask], n_new, n_past)
+        reasons.update({pair: f"the attention mask could not be evaluated on probe inputs: {error}" for pair in probed})
+        return reasons
+    for pair in probed:
+        reasons[pair] = None
+        for values in probes:
+            mask, scores_shape = values[pair[0]], tuple(int(d) for d in values[_shape_name(pair[1])])
+            reason = _causal_mismatch(mask, scores_shape)
             if reason:
-                reasons[mask] = f"the attention mask is not causal: {reason}"
+                reasons[pair] = f"the attention mask is not causal: {reason}"
                 break
     return reasons
+
+
+def _value_dependence(view: GraphView, mask: str) -> str:
+    """The graph inputs and large initializers whose values (not only shapes) reach ``mask``, named."""
+    found: list[str] = []
+    seen: set[str] = set()
+    stack = [mask]
+    while stack:
+        name = stack.pop()
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        if name in view.inputs and name not in view.initializers:
+            found.append(f"input {name!r}")
+            continue
+        if name in view.initializers:
+            if _elements(view.initializers[name].dims) > _PROBE_INITIALIZER_ELEMENTS:
+                found.append(f"initializer {name!r}")
+            continue
+        node = view.producer(name)
+        if node is None:
+            found.append(f"{name!r} (produced outside this graph)")
+            continue
+        if node.op_type in SHAPE_ONLY_OPS and node.domain in ("", "ai.onnx"):
+            continue  # reads only the shape of its input
+        stack.extend(node.input)
+    return ", ".join(sorted(found))
+
+
+def _elements(dims) -> int:
+    count = 1
+    for size in dims:
+        count *= int(size)
+    return count
+
+
+def _shape_name(scores: str) -> str:
+    return f"{scores}/xdna_probe_shape"
 
 
 def chain_nodes(view: GraphView, start: str, stop: str) -> list[NodeProto]:
@@ -404,17 +508,24 @@ def _projection_source(view: GraphView, name: str) -> str | None:
     return None
 
 
-def _run_mask_probe(model: ModelProto, masks: list[str], n_new: int, n_past: int):
-    """Run the subgraph computing ``masks`` with n_new tokens after n_past; returns (n_new, n_past, values)."""
+def _run_mask_probe(model: ModelProto, pairs: list[tuple[str, str]], probe: int) -> dict[str, np.ndarray]:
+    """Run the subgraph computing the masks and the scores' shapes; returns name -> value.
+
+    Probe 0 and 1 give every symbolic input dimension a size of its own (different in each probe):
+    the known Whisper dimensions a decoder-like size, any other a distinct small one.
+    """
     import onnxruntime as ort
 
     from xdna_ep.graph_passes.graph import MAX_IR_VERSION
 
     graph = model.graph
     view = GraphView(graph)
+    masks = sorted({mask for mask, _ in pairs})
+    shape_nodes = [helper.make_node("Shape", [scores], [_shape_name(scores)]) for scores in sorted({s for _, s in pairs})]
+    wanted = [*masks, *(node.output[0] for node in shape_nodes)]
     needed_nodes: list[NodeProto] = []
     seen: set[int] = set()
-    stack = list(masks)
+    stack = [*masks, *(node.input[0] for node in shape_nodes)]
     needed_inputs: set[str] = set()
     needed_inits: set[str] = set()
     while stack:
@@ -432,14 +543,14 @@ def _run_mask_probe(model: ModelProto, masks: list[str], n_new: int, n_past: int
         needed_nodes.append(node)
         stack.extend(inp for inp in node.input if inp)
     needed_nodes.sort(key=lambda node: view.position[id(node)])
-    dims = {"batch_size": 1, "decoder_sequence_length": n_new, "past_decoder_sequence_length": n_past}
+    sizes = _probe_sizes(graph, probe)
     feeds = {}
     inputs = []
     for value_info in graph.input:
         if value_info.name not in needed_inputs:
             continue
         tensor_type = value_info.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else dims.get(d.dim_param, 2) for d in tensor_type.shape.dim]
+        shape = [d.dim_value if d.HasField("dim_value") else sizes[d.dim_param or "?"] for d in tensor_type.shape.dim]
         dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
         feeds[value_info.name] = np.zeros(shape, dtype=dtype)
         inputs.append(value_info)
@@ -447,36 +558,57 @@ def _run_mask_probe(model: ModelProto, masks: list[str], n_new: int, n_past: int
     for init in graph.initializer:
         if init.name not in needed_inits:
             continue
-        if int(np.prod(init.dims)) <= _PROBE_INITIALIZER_ELEMENTS:
+        if _elements(init.dims) <= _PROBE_INITIALIZER_ELEMENTS:
             inits.append(init)
-        else:  # a large weight only reaches the mask through a Shape: feed zeros, do not copy it
+        else:  # a large weight reaches the masks only through a Shape (checked): feed zeros, do not copy it
             inputs.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
             feeds[init.name] = np.zeros(list(init.dims), dtype=helper.tensor_dtype_to_np_dtype(init.data_type))
-    outputs = [helper.make_tensor_value_info(mask, 1, None) for mask in masks]  # 1 = FLOAT
-    probe_graph = helper.make_graph(needed_nodes, "mask_probe", inputs, outputs, inits)
-    probe = helper.make_model(probe_graph, opset_imports=[o for o in model.opset_import if o.domain != xdna_ops.DOMAIN])
-    probe.ir_version = min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in masks]
+    outputs += [helper.make_tensor_value_info(node.output[0], TensorProto.INT64, None) for node in shape_nodes]
+    probe_graph = helper.make_graph([*needed_nodes, *shape_nodes], "mask_probe", inputs, outputs, inits)
+    probe_model = helper.make_model(probe_graph, opset_imports=[o for o in model.opset_import if o.domain != xdna_ops.DOMAIN])
+    probe_model.ir_version = min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    values = session.run(masks, feeds)
-    return n_new, n_past, dict(zip(masks, values))
+    session = ort.InferenceSession(probe_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return dict(zip(wanted, session.run(wanted, feeds)))
 
 
-def _causal_mismatch(values: np.ndarray, n_new: int, n_past: int) -> str | None:
-    """None if the additive mask is causal for n_new queries after n_past keys, else what differs."""
-    if values.ndim < 2:
+# Probe sizes of optimum's decoder dimensions: (probe 0, probe 1). Any other symbolic dimension gets a
+# size of its own from _OTHER_PROBE_SIZES, so that no two unknown dimensions can be confused.
+_KNOWN_PROBE_SIZES = {"batch_size": (1, 2), "decoder_sequence_length": (3, 2), "past_decoder_sequence_length": (2, 5)}
+_OTHER_PROBE_SIZES = ((4, 7), (6, 3), (5, 9), (8, 4), (7, 6), (9, 8))
+
+
+def _probe_sizes(graph, probe: int) -> dict[str, int]:
+    names = sorted({
+        d.dim_param or "?" for value_info in graph.input for d in value_info.type.tensor_type.shape.dim
+        if not d.HasField("dim_value")
+    })  # fmt: skip
+    sizes, others = {}, iter(_OTHER_PROBE_SIZES)
+    for name in names:
+        pair = _KNOWN_PROBE_SIZES.get(name) or next(others, (2, 3))
+        sizes[name] = pair[probe]
+    return sizes
+
+
+def _causal_mismatch(values: np.ndarray, scores_shape: tuple[int, ...]) -> str | None:
+    """None if the additive mask, broadcast to the scores, is causal; else what differs."""
+    if values.ndim < 2 or len(scores_shape) < 2:
         return f"mask has rank {values.ndim}"
-    n_q, n_kv = values.shape[-2:]
-    if n_q != n_new or n_kv not in (n_new, n_new + n_past):
-        return f"mask shape {values.shape} does not cover {n_new} queries x {n_new + n_past} keys"
+    n_q, n_kv = scores_shape[-2:]
+    try:
+        planes = np.broadcast_to(values, np.broadcast_shapes(values.shape, scores_shape)).reshape(-1, n_q, n_kv)
+    except ValueError:
+        return f"mask shape {values.shape} does not broadcast to the scores {scores_shape}"
+    if n_kv < n_q:
+        return f"{n_q} queries but only {n_kv} keys"
     rows = np.arange(n_q)[:, None]
     cols = np.arange(n_kv)[None, :]
     visible = cols <= n_kv - n_q + rows
-    planes = values.reshape(-1, n_q, n_kv)
     for plane in planes:
         if not (np.all(plane[visible] == 0.0) and np.all(plane[~visible] <= MASKED_AT_MOST)):
-            return f"probe with {n_new} new and {n_past} past positions gives {plane.tolist()}"
+            return f"probe with scores {scores_shape} gives {plane.tolist()}"
     return None
 
 

@@ -220,23 +220,29 @@ def drop_original_records(model: ModelProto) -> None:
 
 
 def remove_dead_nodes(model: ModelProto) -> int:
-    """Remove nodes none of whose outputs reach a graph output (or a subgraph); returns how many."""
+    """Remove nodes none of whose outputs reach a graph output (or a subgraph); returns how many.
+
+    Works on any node order (ONNX Runtime's fp16 converter, for one, appends its input Casts last):
+    liveness is followed from the outputs through the producers, not through the node list.
+    """
     graph = model.graph
     needed = {out.name for out in graph.output}
     for node in graph.node:
         for attribute in node.attribute:
             for subgraph in _subgraphs(attribute):
                 needed |= _outer_names(subgraph)
-    kept_reversed: list[NodeProto] = []
-    removed = 0
-    for node in reversed(graph.node):
-        if any(name in needed for name in node.output if name):
-            kept_reversed.append(node)
-            needed.update(name for name in node.input if name)
-        else:
-            removed += 1
+    producer = {name: index for index, node in enumerate(graph.node) for name in node.output if name}
+    live: set[int] = set()
+    stack = [producer[name] for name in needed if name in producer]
+    while stack:
+        index = stack.pop()
+        if index in live:
+            continue
+        live.add(index)
+        stack.extend(producer[name] for name in graph.node[index].input if name in producer)
+    removed = len(graph.node) - len(live)
     if removed:
-        replace_nodes(graph, reversed(kept_reversed))
+        replace_nodes(graph, [node for index, node in enumerate(graph.node) if index in live])
     return removed
 
 

@@ -118,8 +118,8 @@ def partition(
         new_nodes = _in_original_order(new_nodes, original_order)
     replace_nodes(model.graph, new_nodes)
     drop_original_records(model)
-    removed = remove_dead_nodes(model)
     topological_sort(model.graph)
+    removed = remove_dead_nodes(model)
     ensure_xdna_opset(model)
     return model, bool(written_back or removed)
 
