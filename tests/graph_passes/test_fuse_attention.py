@@ -23,9 +23,17 @@ D = N_HEAD * HEAD_DIM
 
 
 def attention_block(variant: str, mask: str | None = None) -> onnx.ModelProto:
-    """x (1, n, D) -> multi-head self-attention -> (1, n, D), written the way ``variant`` says."""
+    """x (1, n, D) -> multi-head self-attention -> (1, n, D), written the way ``variant`` says.
+
+    ``mask="input_dependent"`` adds the causal mask plus a graph input ``m`` (1, 1, n, n);
+    ``variant="mqa"``: K and V have one head, broadcast over Q's (multi-query attention).
+    """
     rng = np.random.default_rng(1)
-    inits = [numpy_helper.from_array(rng.standard_normal((D, D)).astype(np.float32), f"w{c}") for c in "qkv"]
+    kv_width = HEAD_DIM if variant == "mqa" else D
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((D, D if c == "q" else kv_width)).astype(np.float32), f"w{c}")
+        for c in "qkv"
+    ]
     scale = 1.0 / math.sqrt(HEAD_DIM)
     nodes = []
 
@@ -39,8 +47,13 @@ def attention_block(variant: str, mask: str | None = None) -> onnx.ModelProto:
 
     heads = const([1, -1, N_HEAD, HEAD_DIM], np.int64)
     q, k, v = (node("MatMul", ["x", f"w{c}"]) for c in "qkv")
-    v4 = node("Transpose", [node("Reshape", [v, heads])], perm=[0, 2, 1, 3])
-    if variant == "scale_on_q_before_reshape":  # optimum's Whisper export (plus SDPA's * 1.0)
+    kv_heads = const([1, -1, 1, HEAD_DIM], np.int64) if variant == "mqa" else heads
+    v4 = node("Transpose", [node("Reshape", [v, kv_heads])], perm=[0, 2, 1, 3])
+    if variant == "mqa":
+        q4 = node("Transpose", [node("Reshape", [q, heads])], perm=[0, 2, 1, 3])
+        k_t = node("Transpose", [node("Reshape", [k, kv_heads])], perm=[0, 2, 3, 1])  # (1, 1, d, n)
+        scores = node("Mul", [node("MatMul", [q4, k_t]), const(scale)])
+    elif variant == "scale_on_q_before_reshape":  # optimum's Whisper export (plus SDPA's * 1.0)
         q4 = node("Transpose", [node("Reshape", [node("Mul", [q, const(scale)]), heads])], perm=[0, 2, 1, 3])
         k_t = node("Transpose", [node("Reshape", [k, heads])], perm=[0, 2, 3, 1])
         scores = node("MatMul", [node("Mul", [q4, const(1.0)]), node("Mul", [k_t, const(1.0)])])
@@ -65,16 +78,21 @@ def attention_block(variant: str, mask: str | None = None) -> onnx.ModelProto:
         positions = node("Range", [const(0, np.int64), n, const(1, np.int64)])
         rows = node("Unsqueeze", [positions, const([1], np.int64)])
         cols = node("Unsqueeze", [positions, const([0], np.int64)])
-        visible = node("LessOrEqual" if mask == "causal" else "GreaterOrEqual", [cols, rows])
+        visible = node("GreaterOrEqual" if mask == "anti_causal" else "LessOrEqual", [cols, rows])
         bias = node("Where", [visible, const(0.0), const(-np.inf)])
+        if mask == "input_dependent":  # causal where m is 0, which is all a probe of zeros would see
+            bias = node("Add", [bias, "m"])
         scores = node("Add", [scores, bias])
     probs = node("Softmax", [scores], axis=-1)
     out = node("MatMul", [probs, v4])
     merged = node("Reshape", [node("Transpose", [out], perm=[0, 2, 1, 3]), const([1, -1, D], np.int64)])
     nodes.append(helper.make_node("Identity", [merged], ["y"]))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "decoder_sequence_length", D])]
+    if mask == "input_dependent":
+        n = "decoder_sequence_length"
+        inputs.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, [1, 1, n, n]))
     graph = helper.make_graph(
-        nodes, variant,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "decoder_sequence_length", D])],
+        nodes, variant, inputs,
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "decoder_sequence_length", D])], inits,
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -124,6 +142,55 @@ def test_probabilities_as_a_graph_output_are_rejected_with_the_reason():
     _, modified = fuse_attention(model, representative_shapes(model), log)
     assert not modified
     assert "graph output" in log.rejections[0].reason
+
+
+def test_a_mask_that_depends_on_input_values_is_rejected_with_the_reason():
+    model = attention_block("div_on_scores", mask="input_dependent")
+    log = MatchLog()
+    fused, modified = fuse_attention(model, representative_shapes(model), log)
+    assert not modified and not [n for n in fused.graph.node if n.domain == xdna_ops.DOMAIN]
+    assert len(log.rejections) == 1
+    assert "depends on the values of input 'm'" in log.rejections[0].reason
+
+
+def test_multi_query_attention_is_refused_at_compile_time_and_computes_as_before():
+    model = attention_block("mqa")
+    x = np.random.default_rng(4).standard_normal((1, 5, D)).astype(np.float32)
+    fused, log, actual = fuse_and_run(model, x)
+    assert not [n for n in fused.graph.node if n.domain == xdna_ops.DOMAIN]
+    assert len(log.rejections) == 1 and "multi-query or grouped-query" in log.rejections[0].reason
+    np.testing.assert_array_equal(actual, run_x(model, x))  # the very same ONNX nodes ran
+    assert not np.isnan(actual).any()
+
+
+def opset_11_block(axis: int | None) -> onnx.ModelProto:
+    """The div_on_scores block at opset 11, its Softmax with ``axis`` (None: no attribute, default 1)."""
+    model = attention_block("div_on_scores")
+    softmax = next(n for n in model.graph.node if n.op_type == "Softmax")
+    del softmax.attribute[:]
+    if axis is not None:
+        softmax.attribute.append(helper.make_attribute("axis", axis))
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("", 11))
+    return model
+
+
+def test_an_opset_11_softmax_with_its_default_axis_is_not_fused_as_attention():
+    # opset 11 Softmax without axis flattens (b, h, n_q, n_kv) at axis 1: a softmax over h * n_q * n_kv
+    model = opset_11_block(None)
+    x = np.random.default_rng(5).standard_normal((1, 5, D)).astype(np.float32)
+    fused, log, actual = fuse_and_run(model, x)
+    assert not [n for n in fused.graph.node if n.domain == xdna_ops.DOMAIN]
+    assert "default axis 1" in log.rejections[0].reason and "opset 11" in log.rejections[0].reason
+    np.testing.assert_array_equal(actual, run_x(model, x))
+
+
+def test_an_opset_11_softmax_on_the_last_axis_fuses_and_computes_the_same():
+    model = opset_11_block(3)
+    x = np.random.default_rng(5).standard_normal((1, 5, D)).astype(np.float32)
+    fused, log, actual = fuse_and_run(model, x)
+    assert len([n for n in fused.graph.node if n.domain == xdna_ops.DOMAIN]) == 1, log.rejections
+    np.testing.assert_allclose(actual, run_x(model, x), rtol=0, atol=1e-5)  # as the opset-18 variants
 
 
 @pytest.mark.parametrize("name", ["tiny.en", "base"])
