@@ -9,7 +9,9 @@ What onnxruntime-extensions 0.15.2 Python ops demand (design.md), and how this f
 - An exception, or too few outputs, inside an op aborts the process. Every op body catches
   everything, recomputes on the CPU (``ReferenceExecutor`` over the same weights), counts the fallback
   with its cause and warns once per cause. If even that fails (say, a model compiled in another
-  process), the output is NaN of the right shape, counted and reported: never a crash.
+  process), the op must still return: it returns a placeholder of the right shape and records the
+  failure, and ``xdna_ep.InferenceSession.run`` raises ``ComputeError`` naming it once ONNX Runtime
+  returns, so the placeholder is never handed out as a result.
 - The stock invocation path returns outputs as Python lists (``tolist()``: about 77 ns per element).
   This module installs its own invocation hook that hands ONNX Runtime the output ndarray itself; the
   extension then copies it once into the output tensor (``measure_op_overhead`` measures it, a test
@@ -34,7 +36,7 @@ import onnxruntime_extensions
 from onnxruntime_extensions import _ocos
 
 from xdna_ep.ep.executor import Executor
-from xdna_ep.ep.registry import CompiledModel, lookup
+from xdna_ep.ep.registry import CompiledModel, OpStats, lookup, on_release
 from xdna_ep.graph_passes import xdna_ops
 
 logger = logging.getLogger(__name__)
@@ -49,15 +51,6 @@ def library_path() -> str:
 
 
 # --- statistics ------------------------------------------------------------------------------------
-
-
-@dataclass
-class OpStats:
-    """Calls of one op type in this process and the time spent inside the executor."""
-
-    calls: int = 0
-    executor_s: float = 0.0
-    fallbacks: int = 0
 
 
 STATS: dict[str, OpStats] = {op_type: OpStats() for op_type in xdna_ops.OP_TYPES}
@@ -85,6 +78,7 @@ class Fallback:
     node: str
     cause: str  # what counters group by: "DeviceError: ERT_CMD_STATE_TIMEOUT", "ValueError", ...
     message: str  # the error in full
+    recomputed: bool = True  # False: the CPU could not compute it either; the op's output is a placeholder
 
 
 _this_run = threading.local()  # .fallbacks: the list collect_fallbacks() opened on this thread, if any
@@ -128,6 +122,7 @@ def _record_fallback(op_type: str, node: str, model: CompiledModel | None, error
         FALLBACK_CAUSES[(op_type, cause)] += 1
         if model is not None:
             model.fallbacks += 1
+            model.op_stats[op_type].fallbacks += 1
         first = (op_type, cause) not in _warned
         _warned.add((op_type, cause))
     collected = getattr(_this_run, "fallbacks", None)
@@ -135,6 +130,19 @@ def _record_fallback(op_type: str, node: str, model: CompiledModel | None, error
         collected.append(Fallback(op_type, node, cause, message))
     if first:
         logger.warning("xdna::%s %s fell back to the CPU (%s); further such fallbacks are only counted", op_type, node, message)
+
+
+def _record_failure(op_type: str, node: str, message: str) -> None:
+    """An op that could compute neither on its device nor on the CPU: logged, and kept for run() to raise."""
+    logger.error("xdna::%s %s could not be computed on the device nor on the CPU (%s)", op_type, node, message)
+    collected = getattr(_this_run, "fallbacks", None)
+    if collected is not None:
+        collected.append(Fallback(op_type, node, "not computed", message, recomputed=False))
+
+
+def failures(fallbacks: list[Fallback]) -> list[Fallback]:
+    """The calls among ``fallbacks`` that were not computed at all (their outputs are placeholders)."""
+    return [fallback for fallback in fallbacks if not fallback.recomputed]
 
 
 # --- the ops ---------------------------------------------------------------------------------------
@@ -172,11 +180,15 @@ class _Node:
         try:
             model = self.model
             if model is None:
-                raise LookupError("its model_key was not compiled in this process")
+                raise LookupError("its model_key was not compiled in this process (or was released)")
+            model_stats = model.op_stats[self.op_type]
+            model_stats.calls += 1
             executor = model._executor or model.executor()
             start = time.perf_counter()
             output = self.compute(executor, inputs)
-            stats.executor_s += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            stats.executor_s += elapsed
+            model_stats.executor_s += elapsed
             if (
                 output.__class__ is np.ndarray
                 and output.dtype == np.float32
@@ -190,7 +202,8 @@ class _Node:
             return self.fallback(inputs, error)
 
     def fallback(self, inputs: list, error: BaseException) -> np.ndarray:
-        """Recompute on the reference (counted, warned once per cause); NaN if even that fails."""
+        """Recompute on the reference (counted, warned once per cause). If even that fails, the failure
+        is recorded for ``run()`` to raise and a NaN placeholder is returned (the op must return)."""
         if isinstance(error, KeyboardInterrupt):  # not a device fault: the session re-raises it after the run
             _this_run.interrupted = True
         else:
@@ -203,7 +216,8 @@ class _Node:
                 raise ValueError(f"reference returned shape {output.shape}")
             return np.ascontiguousarray(output, dtype=np.float32)
         except BaseException as final:  # noqa: BLE001
-            logger.error("xdna::%s %s could not be computed at all (%s): output is NaN", self.op_type, self.name, final)
+            message = f"{type(error).__name__}: {error}; on the CPU: {type(final).__name__}: {final}"
+            _record_failure(self.op_type, self.name, message)
             try:
                 return np.full(self.output_shape(inputs), np.nan, dtype=np.float32)
             except BaseException:  # noqa: BLE001 - inputs too broken to know the shape
@@ -311,8 +325,15 @@ def _invoke(op_id: int, inputs: list, attributes: dict) -> tuple:
     return op_id, output.shape, output
 
 
+def _forget_model(model_key: str) -> None:
+    """Drop the parsed nodes of a released compiled model."""
+    for key in [key for key in _nodes if key[1] == model_key]:
+        _nodes.pop(key, None)
+
+
 _declare_all()
 PyCustomOpDef.install_hooker(_invoke)
+on_release(_forget_model)
 
 
 # --- measurement -----------------------------------------------------------------------------------

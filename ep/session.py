@@ -1,8 +1,7 @@
 """The session factory: compile a Whisper ONNX model for the NPU and open ONNX Runtime sessions on it.
 
-    so = xdna_ep.session_options(device="sim")
-    model = xdna_ep.compile("encoder_model.onnx", profile="npu1")
-    session = onnxruntime.InferenceSession(model.SerializeToString(), so)
+    model = xdna_ep.compile("encoder_model.onnx", device="sim", profile="npu1")
+    session = onnxruntime.InferenceSession(model.SerializeToString(), xdna_ep.session_options())
 
 or in one call ``xdna_ep.InferenceSession("encoder_model.onnx", device="sim")``.
 
@@ -10,6 +9,10 @@ or in one call ``xdna_ep.InferenceSession("encoder_model.onnx", device="sim")``.
 simulated NPU), ``cpu`` (no offload: the stock graph on ONNX Runtime's CPU EP), ``auto`` (``npu``
 when present, else ``cpu``, and it says which). ``profile`` says which NPU the cost model plans for
 (``npu1`` by default). ``make_executor`` is the one place that maps a device to an executor.
+
+The device is a property of the compiled model, fixed by ``compile``: nothing process-wide decides
+where an op runs, so two sessions on different devices in one process each run where they were told.
+Sessions of the same device, profile and precision share one executor (the device is opened once).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from onnx import ModelProto, numpy_helper
 
 from xdna_ep.ep import registry
 from xdna_ep.ep.executor import Executor, ReferenceExecutor
-from xdna_ep.errors import DeviceError, FallbackError, ModelError
+from xdna_ep.errors import ComputeError, DeviceError, FallbackError, ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +44,6 @@ MODEL_KEY_METADATA = "xdna.model_key"  # metadata_props entry naming a compiled 
 # one executor per (device, profile, precision), alive while a compiled model uses it
 _executors: weakref.WeakValueDictionary[tuple[str, str, str], Executor] = weakref.WeakValueDictionary()
 _executors_lock = threading.Lock()
-_current_device = "cpu"
 _warned_reference = False
 _auto_announced: set[str] = set()
 
@@ -118,26 +120,33 @@ def make_executor(device: str, profile: str, precision: str) -> Executor:
         return executor
 
 
-def current_device() -> str:
-    """The device of the last ``session_options()``: used by models compiled without a device."""
-    return _current_device
+REGISTERED_CONFIG_KEY = "xdna.custom_ops_registered"  # set on SessionOptions that carry the xdna ops
 
 
-def session_options(device: str = DEFAULT_DEVICE, *, base: ort.SessionOptions | None = None) -> ort.SessionOptions:
+def session_options(device: str | None = None, *, base: ort.SessionOptions | None = None) -> ort.SessionOptions:
     """SessionOptions with the xdna custom-op library registered (``base`` is updated when given).
 
-    The xdna ops of models compiled without a device run on ``device``.
+    Registering twice on one SessionOptions is skipped, so options can be reused. The ops run on the
+    device their model was compiled for (``compile(device=...)``); ``device``, when given, is only
+    checked (``npu`` without an NPU is an error here rather than at the first run).
     """
-    global _current_device
     from xdna_ep.ep import ops
 
-    resolved = resolve_device(device)
-    if resolved == "npu" and not npu_present():
+    if device is not None and resolve_device(device) == "npu" and not npu_present():
         raise DeviceError(f"device npu: no NPU here ({NPU_DEVICE_NODE} or pyxrt missing); use device sim or cpu")
-    _current_device = resolved
     options = base if base is not None else ort.SessionOptions()
-    options.register_custom_ops_library(ops.library_path())
+    if not has_xdna_ops(options):
+        options.register_custom_ops_library(ops.library_path())
+        options.add_session_config_entry(REGISTERED_CONFIG_KEY, "1")
     return options
+
+
+def has_xdna_ops(options: ort.SessionOptions) -> bool:
+    """Whether ``session_options`` registered the xdna ops on ``options`` already."""
+    try:
+        return options.get_session_config_entry(REGISTERED_CONFIG_KEY) == "1"
+    except RuntimeError:  # ONNX Runtime raises for a key that was never set
+        return False
 
 
 def load_model(model: str | os.PathLike | ModelProto) -> ModelProto:
@@ -167,15 +176,19 @@ def compile(
     ``any_model=True`` rewrites non-Whisper models too (the ONNX conformance run uses it).
 
     The weights of the nodes placed on the NPU leave the graph and are registered in this process
-    under a fresh ``model_key`` (the returned model only runs here). ``placement``: "auto" (cost
-    model), "npu", "cpu", or per op kind ("npu,softmax=cpu"). ``device`` binds the ops to a device;
-    None means the device of the session options the session is created with.
+    under a fresh ``model_key`` (the returned model only runs here; ``release`` frees them). ``placement``:
+    "auto" (cost model), "npu", "cpu", or per op kind ("npu,softmax=cpu"). ``device`` binds the ops to
+    a device for good; None means ``auto`` (the NPU when present, else the NumPy reference on the CPU),
+    said in a warning.
     """
     from xdna_ep.ep.cost_model import check_precision
     from xdna_ep.graph_passes.orchestrator import run_passes
 
     check_precision(precision)
-    if device is not None:
+    if device is None:
+        device = resolve_device(DEFAULT_DEVICE)
+        logger.warning("compile: no device given, the xdna ops of this model run on %s (device auto)", device)
+    else:
         device = resolve_device(device)
     profile = resolve_profile(profile, device)
     proto = load_model(model)
@@ -186,7 +199,7 @@ def compile(
 def bind(
     model: ModelProto,
     *,
-    device: str | None = None,
+    device: str = "cpu",
     profile: str = "npu1",
     precision: str = DEFAULT_PRECISION,
     report: object = None,
@@ -214,6 +227,16 @@ def bind(
     entry = model.metadata_props.add()
     entry.key, entry.value = MODEL_KEY_METADATA, compiled.key
     return model
+
+
+def release(model: ModelProto | str) -> None:
+    """Free the weights ``compile`` registered for ``model`` (a compiled ModelProto or its key).
+
+    Its sessions must be gone: an op of a released model can no longer compute and its run raises.
+    """
+    key = model if isinstance(model, str) else model_key(model)
+    if key is not None:
+        registry.release(key)
 
 
 def model_key(model: ModelProto) -> str | None:
@@ -277,13 +300,20 @@ class InferenceSession(ort.InferenceSession):
     def run(self, output_names, input_feed, run_options=None):
         if self.compiled is None:
             return super().run(output_names, input_feed, run_options)
-        from xdna_ep.ep.ops import collect_fallbacks, take_interrupt
+        from xdna_ep.ep.ops import collect_fallbacks, failures, take_interrupt
 
         take_interrupt()  # forget one that landed in another session's op
         with collect_fallbacks() as fallbacks:  # this run's, not those of other threads' runs
             outputs = super().run(output_names, input_feed, run_options)
         if take_interrupt():
             raise KeyboardInterrupt  # Ctrl-C landed inside an xdna op, which computed on instead of raising
+        failed = failures(fallbacks)
+        if failed:
+            first = failed[0]
+            raise ComputeError(
+                f"{len(failed)} xdna op call(s) could be computed neither on the {self.device} nor on the CPU, "
+                f"first xdna::{first.op_type} node {first.node!r}: {first.message}"
+            )
         if self.strict and fallbacks:
             first = fallbacks[0]
             causes = sorted({fallback.cause for fallback in fallbacks})

@@ -69,17 +69,27 @@ def compile(  # noqa: A001 - the public name of the graph compiler
     device: str | None = None,
 ) -> onnx.ModelProto:
     """Fuse and partition a Whisper ONNX model for the NPU; weights of NPU nodes are bound in this
-    process. ``placement``: ``auto`` (cost model), ``npu``, ``cpu`` or per kind (``npu,softmax=cpu``)."""
+    process (``release`` frees them). ``placement``: ``auto`` (cost model), ``npu``, ``cpu`` or per kind
+    (``npu,softmax=cpu``). ``device`` (``cpu``, ``sim``, ``npu``, ``auto``; None: ``auto``, warned) is
+    where this model's xdna ops run, whatever session options it is opened with."""
     from xdna_ep.ep.session import compile as compile_model
 
     return compile_model(model, profile=profile, placement=placement, precision=precision, device=device)
 
 
-def session_options(device: str = "auto") -> onnxruntime.SessionOptions:
-    """``onnxruntime.SessionOptions`` with the xdna custom ops registered, running on ``device``."""
+def session_options(device: str | None = None) -> onnxruntime.SessionOptions:
+    """``onnxruntime.SessionOptions`` with the xdna custom ops registered. The ops run on the device
+    their model was compiled for; ``device``, when given, is checked (``npu`` needs an NPU here)."""
     from xdna_ep.ep.session import session_options as make_session_options
 
     return make_session_options(device)
+
+
+def release(model: onnx.ModelProto | str) -> None:
+    """Free the weights ``compile`` registered for ``model`` (its sessions must be gone)."""
+    from xdna_ep.ep.session import release as release_model
+
+    release_model(model)
 
 
 def __getattr__(name: str) -> Any:

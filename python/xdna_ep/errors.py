@@ -46,3 +46,7 @@ class DeviceError(XdnaError):
 
 class FallbackError(XdnaError):
     """Strict mode: a node that was placed on the NPU had to be recomputed on the CPU."""
+
+
+class ComputeError(XdnaError):
+    """An xdna op could be computed neither on its device nor on the CPU: the run has no valid output."""

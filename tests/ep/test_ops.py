@@ -72,16 +72,39 @@ def test_a_failing_executor_falls_back_to_the_reference_counted_and_warned_once(
     assert len(warnings) == 1 and "device lost" in warnings[0].getMessage()  # once per cause
 
 
-def test_an_unknown_model_key_gives_nan_of_the_right_shape_not_a_crash():
+def test_an_unknown_model_key_returns_a_placeholder_and_records_the_failure_not_a_crash():
     x = np.ones((4, K), np.float32)
-    _, shape, output = ops._invoke(op_id(xdna_ops.MATMUL), [x], matmul_attributes("not-compiled-here"))
-    assert shape == (4, N) and np.isnan(output).all()
+    with ops.collect_fallbacks() as fallbacks:
+        _, shape, _ = ops._invoke(op_id(xdna_ops.MATMUL), [x], matmul_attributes("not-compiled-here"))
+    assert shape == (4, N)  # the op must return the right shape; run() raises on the recorded failure
+    failed = ops.failures(fallbacks)
+    assert len(failed) == 1 and "not compiled in this process" in failed[0].message
 
 
-def test_a_wrong_input_width_is_recomputed_and_still_never_raises(linear_model):
-    x = np.ones((2, K + 1), np.float32)  # the reference cannot compute it either: NaN, no exception
-    _, shape, output = ops._invoke(op_id(xdna_ops.MATMUL), [x], matmul_attributes(linear_model.key))
-    assert shape == (2, N) and np.isnan(output).all()
+def test_a_wrong_input_width_is_recorded_as_not_computed_and_never_raises_inside_the_op(linear_model):
+    x = np.ones((2, K + 1), np.float32)  # the reference cannot compute it either
+    with ops.collect_fallbacks() as fallbacks:
+        _, shape, _ = ops._invoke(op_id(xdna_ops.MATMUL), [x], matmul_attributes(linear_model.key))
+    assert shape == (2, N)
+    assert [f.recomputed for f in fallbacks] == [True, False]  # the device attempt, then the CPU's
+    assert "the weight has 8 rows" in ops.failures(fallbacks)[0].message
+
+
+def test_an_op_that_computes_nowhere_makes_run_raise_after_the_op_returns(monkeypatch):
+    from real_sessions import model_folder
+
+    import xdna_ep
+    from xdna_ep.ep import session as session_module
+    from xdna_ep.ep.registry import CompiledModel
+    from xdna_ep.errors import ComputeError
+
+    folder = model_folder("tiny.en")
+    monkeypatch.setattr(session_module, "make_executor", lambda device, profile, precision: FailingExecutor())
+    monkeypatch.setattr(CompiledModel, "reference", lambda self: FailingExecutor())
+    session = xdna_ep.InferenceSession(folder / "decoder_with_past_model.onnx", device="sim", placement="npu")
+    feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.int64 if "ids" in i.name else np.float32) for i in session.get_inputs()}
+    with pytest.raises(ComputeError, match="neither on the sim nor on the CPU.*device lost"):
+        session.run(None, feeds)
 
 
 def _softmax_session(model_key: str) -> ort.InferenceSession:

@@ -59,8 +59,8 @@ def tiny_en():
 def test_session_options_plus_compile_plus_a_plain_onnxruntime_session(tiny_en):
     folder, feeds = tiny_en
     path = folder / "decoder_with_past_model.onnx"
-    options = xdna_ep.session_options(device="cpu")
-    model = xdna_ep.compile(path, profile="npu1", placement="npu")
+    options = xdna_ep.session_options()
+    model = xdna_ep.compile(path, profile="npu1", placement="npu", device="cpu")
     assert any(node.domain == xdna_ops.DOMAIN for node in model.graph.node)
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     expected = ort.InferenceSession(str(path), plain_options(), providers=["CPUExecutionProvider"])
@@ -111,3 +111,60 @@ def test_transcription_through_the_fused_graphs_reproduces_the_golden_tokens(mod
 
 
 _fused_models: dict = {}
+
+
+def _executor_of(model: onnx.ModelProto):
+    from xdna_ep.ep import registry
+
+    return registry.lookup(session_module.model_key(model)).executor()
+
+
+def test_two_sessions_on_different_devices_in_one_process_each_run_where_they_were_told(tiny_en):
+    from xdna_ep.ep.npu_executor import NpuExecutor
+
+    folder, feeds = tiny_en
+    path = folder / "decoder_with_past_model.onnx"
+    feed = feeds["decoder_with_past_model"]
+    on_sim = xdna_ep.compile(path, placement="npu", device="sim")
+    sim_session = ort.InferenceSession(on_sim.SerializeToString(), xdna_ep.session_options("sim"), providers=["CPUExecutionProvider"])
+    on_cpu = xdna_ep.compile(path, placement="npu", device="cpu")
+    cpu_options = xdna_ep.session_options("cpu")  # a later session_options() retargets nothing
+    cpu_session = ort.InferenceSession(on_cpu.SerializeToString(), cpu_options, providers=["CPUExecutionProvider"])
+    sim_out, cpu_out = sim_session.run(None, feed), cpu_session.run(None, feed)
+    assert isinstance(_executor_of(on_sim), NpuExecutor) and _executor_of(on_sim).statistics.device == "sim"
+    assert isinstance(_executor_of(on_cpu), ReferenceExecutor)
+    assert _executor_of(on_sim).statistics.totals()["calls"] > 0  # the simulator computed the sim session's ops
+    assert np.abs(sim_out[0] - cpu_out[0]).max() > 0  # bf16 on the simulator vs the fp32 reference
+    xdna_ep.release(on_sim)
+    xdna_ep.release(on_cpu)
+
+
+def test_session_options_can_be_reused_for_several_sessions(tiny_en):
+    folder, feeds = tiny_en
+    options = xdna_ep.session_options()
+    assert session_module.has_xdna_ops(options)
+    path = folder / "decoder_with_past_model.onnx"
+    sessions = [
+        xdna_ep.InferenceSession(path, device="cpu", sess_options=options),
+        xdna_ep.InferenceSession(path, device="sim", placement="npu", sess_options=options),
+        xdna_ep.InferenceSession(path, device="sim", placement="npu", sess_options=options),
+    ]
+    outputs = [session.run(None, feeds["decoder_with_past_model"])[0] for session in sessions]
+    np.testing.assert_allclose(outputs[2], outputs[1], rtol=0, atol=0)
+
+
+def test_a_released_session_releases_its_weights(tiny_en):
+    import gc
+
+    from xdna_ep.ep import registry
+
+    folder, _ = tiny_en
+    session = xdna_ep.InferenceSession(folder / "decoder_with_past_model.onnx", device="sim", placement="npu")
+    key = session.compiled.key
+    assert key in registry.registered_keys() and session.compiled.weights
+    del session
+    gc.collect()
+    assert key not in registry.registered_keys()
+    model = xdna_ep.compile(folder / "decoder_with_past_model.onnx", placement="npu", device="cpu")
+    xdna_ep.release(model)
+    assert session_module.model_key(model) not in registry.registered_keys()
