@@ -170,10 +170,13 @@ def compile(
     precision: str = DEFAULT_PRECISION,
     device: str | None = None,
     any_model: bool = False,
+    dims: dict[str, int] | None = None,
 ) -> ModelProto:
     """Fuse, partition and bind a Whisper ONNX model; returns the rewritten ModelProto.
 
-    ``any_model=True`` rewrites non-Whisper models too (the ONNX conformance run uses it).
+    ``any_model=True`` rewrites non-Whisper models too (the ONNX conformance run uses it). ``dims``
+    (symbolic dimension name -> size) sets the input sizes placement plans for; by default they are
+    found from the graph's structure (``graph_passes/shapes.py``) and the report says which were used.
 
     The weights of the nodes placed on the NPU leave the graph and are registered in this process
     under a fresh ``model_key`` (the returned model only runs here; ``release`` frees them). ``placement``:
@@ -192,7 +195,9 @@ def compile(
         device = resolve_device(device)
     profile = resolve_profile(profile, device)
     proto = load_model(model)
-    proto, report = run_passes(proto, profile=profile, placement=placement, precision=precision, any_model=any_model)
+    proto, report = run_passes(
+        proto, profile=profile, placement=placement, precision=precision, any_model=any_model, dims=dims
+    )
     return bind(proto, device=device, profile=profile, precision=precision, report=report)
 
 
@@ -250,7 +255,8 @@ class InferenceSession(ort.InferenceSession):
     ``device="cpu"`` opens the stock graph on the CPU EP, untouched. Otherwise the model is compiled
     (``profile``, ``placement``, ``precision``) and its xdna ops run on the device's executor;
     ``strict=True`` turns any CPU fallback of an NPU-placed op into a FallbackError after the run.
-    ``placement`` defaults to ``$XDNA_EP_PLACEMENT``, else "auto".
+    ``placement`` defaults to ``$XDNA_EP_PLACEMENT``, else "auto"; ``dims`` sets the sizes placement
+    plans for (see ``compile``).
     ``report`` holds the pass report (counts, placements, reasons); ``device`` the resolved device.
     """
 
@@ -263,6 +269,7 @@ class InferenceSession(ort.InferenceSession):
         strict: bool = False,
         placement: str | object | None = None,
         sess_options: ort.SessionOptions | None = None,
+        dims: dict[str, int] | None = None,
         **kwargs,
     ):
         self.device = resolve_device(device)
@@ -278,7 +285,9 @@ class InferenceSession(ort.InferenceSession):
             return
         if placement is None:
             placement = os.environ.get(PLACEMENT_ENV) or "auto"
-        model = compile(path_or_model, profile=profile, placement=placement, precision=precision, device=self.device)
+        model = compile(
+            path_or_model, profile=profile, placement=placement, precision=precision, device=self.device, dims=dims
+        )
         self.compiled = registry.lookup(model_key(model))
         self.compiled.executor()  # the device opens and the weights go resident now: errors surface here
         options = session_options(self.device, base=sess_options)

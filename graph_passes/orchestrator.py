@@ -6,7 +6,7 @@ Attention goes first because it consumes the Softmax and the Q @ K^T / P @ V Mat
 layers' MatMuls by constant weights come next; a Softmax left over becomes xdna::Softmax. The
 partitioner then writes every node that stays on the CPU back as its original ONNX nodes.
 
-Only Whisper sessions (optimum's encoder, decoder and decoder_with_past) are rewritten; any other model
+Only Whisper sessions (encoder, decoder and decoder_with_past, recognised from the graph's structure) are rewritten; any other model
 comes back unchanged with zero fusions and says why. ``decoder_model_merged.onnx`` is refused: its
 attention lives inside If branches, and the two plain decoder files carry the same graphs.
 """
@@ -26,7 +26,7 @@ from xdna_ep.graph_passes.fuse_softmax import fuse_softmax
 from xdna_ep.graph_passes.graph import ensure_xdna_opset, has_subgraph_ops
 from xdna_ep.graph_passes.match_log import MatchLog, Rejection
 from xdna_ep.graph_passes.partition import NodePlacement, PlacementOptions, partition
-from xdna_ep.graph_passes.shapes import OTHER, ShapeTable, representative_shapes, session_role
+from xdna_ep.graph_passes.shapes import MERGED_DECODER, OTHER, ShapeTable, representative_shapes, session_role
 
 Pass = Callable[..., tuple[ModelProto, bool]]
 FUSION_PASSES: tuple[tuple[str, Pass], ...] = (
@@ -65,19 +65,22 @@ def run_passes(
     precision: str = "bf16",
     partition_nodes: bool = True,
     any_model: bool = False,
+    dims: dict[str, int] | None = None,
 ) -> tuple[ModelProto, PassReport]:
     """Fuse and partition ``model`` in place; returns it with the report.
 
     ``partition_nodes=False`` stops after the fusions (every fused node kept, originals still recorded).
     ``any_model=True`` rewrites models that are not Whisper sessions too (the ONNX conformance run).
+    ``dims`` (symbolic dimension name -> size) sets the sizes placement plans for, instead of the
+    representative ones found from the graph's structure.
     """
     options = PlacementOptions.parse(placement)
-    if has_subgraph_ops(model, ("MatMul", "Softmax")) or any(i.name == "use_cache_branch" for i in model.graph.input):
+    role = session_role(model)
+    if role == MERGED_DECODER or has_subgraph_ops(model, ("MatMul", "Softmax")):
         raise ModelError(
             "this is a merged decoder (decoder_model_merged.onnx): its attention sits inside If branches, "
             "which xdna-ep does not rewrite; use decoder_model.onnx and decoder_with_past_model.onnx"
         )
-    role = session_role(model)
     if role == OTHER and not any_model:
         names = ", ".join(i.name for i in model.graph.input)
         return model, PassReport(
@@ -87,7 +90,7 @@ def run_passes(
             note=f"not a Whisper encoder/decoder export (inputs: {names}): left unchanged",
             profile=profile,
         )
-    shapes: ShapeTable = representative_shapes(model)
+    shapes: ShapeTable = representative_shapes(model, dims)
     original_order = {node.output[0]: index for index, node in enumerate(model.graph.node) if node.output}
     log = MatchLog()
     counts: dict[str, int] = {}

@@ -1,12 +1,20 @@
 """Which Whisper session a model is, and the shapes of its tensors at representative input sizes.
 
+The role comes from the graph's structure, not from optimum's names: a float input read by a
+convolution is the encoder's log-mel; integer ids read as Gather indices are a decoder's tokens; a
+rank-4 float input concatenated with new keys/values is a self-attention past (decoder with past); a
+rank-3 float input next to the tokens is the encoder states (first decoder step). A merged decoder
+(an If between the two decoders) is named as one.
+
 The partitioner decides per node and per shape, but the exported graphs have symbolic dimensions.
 Whisper's are static enough: the encoder always sees 1500 positions; the first decoder step sees the
 prompt (about 4 tokens, run once per window whatever the beam); ``decoder_with_past`` sees one token
 per beam after a past of up to 224 positions (the sampling length of openai-whisper's decoding, half
-the text context), the beams being its batch: ``DECODE_BATCH`` of them, the default beam search. Those values are substituted and
-ONNX Runtime's symbolic shape inference propagates them; the substitutions are kept in ``assumptions``
-so that every placement reason can state them.
+the text context), the beams being its batch: ``DECODE_BATCH`` of them, the default beam search. Each
+symbolic input dimension is given the size of what it measures, found from the input it belongs to
+(whatever it is named); an explicit ``dims`` mapping (dimension name -> size) overrides. ONNX Runtime's
+symbolic shape inference propagates them; the substitutions are kept in ``assumptions`` so that every
+placement reason (and ``inspect``) can state them.
 """
 
 from __future__ import annotations
@@ -47,24 +55,120 @@ DIM_REASONS = {
 WITH_PAST_STEP_REASON = "one token per step"
 WITH_PAST_BATCH_REASON = f"a beam of {DECODE_BATCH}, the default beam search"
 
+_LOOKED_THROUGH = ("Cast", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze")  # value-preserving
+
 # Initializers larger than this are replaced by typed inputs before shape inference (values unused).
 _LARGE_INITIALIZER_ELEMENTS = 1024
 
 
+MERGED_DECODER = "merged_decoder"
+
+# What a symbolic input dimension measures (found from its input's structure) -> representative size.
+BATCH, AUDIO_POSITIONS, TOKENS, PAST_TOKENS, MEL_FRAMES = "batch", "audio", "tokens", "past", "frames"
+MEANING_SIZES = {BATCH: 1, AUDIO_POSITIONS: 1500, PAST_TOKENS: 224, MEL_FRAMES: 3000}
+MEANING_REASONS = {
+    BATCH: "one utterance",
+    AUDIO_POSITIONS: "1500 audio positions",
+    PAST_TOKENS: "past of up to 224 tokens",
+    MEL_FRAMES: "30-s window of 3000 frames",
+}
+
+
+@dataclass(frozen=True)
+class GraphInputs:
+    """The graph's inputs by what they are, found from the nodes that read them."""
+
+    mel: list[onnx.ValueInfoProto]  # float, read by a Conv (through Cast / Identity)
+    token_ids: list[onnx.ValueInfoProto]  # integer, read as Gather indices
+    self_past: list[onnx.ValueInfoProto]  # rank-4 float, concatenated with the new keys / values
+    cross_states: list[onnx.ValueInfoProto]  # rank-3 encoder states, or rank-4 cross-attention keys / values
+    merged: bool  # an If node chooses between two decoders (a boolean input)
+
+
+def classify_inputs(model: ModelProto) -> GraphInputs:
+    """Sort the graph inputs by the nodes that read them (casts and reshapes are looked through)."""
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, index))
+
+    def readers(name: str, depth: int = 0) -> list:
+        found = []
+        for node, index in consumers.get(name, []):
+            if node.op_type in _LOOKED_THROUGH and index == 0 and depth < 4:
+                found.extend(readers(node.output[0], depth + 1))
+            else:
+                found.append((node, index))
+        return found
+
+    mel, token_ids, self_past, cross_states = [], [], [], []
+    merged = any(node.op_type == "If" for node in graph.node) and any(
+        inp.type.tensor_type.elem_type == TensorProto.BOOL for inp in graph.input
+    )
+    for value_info in graph.input:
+        if value_info.name in initializers:
+            continue
+        tensor_type = value_info.type.tensor_type
+        rank = len(tensor_type.shape.dim)
+        is_float = tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
+        read_by = readers(value_info.name)
+        if is_float and any(node.op_type == "Conv" and index == 0 for node, index in read_by):
+            mel.append(value_info)
+        elif tensor_type.elem_type in (TensorProto.INT64, TensorProto.INT32) and any(
+            node.op_type == "Gather" and index == 1 for node, index in read_by
+        ):
+            token_ids.append(value_info)
+        elif is_float and rank == 4 and any(node.op_type == "Concat" for node, _ in read_by):
+            self_past.append(value_info)
+        elif is_float and rank in (3, 4):
+            cross_states.append(value_info)
+    return GraphInputs(mel, token_ids, self_past, cross_states, merged)
+
+
 def session_role(model: ModelProto) -> str:
-    """ENCODER, DECODER, DECODER_WITH_PAST or OTHER, from the graph's input and output names."""
-    inputs = {inp.name for inp in model.graph.input}
-    outputs = {out.name for out in model.graph.output}
-    if "input_features" in inputs and "last_hidden_state" in outputs:
+    """ENCODER, DECODER, DECODER_WITH_PAST, MERGED_DECODER or OTHER, from the graph's structure."""
+    inputs = classify_inputs(model)
+    if inputs.mel and not inputs.token_ids:
         return ENCODER
-    if "input_ids" in inputs and "logits" in outputs:
-        if any(name.startswith("past_key_values.") for name in inputs):
-            if "use_cache_branch" in inputs:
-                return DECODER  # merged decoder: refused by the orchestrator, named here
+    if inputs.token_ids:
+        if inputs.merged:
+            return MERGED_DECODER
+        if inputs.self_past:
             return DECODER_WITH_PAST
-        if "encoder_hidden_states" in inputs:
+        if inputs.cross_states:
             return DECODER
     return OTHER
+
+
+def structural_dims(model: ModelProto, role: str) -> dict[str, tuple[int, str]]:
+    """Symbolic input dimension name -> (representative size, reason), from what each input is."""
+    inputs = classify_inputs(model)
+    dims: dict[str, tuple[int, str]] = {}
+
+    def assign(value_info, meanings) -> None:
+        for dim, meaning in zip(value_info.type.tensor_type.shape.dim, meanings):
+            if dim.HasField("dim_value") or meaning is None or not dim.dim_param:
+                continue
+            if meaning == TOKENS:
+                size, reason = (1, WITH_PAST_STEP_REASON) if role == DECODER_WITH_PAST else (4, DIM_REASONS["decoder_sequence_length"])
+            elif meaning == BATCH and role == DECODER_WITH_PAST:
+                size, reason = DECODE_BATCH, WITH_PAST_BATCH_REASON
+            else:
+                size, reason = MEANING_SIZES[meaning], MEANING_REASONS[meaning]
+            dims.setdefault(dim.dim_param, (size, reason))
+
+    for value_info in inputs.mel:
+        assign(value_info, (BATCH, None, MEL_FRAMES))
+    for value_info in inputs.token_ids:
+        assign(value_info, (BATCH, TOKENS))
+    for value_info in inputs.self_past:
+        assign(value_info, (BATCH, None, PAST_TOKENS, None))
+    for value_info in inputs.cross_states:
+        rank = len(value_info.type.tensor_type.shape.dim)
+        assign(value_info, (BATCH, AUDIO_POSITIONS, None) if rank == 3 else (BATCH, None, AUDIO_POSITIONS, None))
+    return dims
 
 
 @dataclass(frozen=True)
@@ -85,16 +189,20 @@ class ShapeTable:
         return None if elem_type is None else elem_type == TensorProto.FLOAT
 
 
-def representative_shapes(model: ModelProto) -> ShapeTable:
+def representative_shapes(model: ModelProto, dims: dict[str, int] | None = None) -> ShapeTable:
     """Infer the model's tensor shapes with its symbolic dims set to representative sizes.
 
-    Dims the table does not know are set to 1 and named in ``assumptions``.
+    ``dims`` (dimension name -> size) is used as given ("given" in ``assumptions``); other dims get
+    the size of what they measure (``structural_dims``); dims nothing explains are set to 1 and named
+    in ``assumptions`` as assumed.
     """
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     role = session_role(model)
-    dims = REPRESENTATIVE_DIMS.get(role, {})
-    skeleton, used = _skeleton_with_fixed_dims(model, dims)
+    found = structural_dims(model, role)
+    for name, size in (dims or {}).items():
+        found[name] = (int(size), "given")
+    skeleton, used = _skeleton_with_fixed_dims(model, {name: size for name, (size, _) in found.items()})
     try:
         inferred = SymbolicShapeInference.infer_shapes(skeleton, auto_merge=True, guess_output_rank=False)
     except Exception as error:  # noqa: BLE001 - third-party inference fails in many ways; report it
@@ -117,11 +225,7 @@ def representative_shapes(model: ModelProto) -> ShapeTable:
         elem_types[init.name] = init.data_type
     notes = []
     for name, value in used.items():
-        reason = DIM_REASONS.get(name, "unknown dimension, assumed")
-        if role == DECODER_WITH_PAST and name == "decoder_sequence_length":
-            reason = WITH_PAST_STEP_REASON
-        if role == DECODER_WITH_PAST and name == "batch_size":
-            reason = WITH_PAST_BATCH_REASON
+        reason = found[name][1] if name in found else "unknown dimension, assumed"
         notes.append(f"{name}={value} ({reason})")
     return ShapeTable(role=role, shapes=shapes, elem_types=elem_types, assumptions=", ".join(notes))
 

@@ -67,14 +67,17 @@ def compile(  # noqa: A001 - the public name of the graph compiler
     placement: str = "auto",
     precision: str = "bf16",
     device: str | None = None,
+    dims: dict[str, int] | None = None,
 ) -> onnx.ModelProto:
     """Fuse and partition a Whisper ONNX model for the NPU; weights of NPU nodes are bound in this
     process (``release`` frees them). ``placement``: ``auto`` (cost model), ``npu``, ``cpu`` or per kind
     (``npu,softmax=cpu``). ``device`` (``cpu``, ``sim``, ``npu``, ``auto``; None: ``auto``, warned) is
-    where this model's xdna ops run, whatever session options it is opened with."""
+    where this model's xdna ops run, whatever session options it is opened with. ``dims`` (symbolic
+    dimension name -> size) sets the sizes placement plans for; by default they come from the graph's
+    structure, and ``inspect`` prints which were used."""
     from xdna_ep.ep.session import compile as compile_model
 
-    return compile_model(model, profile=profile, placement=placement, precision=precision, device=device)
+    return compile_model(model, profile=profile, placement=placement, precision=precision, device=device, dims=dims)
 
 
 def session_options(device: str | None = None) -> onnxruntime.SessionOptions:

@@ -44,3 +44,43 @@ def test_roles_and_representative_shapes_of_tiny_en(session, role, attention_sco
 def test_decoder_with_past_is_planned_for_the_default_beam():
     # graph_passes cannot import the decoding layer: the constant is spelled twice and kept equal here
     assert DECODE_BATCH == DecodingOptions().beam_size
+
+
+def renamed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with every graph input and every symbolic dimension renamed (nothing of optimum's names)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    names = {inp.name: f"in{index}" for index, inp in enumerate(model.graph.input)}
+    dims: dict[str, str] = {}
+    for value_info in [*model.graph.input, *model.graph.output]:
+        value_info.name = names.get(value_info.name, value_info.name)
+        for dim in value_info.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = dims.setdefault(dim.dim_param, f"d{len(dims)}")
+    for node in model.graph.node:
+        for index, name in enumerate(node.input):
+            if name in names:
+                node.input[index] = names[name]
+    return model
+
+
+@pytest.mark.parametrize("session", ["encoder_model", "decoder_model", "decoder_with_past_model"])
+def test_roles_sizes_and_fusions_come_from_structure_not_names(session):
+    from xdna_ep.graph_passes.orchestrator import run_passes
+
+    folder = model_folder("tiny.en")
+    original = onnx.load(str(folder / f"{session}.onnx"))
+    model = renamed(original)
+    assert session_role(model) == session_role(original)
+    assert "assumed" not in representative_shapes(model).assumptions  # every dimension was explained
+    _, want = run_passes(original, partition_nodes=False)
+    _, got = run_passes(model, partition_nodes=False)
+    assert got.kinds == want.kinds and got.fused_total > 0
+
+
+def test_explicit_dims_set_the_planned_sizes():
+    folder = model_folder("tiny.en")
+    model = onnx.load(str(folder / "decoder_with_past_model.onnx"), load_external_data=False)
+    table = representative_shapes(model, {"past_decoder_sequence_length": 17})
+    assert "past_decoder_sequence_length=17 (given)" in table.assumptions
+    scores = [node.input[0] for node in model.graph.node if node.op_type == "Softmax"][0]  # first self-attention
+    assert table.shape(scores)[-1] == 18  # 17 past + 1 new
