@@ -19,6 +19,11 @@ through Shape / Size) and evaluating it on probe inputs of two sizes gives exact
 over the scores it is added to (visible iff key j <= n_kv - n_q + i); anything else is rejected with
 the reason.
 
+Whole-attention operators are listed as not fused, with the reason (``UNFUSED_ATTENTION_OPS``): ONNX's
+``Attention`` (opset 23) and ONNX Runtime's contrib ``Attention`` (packed QKV weights and bias) and
+``MultiHeadAttention``, which ``onnxruntime.transformers.optimizer`` writes. They stay on ONNX Runtime's
+CPU kernels; ``inspect`` counts their FLOPs among the matrix work left on the CPU.
+
 Refused with a reason, because the fused op cannot compute them: a Softmax over anything but the last
 axis (before opset 13 the default axis is 1 and the tensor is flattened there), Q, K and V whose batch
 or head counts differ (multi-query / grouped-query attention broadcasts K and V over Q's heads), and
@@ -43,6 +48,20 @@ MASKED_AT_MOST = -1e4  # an additive mask entry this negative hides its key (exp
 LAYOUT_OPS = ("Transpose", "Reshape")
 SHAPE_ONLY_OPS = ("Shape", "Size")  # ops that read only the shape of their input
 _PROBE_INITIALIZER_ELEMENTS = 4096  # larger initializers enter the mask probe as zero inputs
+
+
+# (domain, op type) -> why xdna-ep leaves it to ONNX Runtime
+UNFUSED_ATTENTION_OPS = {
+    ("", "Attention"): "ONNX Attention (opset 23) is not decomposed into xdna::Attention yet: it runs on ONNX Runtime's CPU kernel",
+    ("com.microsoft", "Attention"): (
+        "ONNX Runtime's contrib Attention (packed QKV weight and bias) is not decomposed into xdna::MatMul + "
+        "xdna::Attention yet: it runs on ONNX Runtime's CPU kernel"
+    ),
+    ("com.microsoft", "MultiHeadAttention"): (
+        "ONNX Runtime's contrib MultiHeadAttention is not decomposed into xdna::Attention yet: it runs on ONNX "
+        "Runtime's CPU kernel"
+    ),
+}
 
 
 class NoMatch(Exception):
@@ -86,6 +105,10 @@ def fuse_attention(
     opset = default_opset(model)
     matches: list[tuple[NodeProto, AttentionMatch]] = []
     for node in list(model.graph.node):
+        unfused = UNFUSED_ATTENTION_OPS.get(("" if node.domain == "ai.onnx" else node.domain, node.op_type))
+        if unfused:
+            log.reject(PASS_NAME, node.name, unfused)
+            continue
         if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
             continue
         try:

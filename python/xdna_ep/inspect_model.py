@@ -6,7 +6,9 @@
 
 Per session, a table of the fused nodes (kind, shape, GFLOPs, placement, estimated NPU and CPU time,
 reason) and totals: the share of the FLOPs placed on the NPU, among the fused nodes and among all
-matrix work (fused nodes plus MatMul / Conv left unfused, such as the encoder's convolutions).
+matrix work (fused nodes plus every matrix op left unfused: MatMul, Gemm, Conv, ONNX Attention and
+ONNX Runtime's contrib Attention / MultiHeadAttention / FusedMatMul, counted per op type), and the
+input sizes the shapes were taken at (found from the graph's structure, or given with ``--dims``).
 ``--explain`` adds every candidate a pass did not fuse, with the reason.
 """
 
@@ -27,7 +29,8 @@ class SessionInspection:
     session: str
     role: str
     report: object  # graph_passes.orchestrator.PassReport
-    unfused_flops: int  # FLOPs of MatMul / Conv nodes left as plain ONNX (at representative shapes)
+    unfused_flops: int  # FLOPs of the matrix ops left unfused (at representative shapes)
+    unfused_by_op: dict[str, tuple[int, int]] | None = None  # "domain.op" -> (nodes, FLOPs) left unfused
 
     @property
     def fused_flops(self) -> int:
@@ -62,10 +65,26 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="bf16", choices=("bf16", "accurate"), help="NPU precision to plan for")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--explain", action="store_true", help="also list the candidates that did not fuse, and why")
+    parser.add_argument(
+        "--dims", default="", help='sizes to plan for instead of the representative ones: "past_decoder_sequence_length=64,batch_size=2"'
+    )
+
+
+def parse_dims(spec: str) -> dict[str, int]:
+    """"name=size,name=size" -> {name: size}; ValueError naming the bad part."""
+    dims: dict[str, int] = {}
+    for part in (part.strip() for part in spec.split(",") if part.strip()):
+        name, _, size = part.partition("=")
+        if not name.strip() or not size.strip().isdigit() or int(size) < 1:
+            raise ValueError(f"--dims part {part!r} is not name=positive integer")
+        dims[name.strip()] = int(size)
+    return dims
 
 
 def run_command(args: argparse.Namespace) -> int:
-    inspections = inspect_model(args.model, profile=args.profile, placement=args.placement, precision=args.precision)
+    inspections = inspect_model(
+        args.model, profile=args.profile, placement=args.placement, precision=args.precision, dims=parse_dims(args.dims)
+    )
     if args.json:
         print(json.dumps(to_json(args.model, args.profile, inspections, explain=args.explain), indent=1))
     else:
@@ -94,8 +113,13 @@ def model_files(model: str) -> list[Path]:
     return [folder / name for name in SESSION_FILES]
 
 
-def inspect_model(model: str, *, profile: str = "npu1", placement: str = "auto", precision: str = "bf16") -> list[SessionInspection]:
-    """Run the passes (no binding, nothing registered) on each session file of ``model``."""
+def inspect_model(
+    model: str, *, profile: str = "npu1", placement: str = "auto", precision: str = "bf16", dims: dict[str, int] | None = None
+) -> list[SessionInspection]:
+    """Run the passes (no binding, nothing registered) on each session file of ``model``.
+
+    ``dims`` (symbolic dimension name -> size) replaces the representative sizes found from structure.
+    """
     from xdna_ep.ep.session import load_model
     from xdna_ep.graph_passes.orchestrator import run_passes
 
@@ -104,29 +128,87 @@ def inspect_model(model: str, *, profile: str = "npu1", placement: str = "auto",
     inspections = []
     for path in model_files(model):
         proto = load_model(path)
-        shapes = representative_shapes(proto) if session_role(proto) != OTHER else None
-        proto, report = run_passes(proto, profile=profile, placement=placement, precision=precision)
-        unfused = _unfused_matrix_flops(proto, shapes) if shapes is not None else 0
-        inspections.append(SessionInspection(path.stem, report.role, report, unfused))
+        shapes = representative_shapes(proto, dims) if session_role(proto) != OTHER else None
+        proto, report = run_passes(proto, profile=profile, placement=placement, precision=precision, dims=dims)
+        by_op = unfused_matrix_flops(proto, shapes) if shapes is not None else {}
+        unfused = sum(flops for _, flops in by_op.values())
+        inspections.append(SessionInspection(path.stem, report.role, report, unfused, by_op))
     return inspections
 
 
-def _unfused_matrix_flops(model, shapes) -> int:
-    """FLOPs of the MatMul and Conv nodes still in the graph, at the representative shapes."""
-    flops = 0
+def unfused_matrix_flops(model, shapes) -> dict[str, tuple[int, int]]:
+    """"domain.op" -> (nodes, FLOPs) of the matrix ops still in the graph, at the representative shapes.
+
+    A node whose shapes are unknown counts as a node with 0 FLOPs (so it still shows in the table).
+    """
+    found: dict[str, tuple[int, int]] = {}
     for node in model.graph.node:
-        out = shapes.shape(node.output[0])
-        if out is None or node.domain not in ("", "ai.onnx"):
+        flops = matrix_flops(node, shapes)
+        if flops is None:
             continue
-        if node.op_type == "MatMul":
-            a = shapes.shape(node.input[0])
-            if a:
-                flops += 2 * _product(out) * a[-1]
-        elif node.op_type == "Conv":
-            w = shapes.shape(node.input[1])
-            if w:
-                flops += 2 * _product(out) * _product(w[1:])
-    return flops
+        key = f"{node.domain or 'ai.onnx'}.{node.op_type}"
+        count, total = found.get(key, (0, 0))
+        found[key] = (count + 1, total + flops)
+    return found
+
+
+def matrix_flops(node, shapes) -> int | None:
+    """Multiply-add FLOPs (2 per MAC) of one matrix op at the table's shapes; None if it is no matrix op."""
+    domain = node.domain if node.domain not in ("", "ai.onnx") else ""
+    op = (domain, node.op_type)
+    if op not in _MATRIX_OPS:
+        return None
+
+    def shape(index: int, outputs: bool = False):
+        names = node.output if outputs else node.input
+        return shapes.shape(names[index]) if index < len(names) and names[index] else None
+
+    out = shape(0, outputs=True)
+    a = shape(0)
+    if out is None or a is None:
+        return 0
+    if op in (("", "MatMul"), ("com.microsoft", "FusedMatMul")):
+        return 2 * _product(out) * a[-1]
+    if op == ("", "Gemm"):
+        trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
+        return 2 * _product(out) * (a[0] if trans_a else a[-1])
+    if op == ("", "Conv"):
+        w = shape(1)
+        return 2 * _product(out) * _product(w[1:]) if w else 0
+    if op == ("com.microsoft", "Attention"):  # x (b, s, in) @ W (in, q + k + v), then attention
+        w = shape(1)
+        if w is None:
+            return 0
+        batch, n_q = a[0], a[1]
+        present = shape(1, outputs=True)  # (2, b, h, n_kv, d) when there is a past
+        n_kv = present[3] if present and len(present) == 5 else n_q
+        q_hidden = (w[1] - out[-1]) // 2
+        return 2 * batch * n_q * a[-1] * w[1] + 2 * batch * n_q * n_kv * (q_hidden + out[-1])
+    # ONNX Attention and contrib MultiHeadAttention: Q, K, V projected already
+    present = shape(1, outputs=True)
+    k = shape(1)
+    if present is not None and len(present) == 4:
+        n_kv = present[2]
+    elif k is not None:
+        n_kv = k[2] if len(k) == 4 else k[1]
+    elif len(a) == 5:  # contrib packed QKV (b, s, h, 3, d)
+        n_kv = a[1]
+    else:
+        return 0
+    if len(a) == 4 and op == ("", "Attention"):  # (b, h, n_q, d)
+        batch, n_q, q_hidden = a[0], a[2], a[1] * a[3]
+        v_hidden = out[1] * out[3] if len(out) == 4 else out[-1]
+    else:
+        batch, n_q = a[0], a[1]
+        q_hidden = a[2] * a[4] if len(a) == 5 else a[-1]
+        v_hidden = out[-1] if len(out) == 3 else out[1] * out[3]
+    return 2 * batch * n_q * n_kv * (q_hidden + v_hidden)
+
+
+_MATRIX_OPS = {
+    ("", "MatMul"), ("", "Gemm"), ("", "Conv"), ("", "Attention"),
+    ("com.microsoft", "Attention"), ("com.microsoft", "MultiHeadAttention"), ("com.microsoft", "FusedMatMul"),
+}  # fmt: skip
 
 
 def _product(values) -> int:
@@ -148,7 +230,7 @@ def format_session(inspection: SessionInspection, *, explain: bool = False) -> s
         return "\n".join(lines) + "\n"
     counts = ", ".join(f"{kind} {count}" for kind, count in sorted(report.kinds.items()))
     lines.append(f"fused: {counts or 'nothing'}")
-    lines.append(f"shapes at: {report.assumptions}")
+    lines.append(f"shapes at: {report.assumptions or 'static input shapes'}")
     header = f"{'node':44} {'kind':22} {'shape':30} {'GFLOP':>7} {'place':5} {'NPU us':>8} {'CPU us':>8}  reason"
     lines.append(header)
     for p in report.placements:
@@ -167,6 +249,11 @@ def format_session(inspection: SessionInspection, *, explain: bool = False) -> s
         f"({totals['unfused_matrix_gflops']:.2f} GFLOP left unfused); estimated "
         f"{totals['estimated_s_as_placed'] * 1e3:.1f} ms as placed vs {totals['estimated_s_all_cpu'] * 1e3:.1f} ms all on the CPU"
     )
+    if inspection.unfused_by_op:
+        left = ", ".join(
+            f"{op} {count} ({flops / 1e9:.2f} GFLOP)" for op, (count, flops) in sorted(inspection.unfused_by_op.items())
+        )
+        lines.append(f"matrix ops left to ONNX Runtime: {left}")
     lines.append(f"GEMM designs: {_gemm_plan(report).reason}")
     if explain:
         lines.append(f"not fused ({len(report.rejections)}):")
@@ -194,6 +281,9 @@ def to_json(model: str, profile: str, inspections: list[SessionInspection], *, e
             "assumptions": report.assumptions,
             "nodes": [asdict(p) for p in report.placements],
             "totals": inspection.totals(),
+            "unfused_matrix_ops": {
+                op: {"nodes": count, "gflops": flops / 1e9} for op, (count, flops) in (inspection.unfused_by_op or {}).items()
+            },
         }
         if not report.note:
             gemm_plan = _gemm_plan(report)

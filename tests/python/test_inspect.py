@@ -13,7 +13,7 @@ from xdna_ep.cli import main
 def base_npu1_json():
     from real_sessions import model_folder
 
-    model_folder("base")  # skips when the model cannot be built here
+    model_folder("base")  # exported on first use; a failed export fails the test
     return _run_json(["inspect", "--model", "base", "--profile", "npu1", "--json", "--explain"])
 
 
@@ -60,17 +60,24 @@ def test_explain_prints_why_a_candidate_did_not_fuse(tmp_path, capsys):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    # a Whisper-named decoder whose only MatMul multiplies two activations
+    # a decoder by structure (token ids read by a Gather, rank-3 encoder states) whose only MatMul
+    # multiplies two activations
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input_ids_f", "encoder_hidden_states"], ["logits"])],
+        [
+            helper.make_node("Gather", ["embedding", "input_ids"], ["tokens"]),
+            helper.make_node("MatMul", ["input_ids_f", "encoder_hidden_states"], ["logits"]),
+        ],
         "decoder",
         [
             helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, 1]),
-            helper.make_tensor_value_info("input_ids_f", TensorProto.FLOAT, [1, 4]),
-            helper.make_tensor_value_info("encoder_hidden_states", TensorProto.FLOAT, [4, 3]),
+            helper.make_tensor_value_info("input_ids_f", TensorProto.FLOAT, [1, 1, 4]),
+            helper.make_tensor_value_info("encoder_hidden_states", TensorProto.FLOAT, [1, 4, 3]),
         ],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])],
-        [numpy_helper.from_array(np.zeros(1, np.float32), "unused")],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, 3]),
+            helper.make_tensor_value_info("tokens", TensorProto.FLOAT, [1, 1, 3]),
+        ],
+        [numpy_helper.from_array(np.zeros((5, 3), np.float32), "embedding")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     path = tmp_path / "decoder_model.onnx"
@@ -83,3 +90,51 @@ def test_explain_prints_why_a_candidate_did_not_fuse(tmp_path, capsys):
 def test_a_missing_model_path_is_a_clear_error(capsys):
     assert main(["inspect", "--model", "/nonexistent/folder/model.onnx"]) == 2
     assert "model not found" in capsys.readouterr().err
+
+
+def _contrib_attention_model():
+    """x (1, 10, 8) -> com.microsoft Attention (packed QKV weight (8, 24) and bias, 2 heads) -> y."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 24)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.zeros(24, np.float32), "b"),
+    ]
+    graph = helper.make_graph(
+        [helper.make_node("Attention", ["x", "w", "b"], ["y"], name="attn", domain="com.microsoft", num_heads=2)],
+        "contrib",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10
+    return model
+
+
+def test_contrib_attention_flops_are_counted_as_matrix_work():
+    from xdna_ep.graph_passes.shapes import representative_shapes
+    from xdna_ep.inspect_model import unfused_matrix_flops
+
+    model = _contrib_attention_model()
+    found = unfused_matrix_flops(model, representative_shapes(model))
+    # projection 2 * 10 * 8 * 24 = 3840, then Q K^T and P V: 2 * 10 * 10 * (8 + 8) = 3200
+    assert found == {"com.microsoft.Attention": (1, 3840 + 3200)}
+
+
+def test_a_contrib_attention_is_listed_as_not_fused_with_the_reason():
+    from xdna_ep.graph_passes.orchestrator import run_passes
+
+    _, report = run_passes(_contrib_attention_model(), any_model=True)
+    assert [(r.anchor, "contrib Attention" in r.reason) for r in report.rejections] == [("attn", True)]
+
+
+def test_bad_dims_name_the_part():
+    from xdna_ep.inspect_model import parse_dims
+
+    assert parse_dims("a=3, b=1") == {"a": 3, "b": 1}
+    with pytest.raises(ValueError, match="'a=x' is not name=positive integer"):
+        parse_dims("a=x")
