@@ -18,6 +18,12 @@ What onnxruntime-extensions 0.15.2 Python ops demand (design.md), and how this f
   checks that no list is made).
 - Inputs (weights too) are copied on every call, so weights travel by key (``weight_key``), never as
   inputs; only float32 tensors cross; every node carries every declared attribute.
+
+The invocation hook replaces onnxruntime-extensions' process-wide one through private names:
+``_ocos._on_pyop_invocation`` (the stock hook, kept for other Python ops), ``PyCustomOpDef.install_hooker``
+and the ``_id`` of each op definition; and it relies on the extension accepting an ndarray where the
+stock hook returns a list. ``check_extension_hooks`` refuses, with the version it was tested with, an
+onnxruntime-extensions that lacks those names; ``tests/ep/test_ops.py`` pins the behaviour.
 """
 
 from __future__ import annotations
@@ -300,9 +306,38 @@ def _declare_all() -> None:
             outputs=[PyCustomOpDef.dt_float],
             attrs=attrs,
         )(never_called)
-        _NODE_TYPE_BY_ID[opdef._id] = node_type
+        op_id = getattr(opdef, "_id", None)
+        if not isinstance(op_id, int):
+            raise ImportError(
+                f"onnxruntime-extensions {onnxruntime_extensions.__version__}: an op definition has no integer _id, "
+                f"which the xdna ops' invocation hook dispatches on: install onnxruntime-extensions=={TESTED_EXTENSIONS_VERSION}"
+            )
+        _NODE_TYPE_BY_ID[op_id] = node_type
 
 
+TESTED_EXTENSIONS_VERSION = "0.15.2"  # the onnxruntime-extensions whose private hook API this file uses
+
+
+def check_extension_hooks(module=onnxruntime_extensions, ocos=_ocos) -> None:
+    """Raise ImportError naming what is missing when onnxruntime-extensions lacks the private hook API."""
+    missing = []
+    if not callable(getattr(ocos, "_on_pyop_invocation", None)):
+        missing.append("_ocos._on_pyop_invocation")
+    if not callable(getattr(getattr(module, "PyCustomOpDef", None), "install_hooker", None)):
+        missing.append("PyCustomOpDef.install_hooker")
+    if missing:
+        raise ImportError(
+            f"onnxruntime-extensions {getattr(module, '__version__', '?')} lacks {', '.join(missing)}, which the xdna "
+            f"ops' zero-copy invocation hook needs: install onnxruntime-extensions=={TESTED_EXTENSIONS_VERSION}"
+        )
+    if getattr(module, "__version__", "") != TESTED_EXTENSIONS_VERSION:
+        logger.warning(
+            "onnxruntime-extensions %s: the xdna ops' invocation hook was tested with %s only",
+            module.__version__, TESTED_EXTENSIONS_VERSION,
+        )  # fmt: skip
+
+
+check_extension_hooks()
 _stock_invocation = _ocos._on_pyop_invocation
 
 

@@ -146,6 +146,34 @@ def test_strict_session_raises_on_a_fallback(monkeypatch):
     assert lenient.compiled.fallbacks > 0
 
 
+def test_the_private_hook_api_of_onnxruntime_extensions_is_the_one_the_ops_were_built_on():
+    """What ops.py relies on, pinned: the stock hook takes (op id, inputs, attributes) and returns
+    (op id, shape, flat list); our hook is the one installed; every xdna op definition has an int _id."""
+    import onnxruntime_extensions
+    from onnxruntime_extensions import _ocos
+
+    assert onnxruntime_extensions.__version__ == ops.TESTED_EXTENSIONS_VERSION
+    assert ops._stock_invocation is _ocos._on_pyop_invocation
+    assert sorted(node_type.op_type for node_type in ops._NODE_TYPE_BY_ID.values()) == sorted(xdna_ops.OP_TYPES)
+    assert all(isinstance(op_id, int) for op_id in ops._NODE_TYPE_BY_ID)
+    with pytest.raises(RuntimeError, match="Unable to find function id=-1"):
+        ops._stock_invocation(-1, [], {})  # an id nobody defined: the stock hook's own error
+
+
+def test_an_extensions_release_without_the_hook_api_is_refused_with_the_version_to_install():
+    class Extensions:
+        __version__ = "9.9.9"
+
+        class PyCustomOpDef:
+            pass
+
+    class Ocos:
+        pass
+
+    with pytest.raises(ImportError, match=r"9\.9\.9 lacks _ocos._on_pyop_invocation, PyCustomOpDef.install_hooker.*==0\.15\.2"):
+        ops.check_extension_hooks(Extensions, Ocos)
+
+
 def test_measure_op_overhead_reports_the_boundary_cost():
     result = ops.measure_op_overhead(n_ops=4, repeats=3)
     assert {"xdna_node_us", "xdna_executor_us", "ort_node_us", "xdna_boundary_overhead_us"} <= set(result)

@@ -19,15 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import fastapi  # noqa: F401 - the test extra installs the server's dependencies: missing is a failure, not a skip
+import httpx
 import numpy as np
+import openai
 import pytest
+import uvicorn  # noqa: F401
 
-httpx = pytest.importorskip("httpx")
-openai = pytest.importorskip("openai")
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-
-from xdna_ep.server import ServerOptions, TranscriptionRequest, _temperatures  # noqa: E402
+from xdna_ep.server import ServerOptions, TranscriptionRequest, _temperatures
 
 ROOT = Path(__file__).resolve().parents[2]
 AUDIO = ROOT.parent / "shared" / "audio"
