@@ -19,10 +19,20 @@ through Shape / Size) and evaluating it on probe inputs of two sizes gives exact
 over the scores it is added to (visible iff key j <= n_kv - n_q + i); anything else is rejected with
 the reason.
 
-Whole-attention operators are listed as not fused, with the reason (``UNFUSED_ATTENTION_OPS``): ONNX's
-``Attention`` (opset 23) and ONNX Runtime's contrib ``Attention`` (packed QKV weights and bias) and
-``MultiHeadAttention``, which ``onnxruntime.transformers.optimizer`` writes. They stay on ONNX Runtime's
-CPU kernels; ``inspect`` counts their FLOPs among the matrix work left on the CPU.
+ONNX's own ``Attention`` op (opset 23) is the second pattern:
+
+    O = Attention(Q, K, V; is_causal, scale)   ->   O = xdna::Attention(Q, K, V)
+
+with 4-D (b, h, n, d) operands as they are, 3-D (b, n, h * d) ones through Reshape + Transpose to heads
+and back. Only what xdna::Attention computes is taken: no mask, past or softcap input or attribute, no
+extra output, equal heads and head sizes for Q, K and V, and a causal flag only where ONNX's top-left
+causal alignment equals xdna's end-aligned one (n_q == n_kv); the rest is refused with the reason. A
+fused node placed on the CPU is written back as an ONNX Attention node on the same 4-D operands.
+
+ONNX Runtime's contrib ``Attention`` (packed QKV weights and bias) and ``MultiHeadAttention``, which
+``onnxruntime.transformers.optimizer`` writes, are listed as not fused, with the reason
+(``UNFUSED_ATTENTION_OPS``). They stay on ONNX Runtime's CPU kernels; ``inspect`` counts their FLOPs
+among the matrix work left on the CPU.
 
 Refused with a reason, because the fused op cannot compute them: a Softmax over anything but the last
 axis (before opset 13 the default axis is 1 and the tensor is flattened there), Q, K and V whose batch
@@ -52,7 +62,6 @@ _PROBE_INITIALIZER_ELEMENTS = 4096  # larger initializers enter the mask probe a
 
 # (domain, op type) -> why xdna-ep leaves it to ONNX Runtime
 UNFUSED_ATTENTION_OPS = {
-    ("", "Attention"): "ONNX Attention (opset 23) is not decomposed into xdna::Attention yet: it runs on ONNX Runtime's CPU kernel",
     ("com.microsoft", "Attention"): (
         "ONNX Runtime's contrib Attention (packed QKV weight and bias) is not decomposed into xdna::MatMul + "
         "xdna::Attention yet: it runs on ONNX Runtime's CPU kernel"
@@ -104,10 +113,17 @@ def fuse_attention(
     view = GraphView(model.graph)
     opset = default_opset(model)
     matches: list[tuple[NodeProto, AttentionMatch]] = []
+    onnx_rewrites: list[tuple[Rewrite, str]] = []
     for node in list(model.graph.node):
         unfused = UNFUSED_ATTENTION_OPS.get(("" if node.domain == "ai.onnx" else node.domain, node.op_type))
         if unfused:
             log.reject(PASS_NAME, node.name, unfused)
+            continue
+        if node.op_type == "Attention" and node.domain in ("", "ai.onnx"):
+            try:
+                onnx_rewrites.append(rewrite_onnx_attention(view, node, shapes))
+            except NoMatch as reason:
+                log.reject(PASS_NAME, node.name or node.output[0], f"ONNX Attention not fused: {reason}")
             continue
         if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
             continue
@@ -127,6 +143,9 @@ def fuse_attention(
         except NoMatch as reason:
             log.reject(PASS_NAME, softmax.name, str(reason))
             continue
+        rewrites.append(rewrite)
+        log.add_fused(f"attention.{kind}")
+    for rewrite, kind in onnx_rewrites:
         rewrites.append(rewrite)
         log.add_fused(f"attention.{kind}")
     apply_rewrites(model, view, rewrites)
@@ -213,6 +232,91 @@ def _check_operand_shapes(q: tuple[int, ...], k_t: tuple[int, ...], v: tuple[int
         )
     if q[3] != k_t[2] or k_t[3] != v[2]:
         raise NoMatch(f"Q {q}, K^T {k_t} and V {v} are not Q (b, h, n_q, d), K^T (b, h, d, n_kv), V (b, h, n_kv, d_v)")
+
+
+_ONNX_ATTENTION_ATTRIBUTES = ("is_causal", "scale", "softmax_precision", "q_num_heads", "kv_num_heads", "softcap", "qk_matmul_output_mode")
+_ONNX_ATTENTION_UNSUPPORTED_INPUTS = {3: "an attn_mask", 4: "a past_key", 5: "a past_value", 6: "nonpad_kv_seqlen"}
+
+
+def rewrite_onnx_attention(view: GraphView, node: NodeProto, shapes: ShapeTable | None) -> tuple[Rewrite, str]:
+    """The xdna::Attention rewrite of one ONNX Attention node, and its kind; NoMatch with the reason."""
+    for index, what in _ONNX_ATTENTION_UNSUPPORTED_INPUTS.items():
+        if index < len(node.input) and node.input[index]:
+            raise NoMatch(f"it has {what} input")
+    if any(name for name in node.output[1:]):
+        raise NoMatch("it has present or qk_matmul outputs")
+    unknown = sorted(a.name for a in node.attribute if a.name not in _ONNX_ATTENTION_ATTRIBUTES)
+    if unknown:
+        raise NoMatch(f"attribute(s) {', '.join(unknown)} are not among those xdna::Attention computes")
+    for name, what in (("softcap", "a softcap"), ("qk_matmul_output_mode", "a qk_matmul_output_mode")):
+        if _attribute(node, name, 0):
+            raise NoMatch(f"it has {what}")
+    if shapes is None:
+        raise NoMatch("no shapes")
+    q, k, v = (shapes.shape(name) for name in node.input[:3])
+    if q is None or k is None or v is None:
+        raise NoMatch("the shapes of Q, K, V are unknown at the representative sizes")
+    if not all(shapes.is_float32(name) for name in node.input[:3]):
+        raise NoMatch("Q, K, V are not float32 (only float32 crosses to the xdna ops)")
+    if len(q) == 4 and len(k) == 4 and len(v) == 4:
+        q4, k4, v4 = q, k, v
+    elif len(q) == 3 and len(k) == 3 and len(v) == 3:
+        q_heads, kv_heads = int(_attribute(node, "q_num_heads", 0)), int(_attribute(node, "kv_num_heads", 0))
+        if not q_heads or not kv_heads or q[2] % q_heads or k[2] % kv_heads or v[2] % kv_heads:
+            raise NoMatch(f"3-D Q {q}, K {k}, V {v} with q_num_heads {q_heads}, kv_num_heads {kv_heads} do not split into heads")
+        q4 = (q[0], q_heads, q[1], q[2] // q_heads)
+        k4 = (k[0], kv_heads, k[1], k[2] // kv_heads)
+        v4 = (v[0], kv_heads, v[1], v[2] // kv_heads)
+    else:
+        raise NoMatch(f"Q {q}, K {k}, V {v} are not all 3-D or all 4-D")
+    if q4[:2] != k4[:2] or q4[:2] != v4[:2]:
+        raise NoMatch(f"Q has {q4[1]} heads, K and V {k4[1]}, {v4[1]} (grouped-query attention broadcasts them)")
+    if not (q4[3] == k4[3] == v4[3]) or k4[2] != v4[2]:
+        raise NoMatch(f"head sizes of Q {q4[3]}, K {k4[3]}, V {v4[3]} differ (xdna::Attention takes equal ones)")
+    causal = bool(_attribute(node, "is_causal", 0))
+    if causal and q4[2] != k4[2]:
+        raise NoMatch(
+            f"is_causal with {q4[2]} queries and {k4[2]} keys: ONNX aligns the causal mask to the first key, "
+            "xdna::Attention to the last"
+        )
+    scale = float(_attribute(node, "scale", 1.0 / np.sqrt(q4[3])))
+    kind = "causal_self" if causal else ("self" if node.input[0] == node.input[1] else "cross")
+    name = view.fresh_name(f"{node.name or node.output[0]}/xdna_attention")
+    keep = [a for a in node.attribute if a.name in ("is_causal", "scale", "softmax_precision")]
+    if len(q) == 4:
+        fused = xdna_ops.make_attention(*node.input[:3], node.output[0], name, scale=scale, causal=causal, kind=kind)
+        return Rewrite(fused=fused, anchor=node, matched=[node]), kind
+    helpers: list[NodeProto] = []
+    heads = []
+    for tensor, shape4 in zip(node.input[:3], (q4, k4, v4)):
+        split = _add_constant(view, helpers, np.array([0, 0, shape4[1], shape4[3]], np.int64))
+        reshaped = view.fresh_name(f"{tensor}/xdna_heads")
+        heads_tensor = view.fresh_name(f"{tensor}/xdna_bhnd")
+        helpers.append(helper.make_node("Reshape", [tensor, split], [reshaped], name=reshaped))
+        helpers.append(helper.make_node("Transpose", [reshaped], [heads_tensor], name=heads_tensor, perm=[0, 2, 1, 3]))
+        shapes.shapes[heads_tensor] = (shape4[0], shape4[1], shape4[2], shape4[3])
+        shapes.elem_types[heads_tensor] = TensorProto.FLOAT
+        heads.append(heads_tensor)
+    fused_out = view.fresh_name(f"{node.output[0]}/xdna_bhnd")
+    shapes.shapes[fused_out] = (q4[0], q4[1], q4[2], v4[3])
+    fused = xdna_ops.make_attention(*heads, fused_out, name, scale=scale, causal=causal, kind=kind)
+    merged = view.fresh_name(f"{node.output[0]}/xdna_bnhd")
+    merge = _add_constant(view, helpers, np.array([0, 0, q4[1] * v4[3]], np.int64))
+    after = [
+        helper.make_node("Transpose", [fused_out], [merged], name=merged, perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", [merged, merge], [node.output[0]], name=view.fresh_name(f"{node.output[0]}/xdna_merge")),
+    ]
+    original = helper.make_node("Attention", heads, [fused_out], name=view.fresh_name(f"{node.name}/bhnd"))
+    original.attribute.extend(keep)
+    return Rewrite(fused=fused, anchor=node, matched=[node], helpers=helpers, after=after, originals=[original]), kind
+
+
+def _add_constant(view: GraphView, helpers: list[NodeProto], value: np.ndarray) -> str:
+    from onnx import numpy_helper
+
+    name = view.fresh_name("xdna_shape")
+    helpers.append(helper.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(value)))
+    return name
 
 
 def build_rewrite(view: GraphView, match: AttentionMatch) -> tuple[Rewrite, str]:

@@ -108,13 +108,18 @@ class Rewrite:
     """One fusion: ``fused`` replaces the matched nodes; ``helpers`` are new nodes that feed it.
 
     ``anchor`` is the matched node whose output the fused node now produces; ``matched`` are all the
-    nodes of the pattern (those still needed by other nodes stay in the graph).
+    nodes of the pattern (those still needed by other nodes stay in the graph). ``after`` are new nodes
+    that read the fused node's output (a layout back to the anchor's output). ``originals``, when
+    given, is what the partitioner writes back for the fused node instead of the removed nodes: ONNX
+    nodes computing exactly the fused node's output from its inputs.
     """
 
     fused: NodeProto
     anchor: NodeProto
     matched: list[NodeProto]
     helpers: list[NodeProto] = field(default_factory=list)
+    after: list[NodeProto] = field(default_factory=list)
+    originals: list[NodeProto] | None = None
 
 
 def removable_nodes(view: GraphView, matched: Sequence[NodeProto], anchor: NodeProto) -> list[NodeProto]:
@@ -160,8 +165,8 @@ def apply_rewrites(model: ModelProto, view: GraphView, rewrites: Sequence[Rewrit
         if overlap:
             raise AssertionError(f"overlapping rewrites at {rewrite.fused.name}")
         removed_ids |= {id(node) for node in removed}
-        inserted_at[id(rewrite.anchor)] = [*rewrite.helpers, rewrite.fused]
-        record_originals(model, rewrite.fused.name, removed)
+        inserted_at[id(rewrite.anchor)] = [*rewrite.helpers, rewrite.fused, *rewrite.after]
+        record_originals(model, rewrite.fused.name, removed if rewrite.originals is None else rewrite.originals)
     new_nodes: list[NodeProto] = []
     for node in model.graph.node:
         if id(node) in inserted_at:

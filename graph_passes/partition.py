@@ -196,9 +196,12 @@ def place_node(
 def _attention_dims(
     node: NodeProto, original_nodes: list[NodeProto], shapes: ShapeTable
 ) -> tuple[int, int, int, int, int] | None:
-    """(batch, n_head, n_q, n_kv, head_dim) from the original Softmax input and the V input."""
+    """(batch, n_head, n_q, n_kv, head_dim) from the original Softmax input (or Q and K) and the V input."""
     softmax = next((n for n in original_nodes if n.op_type == "Softmax"), None)
     scores = shapes.shape(softmax.input[0]) if softmax is not None else None
+    q_shape, k_shape = shapes.shape(node.input[0]), shapes.shape(node.input[1])
+    if softmax is None and q_shape is not None and k_shape is not None and len(q_shape) == len(k_shape) == 4:
+        scores = (*q_shape[:3], k_shape[2])  # (b, h, n_q, n_kv): an ONNX Attention node was fused
     v_shape = shapes.shape(node.input[2])
     if scores is None or v_shape is None or len(scores) != 4 or len(v_shape) != 4:
         return None

@@ -13,10 +13,12 @@ look like the models xdna-ep is for, where the matrices multiplied are weights:
   beta into the constant bias, transA as a Transpose of the activation.
 
 A case passes when every output matches and no xdna op fell back to the CPU. The report says, per
-case, how many xdna nodes ran it: a node the passes cannot take (a batched or 1-D weight, an fp16
-tensor, ONNX's own Attention op) runs on ONNX Runtime's CPU kernels and still has to match. For
-Attention, ONNX Runtime's CPU EP on the untouched case is run too: the acceptance bar is to pass at
-least as many as it does.
+op, in how many cases xdna ops executed (counted from the calls the compiled model's ops received, per
+xdna op type), and for each case which passes refused what, with the reason: a node the passes cannot
+take (a batched or 1-D weight, an fp16 tensor, an Attention with a mask or a past) runs on ONNX
+Runtime's CPU kernels and still has to match. For Attention, ONNX Runtime's CPU EP on the untouched
+case is run too: the acceptance bar is to pass at least as many as it does, and every case it passes
+either runs through xdna::Attention or names the reason it was not fused.
 """
 
 from __future__ import annotations
@@ -62,9 +64,11 @@ class CaseResult:
     name: str
     op: str
     passed: bool
-    xdna_nodes: int = 0  # fused xdna nodes that ran the case
+    xdna_nodes: int = 0  # fused xdna nodes in the compiled case
     detail: str = ""  # why it failed, or what ran it
     ort_cpu_passed: bool | None = None  # ONNX Runtime's CPU EP on the untouched case (Attention only)
+    executed: dict[str, int] = field(default_factory=dict)  # xdna op type -> calls it received in this case
+    refusals: list[str] = field(default_factory=list)  # why fuse_attention did not take a candidate
 
 
 @dataclass
@@ -91,6 +95,15 @@ class ConformanceReport:
         theirs = sum(bool(r.ort_cpu_passed) for r in attention)
         return strict and ours >= theirs
 
+    def attention_refusals(self) -> list[str]:
+        """Cases ONNX Runtime's CPU EP passes that did not run through xdna::Attention, grouped by reason."""
+        reasons: dict[str, int] = {}
+        for r in self.of("Attention"):
+            if r.ort_cpu_passed and not r.executed.get("Attention"):
+                reason = r.refusals[0] if r.refusals else "no attention candidate in the graph"
+                reasons[reason] = reasons.get(reason, 0) + 1
+        return [f"not through xdna::Attention, {count} case(s): {reason}" for reason, count in sorted(reasons.items(), key=lambda item: -item[1])]
+
     def lines(self) -> list[str]:
         out = []
         for op in self.options.ops:
@@ -98,10 +111,17 @@ class ConformanceReport:
             if not results:
                 continue
             passed = sum(r.passed for r in results)
-            on_npu = sum(r.passed and r.xdna_nodes > 0 for r in results)
-            line = f"{op}: {passed} passed, {len(results) - passed} failed ({on_npu} of the passes ran on xdna nodes)"
+            executed = sum(r.passed and sum(r.executed.values()) > 0 for r in results)
+            per_op = {
+                op_type: sum(r.passed and r.executed.get(op_type, 0) > 0 for r in results)
+                for op_type in sorted({t for r in results for t in r.executed})
+            }
+            by_type = ", ".join(f"xdna::{op_type} in {count}" for op_type, count in per_op.items() if count)
+            line = f"{op}: {passed} passed, {len(results) - passed} failed; xdna ops executed in {executed} of the passes"
+            line += f" ({by_type})" if by_type else ""
             if op == "Attention":
                 line += f"; ONNX Runtime CPU EP: {sum(bool(r.ort_cpu_passed) for r in results)} passed"
+                line += "\n" + "\n".join(f"  {line}" for line in self.attention_refusals())
             out.append(line)
             out.extend(f"  FAILED {r.name}: {r.detail}" for r in results if not r.passed)
         out.append(f"{self.passed} passed, {self.failed} failed")
@@ -229,6 +249,7 @@ def run_case(op: str, case, options: ConformanceOptions) -> CaseResult:
     import onnxruntime as ort
 
     from xdna_ep.ep import ops as xdna_op_library
+    from xdna_ep.ep import registry
     from xdna_ep.ep import session as xdna_session
     from xdna_ep.graph_passes import xdna_ops
 
@@ -243,11 +264,18 @@ def run_case(op: str, case, options: ConformanceOptions) -> CaseResult:
                 device=options.device, any_model=True,
             )  # fmt: skip
             result.xdna_nodes = sum(xdna_ops.is_xdna(node) for node in compiled.graph.node)
+            bound = registry.lookup(xdna_session.model_key(compiled))
+            result.refusals = [r.reason for r in bound.report.rejections if r.pass_name == "fuse_attention"]
             session_options = xdna_session.session_options(options.device)
             session = ort.InferenceSession(compiled.SerializeToString(), session_options, providers=["CPUExecutionProvider"])
-            fallbacks_before = sum(xdna_op_library.fallback_counts().values())
-            outputs = session.run(None, feeds)
-            fallbacks = sum(xdna_op_library.fallback_counts().values()) - fallbacks_before
+            with xdna_op_library.collect_fallbacks() as fallback_list:
+                outputs = session.run(None, feeds)
+            for op_type, stats in bound.op_stats.items():
+                if stats.calls:
+                    result.executed[op_type] = result.executed.get(op_type, 0) + stats.calls
+            del session
+            xdna_session.release(compiled)
+            fallbacks = len(fallback_list)
             if fallbacks:
                 result.detail = f"{fallbacks} xdna op call(s) fell back to the CPU"
                 return result
@@ -259,7 +287,9 @@ def run_case(op: str, case, options: ConformanceOptions) -> CaseResult:
         result.detail = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         return result
     result.passed = True
-    result.detail = f"{result.xdna_nodes} xdna node(s)" if result.xdna_nodes else "no xdna node: ONNX Runtime's CPU kernels"
+    executed = ", ".join(f"xdna::{op_type} x{calls}" for op_type, calls in sorted(result.executed.items()))
+    refused = f"; not fused: {result.refusals[0]}" if result.refusals else ""
+    result.detail = (f"executed {executed}" if executed else "no xdna op executed: ONNX Runtime's CPU kernels") + refused
     return result
 
 
