@@ -106,9 +106,9 @@ def test_rewritten_tiny_en_sessions_on_the_numpy_reference_equal_the_originals(n
 @pytest.mark.parametrize(
     "name, atol",
     [
-        # fp32 summation order (NumPy/OpenBLAS vs MLAS) through 6 layers; ONNX Runtime's own graph
-        # optimizations move this output by 4.4e-4 on the same input
-        ("encoder_model", 2e-3),
+        # fp32 summation order (NumPy/OpenBLAS vs MLAS) through 6 layers: measured 4.1e-4 (ONNX
+        # Runtime's own graph optimizations move this output by 4.4e-4 on the same input)
+        ("encoder_model", 6e-4),
         ("decoder_model", 1e-4),
         ("decoder_with_past_model", 1e-4),
     ],
