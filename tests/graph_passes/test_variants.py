@@ -132,7 +132,7 @@ def test_the_merged_decoder_is_refused_with_a_named_reason(variant_dir):
     folder = model_folder("tiny.en")
     merged = variant_dir / "decoder_model_merged.onnx"
     if not merged.exists():
-        model = merge_decoders(folder / "decoder_model.onnx", folder / "decoder_with_past_model.onnx", strict=False)
-        onnx.save(model, str(merged))
+        decoders = [onnx.load(str(folder / f"{name}.onnx")) for name in ("decoder_model", "decoder_with_past_model")]
+        merge_decoders(*decoders, save_path=str(merged), strict=False)
     with pytest.raises(ModelError, match="merged decoder.*use decoder_model.onnx and decoder_with_past_model.onnx"):
         xdna_ep.compile(merged, device="cpu")
