@@ -40,6 +40,7 @@ DEFAULT_PRECISION = "bf16"
 PLACEMENT_ENV = "XDNA_EP_PLACEMENT"  # placement of InferenceSession when none is given ("auto" if unset)
 NPU_DEVICE_NODE = Path("/dev/accel/accel0")
 MODEL_KEY_METADATA = "xdna.model_key"  # metadata_props entry naming a compiled model's registry key
+SAVED_METADATA = {"compiled": "xdna.compiled", "profile": "xdna.profile", "precision": "xdna.precision"}
 
 # one executor per (device, profile, precision), alive while a compiled model uses it
 _executors: weakref.WeakValueDictionary[tuple[str, str, str], Executor] = weakref.WeakValueDictionary()
@@ -244,6 +245,50 @@ def release(model: ModelProto | str) -> None:
         registry.release(key)
 
 
+def save(model: ModelProto, path: str | os.PathLike) -> Path:
+    """Save a model ``compile`` returned, with its NPU weights, so that another process loads it with
+    ``InferenceSession(path, device=...)`` without compiling again (placement kept as decided).
+
+    The weights go to ``<path>.data`` next to it as ONNX external data, so models over 2 GB save too.
+    """
+    key = model_key(model)
+    if key is None:
+        raise ModelError("only a model returned by xdna_ep.compile can be saved as a compiled model")
+    try:
+        compiled = registry.lookup(key)
+    except KeyError:
+        raise ModelError(f"the compiled model {key} was released or compiled in another process") from None
+    path = Path(path)
+    copy = ModelProto.FromString(model.SerializeToString())
+    existing = {init.name for init in copy.graph.initializer}
+    copy.graph.initializer.extend(
+        numpy_helper.from_array(array, name) for name, array in compiled.weights.items() if name not in existing
+    )
+    kept = [(entry.key, entry.value) for entry in copy.metadata_props if entry.key != MODEL_KEY_METADATA]
+    kept += [(SAVED_METADATA["compiled"], "1"), (SAVED_METADATA["profile"], compiled.profile), (SAVED_METADATA["precision"], compiled.precision)]
+    del copy.metadata_props[:]
+    for name, value in kept:
+        entry = copy.metadata_props.add()
+        entry.key, entry.value = name, value
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        data.unlink()  # onnx appends to an existing external-data file
+    onnx.save_model(copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
+    return path
+
+
+def saved_compiled(path: str | os.PathLike) -> dict[str, str] | None:
+    """The metadata of a model ``save`` wrote (compiled, profile, precision), or None for any other file."""
+    try:
+        header = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not ONNX: load_model reports it with the path
+        return None
+    entries = {entry.key: entry.value for entry in header.metadata_props}
+    if entries.get(SAVED_METADATA["compiled"]) != "1":
+        return None
+    return {name: entries.get(key, "") for name, key in SAVED_METADATA.items()}
+
+
 def model_key(model: ModelProto) -> str | None:
     """The registry key ``compile`` stamped on a model, or None."""
     return next((entry.value for entry in model.metadata_props if entry.key == MODEL_KEY_METADATA), None)
@@ -256,7 +301,8 @@ class InferenceSession(ort.InferenceSession):
     (``profile``, ``placement``, ``precision``) and its xdna ops run on the device's executor;
     ``strict=True`` turns any CPU fallback of an NPU-placed op into a FallbackError after the run.
     ``placement`` defaults to ``$XDNA_EP_PLACEMENT``, else "auto"; ``dims`` sets the sizes placement
-    plans for (see ``compile``).
+    plans for (see ``compile``). A file written by ``save`` is opened as compiled (its placement kept,
+    no passes run), with its xdna ops on ``device`` (``cpu``: the fp32 NumPy reference).
     ``report`` holds the pass report (counts, placements, reasons); ``device`` the resolved device.
     """
 
@@ -276,6 +322,13 @@ class InferenceSession(ort.InferenceSession):
         self.strict = strict
         self.compiled = None
         providers = kwargs.pop("providers", ["CPUExecutionProvider"])
+        saved = None if isinstance(path_or_model, ModelProto) else saved_compiled(load_model_path(path_or_model))
+        if saved is not None:  # a compiled model from ``save``: bind its weights here, no passes
+            model = bind(load_model(path_or_model), device=self.device, profile=saved["profile"], precision=saved["precision"])
+            self.compiled = registry.lookup(model_key(model))
+            self.compiled.executor()
+            super().__init__(model.SerializeToString(), session_options(base=sess_options), providers=providers, **kwargs)
+            return
         if self.device == "cpu":
             if isinstance(path_or_model, ModelProto):
                 source = path_or_model.SerializeToString()

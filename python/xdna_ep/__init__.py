@@ -88,6 +88,14 @@ def session_options(device: str | None = None) -> onnxruntime.SessionOptions:
     return make_session_options(device)
 
 
+def save(model: onnx.ModelProto, path: str | os.PathLike):
+    """Save a model ``compile`` returned (weights as external data in ``<path>.data``); another process
+    opens it with ``InferenceSession(path, device=...)`` without compiling again."""
+    from xdna_ep.ep.session import save as save_model
+
+    return save_model(model, path)
+
+
 def release(model: onnx.ModelProto | str) -> None:
     """Free the weights ``compile`` registered for ``model`` (its sessions must be gone)."""
     from xdna_ep.ep.session import release as release_model
