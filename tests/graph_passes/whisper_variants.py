@@ -18,10 +18,13 @@ def build_variant(source: Path, variant: str, out: Path, *, n_head: int, d_model
     if variant == "optimum":
         return source
     if variant in ("bart", "bert"):
+        import contextlib
+
         from onnxruntime.transformers.optimizer import optimize_model
 
-        optimized = optimize_model(str(source), model_type=variant, num_heads=n_head, hidden_size=d_model)
-        optimized.save_model_to_file(str(out))
+        with contextlib.chdir(out.parent):  # its shape inference leaves temporary files in the working directory
+            optimized = optimize_model(str(source), model_type=variant, num_heads=n_head, hidden_size=d_model)
+            optimized.save_model_to_file(str(out))
     elif variant in ("ort_basic", "ort_extended"):
         import onnxruntime as ort
 
