@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx
 import pytest
 from real_sessions import model_folder, whisper_config
+from whisper_variants import renamed
 
 from xdna_ep.decoding import DecodingOptions
 from xdna_ep.graph_passes.shapes import (
@@ -44,23 +45,6 @@ def test_roles_and_representative_shapes_of_tiny_en(session, role, attention_sco
 def test_decoder_with_past_is_planned_for_the_default_beam():
     # graph_passes cannot import the decoding layer: the constant is spelled twice and kept equal here
     assert DECODE_BATCH == DecodingOptions().beam_size
-
-
-def renamed(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with every graph input and every symbolic dimension renamed (nothing of optimum's names)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    names = {inp.name: f"in{index}" for index, inp in enumerate(model.graph.input)}
-    dims: dict[str, str] = {}
-    for value_info in [*model.graph.input, *model.graph.output]:
-        value_info.name = names.get(value_info.name, value_info.name)
-        for dim in value_info.type.tensor_type.shape.dim:
-            if dim.dim_param:
-                dim.dim_param = dims.setdefault(dim.dim_param, f"d{len(dims)}")
-    for node in model.graph.node:
-        for index, name in enumerate(node.input):
-            if name in names:
-                node.input[index] = names[name]
-    return model
 
 
 @pytest.mark.parametrize("session", ["encoder_model", "decoder_model", "decoder_with_past_model"])
