@@ -29,9 +29,16 @@ extra output, equal heads and head sizes for Q, K and V, and a causal flag only 
 causal alignment equals xdna's end-aligned one (n_q == n_kv); the rest is refused with the reason. A
 fused node placed on the CPU is written back as an ONNX Attention node on the same 4-D operands.
 
-ONNX Runtime's contrib ``Attention`` (packed QKV weights and bias) and ``MultiHeadAttention``, which
-``onnxruntime.transformers.optimizer`` writes, are listed as not fused, with the reason
-(``UNFUSED_ATTENTION_OPS``). They stay on ONNX Runtime's CPU kernels; ``inspect`` counts their FLOPs
+ONNX Runtime's contrib ``Attention`` (packed QKV weight and bias, what ``onnxruntime.transformers.optimizer
+--model_type bart`` writes for Whisper's encoder) is the third:
+
+    O = com.microsoft.Attention(X, W_qkv, b_qkv)   ->   Q, K, V = Split(X @ W_qkv + b_qkv)  (to heads)
+                                                       O = xdna::Attention(Q, K, V)  (back to (b, n, h * d))
+
+so that ``fuse_matmul`` then takes the packed projection. Only the unmasked, non-causal form without
+past is taken; a fused node placed on the CPU is written back as the contrib node itself (plus the
+layout to heads). ``MultiHeadAttention`` is listed as not fused with the reason
+(``UNFUSED_ATTENTION_OPS``): it stays on ONNX Runtime's CPU kernel, and ``inspect`` counts its FLOPs
 among the matrix work left on the CPU.
 
 Refused with a reason, because the fused op cannot compute them: a Softmax over anything but the last
@@ -45,7 +52,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import ModelProto, NodeProto, TensorProto, helper
+from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from xdna_ep.graph_passes import xdna_ops
 from xdna_ep.graph_passes.graph import GraphView, Rewrite, apply_rewrites
@@ -62,10 +69,6 @@ _PROBE_INITIALIZER_ELEMENTS = 4096  # larger initializers enter the mask probe a
 
 # (domain, op type) -> why xdna-ep leaves it to ONNX Runtime
 UNFUSED_ATTENTION_OPS = {
-    ("com.microsoft", "Attention"): (
-        "ONNX Runtime's contrib Attention (packed QKV weight and bias) is not decomposed into xdna::MatMul + "
-        "xdna::Attention yet: it runs on ONNX Runtime's CPU kernel"
-    ),
     ("com.microsoft", "MultiHeadAttention"): (
         "ONNX Runtime's contrib MultiHeadAttention is not decomposed into xdna::Attention yet: it runs on ONNX "
         "Runtime's CPU kernel"
@@ -124,6 +127,12 @@ def fuse_attention(
                 onnx_rewrites.append(rewrite_onnx_attention(view, node, shapes))
             except NoMatch as reason:
                 log.reject(PASS_NAME, node.name or node.output[0], f"ONNX Attention not fused: {reason}")
+            continue
+        if node.op_type == "Attention" and node.domain == "com.microsoft":
+            try:
+                onnx_rewrites.append(rewrite_contrib_attention(view, node, shapes, opset))
+            except NoMatch as reason:
+                log.reject(PASS_NAME, node.name or node.output[0], f"contrib Attention not fused: {reason}")
             continue
         if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
             continue
@@ -309,6 +318,88 @@ def rewrite_onnx_attention(view: GraphView, node: NodeProto, shapes: ShapeTable 
     original = helper.make_node("Attention", heads, [fused_out], name=view.fresh_name(f"{node.name}/bhnd"))
     original.attribute.extend(keep)
     return Rewrite(fused=fused, anchor=node, matched=[node], helpers=helpers, after=after, originals=[original]), kind
+
+
+_CONTRIB_ATTENTION_ATTRIBUTES = ("num_heads", "scale", "unidirectional", "qkv_hidden_sizes", "mask_filter_value", "do_rotary")
+
+
+def rewrite_contrib_attention(
+    view: GraphView, node: NodeProto, shapes: ShapeTable | None, opset: int
+) -> tuple[Rewrite, str]:
+    """The rewrite of one com.microsoft Attention (packed QKV) node, and its kind; NoMatch with the reason."""
+    if any(name for name in node.input[3:]):
+        raise NoMatch("it has a mask, past or attention-bias input")
+    if any(name for name in node.output[1:]):
+        raise NoMatch("it has a present output")
+    unknown = sorted(a.name for a in node.attribute if a.name not in _CONTRIB_ATTENTION_ATTRIBUTES)
+    if unknown:
+        raise NoMatch(f"attribute(s) {', '.join(unknown)} are not among those xdna::Attention computes")
+    if _attribute(node, "unidirectional", 0) or _attribute(node, "do_rotary", 0):
+        raise NoMatch("it is unidirectional (causal) or rotary")
+    if len(node.input) < 3 or not node.input[2] or shapes is None:
+        raise NoMatch("it has no bias input")
+    x, weight, bias = (shapes.shape(name) for name in node.input[:3])
+    if x is None or weight is None or bias is None or len(x) != 3 or len(weight) != 2:
+        raise NoMatch("the shapes of its input, weight and bias are unknown or not (b, n, in), (in, 3 * hidden)")
+    if not all(shapes.is_float32(name) for name in node.input[:3]):
+        raise NoMatch("its input, weight or bias is not float32 (only float32 crosses to the xdna ops)")
+    n_head = int(_attribute(node, "num_heads", 0))
+    hidden_sizes = list(_attribute(node, "qkv_hidden_sizes", []))
+    hidden = weight[1] // 3
+    if weight[1] % 3 or (hidden_sizes and len(set(hidden_sizes)) != 1) or not n_head or hidden % n_head:
+        raise NoMatch(f"weight {weight} with {n_head} heads does not split into equal Q, K, V heads")
+    head_dim = hidden // n_head
+    scale = float(_attribute(node, "scale", 0.0)) or 1.0 / float(np.sqrt(head_dim))
+    batch, n_pos = x[0], x[1]
+    helpers: list[NodeProto] = []
+
+    def add(op_type: str, inputs: list[str], shape: tuple[int, ...], **attrs) -> str:
+        out = view.fresh_name(f"{node.name}/xdna_{op_type.lower()}")
+        helpers.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        shapes.shapes[out], shapes.elem_types[out] = shape, TensorProto.FLOAT
+        return out
+
+    packed = add("Add", [add("MatMul", list(node.input[:2]), (batch, n_pos, 3 * hidden)), node.input[2]], (batch, n_pos, 3 * hidden))
+    parts = [view.fresh_name(f"{node.name}/xdna_{name}") for name in "qkv"]
+    if opset >= 13:
+        sizes = _add_constant(view, helpers, np.array([hidden] * 3, np.int64))
+        helpers.append(helper.make_node("Split", [packed, sizes], parts, name=parts[0], axis=-1))
+    else:
+        helpers.append(helper.make_node("Split", [packed], parts, name=parts[0], axis=-1, split=[hidden] * 3))
+    to_heads = _add_constant(view, helpers, np.array([0, 0, n_head, head_dim], np.int64))
+    heads = []
+    for part in parts:
+        shapes.shapes[part], shapes.elem_types[part] = (batch, n_pos, hidden), TensorProto.FLOAT
+        split_heads = add("Reshape", [part, to_heads], (batch, n_pos, n_head, head_dim))
+        heads.append(add("Transpose", [split_heads], (batch, n_head, n_pos, head_dim), perm=[0, 2, 1, 3]))
+    fused_out = view.fresh_name(f"{node.output[0]}/xdna_bhnd")
+    shapes.shapes[fused_out] = (batch, n_head, n_pos, head_dim)
+    name = view.fresh_name(f"{node.name or node.output[0]}/xdna_attention")
+    fused = xdna_ops.make_attention(*heads, fused_out, name, scale=scale, causal=False, kind="self")
+    merged = view.fresh_name(f"{node.output[0]}/xdna_bnhd")
+    to_hidden = _add_constant(view, helpers, np.array([0, 0, hidden], np.int64))
+    after = [
+        helper.make_node("Transpose", [fused_out], [merged], name=merged, perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", [merged, to_hidden], [node.output[0]], name=view.fresh_name(f"{node.output[0]}/xdna_merge")),
+    ]
+    # on the CPU: the contrib node itself, its output put in heads as the fused node's
+    contrib_out = view.fresh_name(f"{node.output[0]}/contrib")
+    original = onnx_node_copy(node)
+    original.output[0] = contrib_out
+    heads_shape = view.fresh_name(f"{node.name}/heads_shape")
+    heads_out = view.fresh_name(f"{node.output[0]}/heads")
+    originals = [
+        original,
+        helper.make_node("Constant", [], [heads_shape], name=heads_shape,
+                         value=numpy_helper.from_array(np.array([0, 0, n_head, head_dim], np.int64))),
+        helper.make_node("Reshape", [contrib_out, heads_shape], [heads_out], name=heads_out),
+        helper.make_node("Transpose", [heads_out], [fused_out], name=fused_out + "/t", perm=[0, 2, 1, 3]),
+    ]  # fmt: skip
+    return Rewrite(fused=fused, anchor=node, matched=[node], helpers=helpers, after=after, originals=originals), "self"
+
+
+def onnx_node_copy(node: NodeProto) -> NodeProto:
+    return NodeProto.FromString(node.SerializeToString())
 
 
 def _add_constant(view: GraphView, helpers: list[NodeProto], value: np.ndarray) -> str:

@@ -27,7 +27,7 @@ CASES = [
     ("tiny.en", "optimum", "encoder_model", FULL["encoder_model"]),
     ("tiny.en", "optimum", "decoder_model", {"attention.causal_self": 4, "attention.cross": 4}),
     ("tiny.en", "optimum", "decoder_with_past_model", FULL["decoder_with_past_model"]),
-    ("tiny.en", "bart", "encoder_model", {}),  # contrib Attention: listed as not fused, FLOPs counted
+    ("tiny.en", "bart", "encoder_model", FULL["encoder_model"]),  # contrib Attention (packed QKV) decomposed
     ("tiny.en", "bart", "decoder_with_past_model", FULL["decoder_with_past_model"]),
     ("tiny.en", "bert", "encoder_model", FULL["encoder_model"]),
     ("tiny.en", "bert", "decoder_with_past_model", FULL["decoder_with_past_model"]),
@@ -40,15 +40,16 @@ CASES = [
     ("tiny.en", "fp16", "encoder_model", {}),
     ("tiny.en", "renamed", "encoder_model", FULL["encoder_model"]),
     ("tiny.en", "renamed", "decoder_with_past_model", FULL["decoder_with_past_model"]),
-    ("base", "bart", "encoder_model", {}),
+    ("base", "bart", "encoder_model", {"attention.self": 6}),
     ("base", "optimum", "decoder_with_past_model", {"attention.causal_self": 6, "attention.cross": 6}),
 ]
 # bf16 operands on the simulator, as relative RMS error ||got - want|| / ||want|| per output (elementwise
 # errors reach 3.0 on base encoder states of magnitude 23, in the stock export too): measured at most
 # 0.0116 over the matrix (tiny.en ort_extended decoder_with_past; base bart encoder 0.0088)
 SIM_REL_RMS = 0.015
-# fp32 reference vs ONNX Runtime's kernels: measured at most 3.6e-5 (tiny.en decoders)
-REFERENCE_ATOL = 1e-4
+# fp32 reference vs ONNX Runtime's kernels (summation order): measured at most 3.6e-5 for tiny.en (its
+# decoders), 6.6e-4 for base (its 6-layer encoder after the bart optimizer; 4.1e-4 for the optimum export)
+REFERENCE_ATOL = {"tiny.en": 1e-4, "base": 1e-3}
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +104,7 @@ def test_variant_compiles_and_computes_what_onnxruntime_computes(variant_dir, in
             if not report.fused_total:  # left exactly as it was
                 np.testing.assert_array_equal(got, want)
             elif label == "reference":
-                np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=0, atol=REFERENCE_ATOL)
+                np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=0, atol=REFERENCE_ATOL[name])
             else:
                 want = want.astype(np.float64)
                 rel_rms = np.linalg.norm(got.astype(np.float64) - want) / max(np.linalg.norm(want), 1e-30)
@@ -114,16 +115,16 @@ def test_variant_compiles_and_computes_what_onnxruntime_computes(variant_dir, in
     xdna_ep.release(compiled)
 
 
-def test_bart_optimized_encoder_npu_share_counts_the_contrib_attention(variant_dir):
+def test_bart_optimized_encoder_puts_the_contrib_attention_on_the_npu(variant_dir):
     from xdna_ep.inspect_model import inspect_model
 
     path = _variant(variant_dir, "tiny.en", "bart", "encoder_model")
     (inspection,) = inspect_model(str(path))
     totals = inspection.totals()
-    assert inspection.unfused_by_op["com.microsoft.Attention"][0] == 4
-    # 19.13 GFLOP of contrib Attention stay on the CPU: the NPU share of all matrix work is 43.1 %
-    assert inspection.unfused_by_op["com.microsoft.Attention"][1] / 1e9 == pytest.approx(19.13, abs=0.01)
-    assert totals["npu_share_of_matrix_flops"] == pytest.approx(0.431, abs=0.002)
+    assert set(inspection.unfused_by_op) == {"ai.onnx.Conv"}  # the 4 contrib Attention nodes were fused
+    # 35.06 GFLOP fused, all on the NPU; only the 1.88 GFLOP of the two convolutions stay: 94.9 %
+    assert totals["npu_gflops"] == pytest.approx(35.06, abs=0.01)
+    assert totals["npu_share_of_matrix_flops"] == pytest.approx(0.949, abs=0.002)
 
 
 def test_the_merged_decoder_is_refused_with_a_named_reason(variant_dir):

@@ -125,11 +125,24 @@ def test_contrib_attention_flops_are_counted_as_matrix_work():
     assert found == {"com.microsoft.Attention": (1, 3840 + 3200)}
 
 
-def test_a_contrib_attention_is_listed_as_not_fused_with_the_reason():
+@pytest.mark.parametrize("placement", ["npu", "cpu"])
+def test_a_contrib_attention_is_fused_and_computes_what_onnxruntime_computes(placement):
+    import numpy as np
+    import onnxruntime as ort
+
+    from xdna_ep.ep.session import bind, session_options
     from xdna_ep.graph_passes.orchestrator import run_passes
 
-    _, report = run_passes(_contrib_attention_model(), any_model=True)
-    assert [(r.anchor, "contrib Attention" in r.reason) for r in report.rejections] == [("attn", True)]
+    model = _contrib_attention_model()
+    x = np.random.default_rng(1).standard_normal((1, 10, 8)).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    fused, report = run_passes(model, placement=placement, any_model=True)
+    assert report.kinds == {"attention.self": 1, "matmul+bias": 1} and not report.rejections
+    ops = {(n.domain, n.op_type) for n in fused.graph.node}
+    assert (("com.microsoft", "Attention") in ops) == (placement == "cpu")  # written back as the contrib node
+    session = ort.InferenceSession(bind(fused, device="cpu").SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    # fp32 reference vs ONNX Runtime's contrib kernel: measured 2.4e-7 here
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], expected, rtol=0, atol=1e-5)
 
 
 def test_bad_dims_name_the_part():
