@@ -249,7 +249,7 @@ def _skeleton_with_fixed_dims(model: ModelProto, dims: dict[str, int]) -> tuple[
         elements = 1
         for size in init.dims:
             elements *= size
-        if elements > _LARGE_INITIALIZER_ELEMENTS:
+        if elements > _LARGE_INITIALIZER_ELEMENTS or init.data_location == TensorProto.EXTERNAL:  # external: not loaded
             inputs.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
         else:
             small.append(init)
