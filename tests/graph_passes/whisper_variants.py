@@ -34,7 +34,9 @@ def build_variant(source: Path, variant: str, out: Path, *, n_head: int, d_model
         )
         options.optimized_model_filepath = str(out)
         options.log_severity_level = 3
-        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        # from bytes with the weights inline: a saved optimized model would otherwise point at the
+        # source's external data file by a path relative to the folder it is saved in
+        ort.InferenceSession(onnx.load(str(source)).SerializeToString(), options, providers=["CPUExecutionProvider"])
     elif variant in ("fp16", "fp16_keep_io"):
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
