@@ -19,6 +19,8 @@ placement reason (and ``inspect``) can state them.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from dataclasses import dataclass
 
 import onnx
@@ -204,7 +206,9 @@ def representative_shapes(model: ModelProto, dims: dict[str, int] | None = None)
         found[name] = (int(size), "given")
     skeleton, used = _skeleton_with_fixed_dims(model, {name: size for name, (size, _) in found.items()})
     try:
-        inferred = SymbolicShapeInference.infer_shapes(skeleton, auto_merge=True, guess_output_rank=False)
+        with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+            # on a partial result it saves sym_shape_infer_temp.onnx in the working directory, then raises
+            inferred = SymbolicShapeInference.infer_shapes(skeleton, auto_merge=True, guess_output_rank=False)
     except Exception as error:  # noqa: BLE001 - third-party inference fails in many ways; report it
         try:  # ORT's symbolic inference fails on some opset-18 reductions; ONNX's own copes with static dims
             inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=True)
