@@ -26,12 +26,19 @@ def load_model(
     profile: str | None = None,
     precision: str | None = None,
     strict: bool = False,
+    compute_type: str = "float32",
+    threads: int = 0,
 ) -> WhisperModel:
     """Load a Whisper model (a name such as ``tiny.en`` / ``base``, or an exported model folder) once,
-    for any number of transcriptions. ``device``: ``cpu``, ``sim``, ``npu`` or ``auto``."""
+    for any number of transcriptions. ``device``: ``cpu``, ``sim``, ``npu`` or ``auto``.
+    ``compute_type``: ``float32``, or ``int8`` (MatMul weights in 8 bits; device ``cpu`` only).
+    ``threads``: ONNX Runtime intra-op threads per session (0: one per physical core)."""
     from xdna_ep.model import WhisperModel
 
-    return WhisperModel(name_or_path, device=device, profile=profile, precision=precision, strict=strict)
+    return WhisperModel(
+        name_or_path, device=device, profile=profile, precision=precision, strict=strict,
+        compute_type=compute_type, threads=threads,
+    )
 
 
 def transcribe(

@@ -73,6 +73,7 @@ def create_session(
     precision: str | None = None,
     strict: bool = False,
     map_weights: bool = False,
+    threads: int = 0,
 ) -> Any:
     """The one place the pipeline creates an ONNX Runtime session.
 
@@ -82,12 +83,16 @@ def create_session(
     copy of the weights in memory, where prepacking would give each session its own packed copy.
     ``sim`` / ``npu`` / ``auto``: ``xdna_ep.InferenceSession``, which rewrites the graph and runs the
     heavy ops on the (simulated) NPU; ``profile``, ``precision`` and ``strict`` are passed to it.
+    ``threads``: ONNX Runtime's intra-op threads (0: its default, one per physical core).
     """
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0: one per core), got {threads}")
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
     if map_weights:
         # decoder_model's optional input logits_positions is an initializer that is also a graph
         # input; ONNX Runtime warns about every such input at load, as a possible missed constant
@@ -165,6 +170,9 @@ class WhisperModel:
 
     ``name_or_path``: a model name the registry knows (``tiny.en``, ``base``; exported on first use)
     or the path of an exported model folder.
+    ``compute_type``: ``float32`` (the exported graphs) or ``int8`` (their MatMul weights quantized to
+    8 bits, cached in ``<folder>/int8/``; CPU device only, see ``xdna_ep.models.quantize``).
+    ``threads``: ONNX Runtime's intra-op threads per session (0: one per physical core).
     """
 
     def __init__(
@@ -174,12 +182,18 @@ class WhisperModel:
         profile: str | None = None,
         precision: str | None = None,
         strict: bool = False,
+        compute_type: str = "float32",
+        threads: int = 0,
     ) -> None:
         from xdna_ep.models import registry
+        from xdna_ep.models.quantize import check_compute_type, int8_folder
 
         if device not in DEVICES:
             raise ValueError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
+        check_compute_type(compute_type, device)
         self.folder = Path(registry.ensure_model(name_or_path))
+        self.compute_type = compute_type
+        graphs = int8_folder(self.folder) if compute_type == "int8" else self.folder
         config = registry.read_config(self.folder)
         self.name = str(config.get("name", self.folder.name))
         self.dims = ModelDims.from_config(config, self.folder / registry.CONFIG_FILE)
@@ -189,7 +203,7 @@ class WhisperModel:
         self.precision = precision
 
         def session(file_name: str, map_weights: bool = False) -> Any:
-            return create_session(self.folder / file_name, device, profile, precision, strict, map_weights)
+            return create_session(graphs / file_name, device, profile, precision, strict, map_weights, threads)
 
         self.encoder = session(registry.ENCODER_FILE)
         # both decoders over one mapped decoder_weights.bin: one copy of the decoder weights in memory
@@ -238,7 +252,10 @@ class WhisperModel:
         return self.dims.is_multilingual
 
     def __repr__(self) -> str:
-        return f"WhisperModel({self.name!r}, device={self.device!r}, folder={str(self.folder)!r})"
+        return (
+            f"WhisperModel({self.name!r}, device={self.device!r}, compute_type={self.compute_type!r}, "
+            f"folder={str(self.folder)!r})"
+        )
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
         """Encoder: log-mel (n_mels, N_FRAMES) or (batch, n_mels, N_FRAMES) -> (batch, n_audio_ctx, n_audio_state)."""

@@ -115,6 +115,10 @@ class ServerOptions:
     device: str = "cpu"
     # NPU profile the cost model and simulator describe (npu1, npu2); None: the device's own, else npu1
     profile: str | None = None
+    # float32, or int8 (MatMul weights in 8 bits, cached beside the model; device cpu only)
+    compute_type: str = "float32"
+    # ONNX Runtime intra-op threads per session; 0: one per physical core
+    threads: int = 0
     # address to bind; loopback unless the operator opens it up on purpose
     host: str = DEFAULT_HOST
     # TCP port; 0 lets the OS pick a free one
@@ -130,9 +134,13 @@ class ServerOptions:
 
     def __post_init__(self) -> None:
         from xdna_ep.model import DEVICES
+        from xdna_ep.models.quantize import check_compute_type
 
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        check_compute_type(self.compute_type, self.device)
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: one per core), not {self.threads}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, not {self.port}")
         if self.api_key is not None and not self.api_key.strip():
@@ -413,6 +421,7 @@ def create_app(options: ServerOptions, load: Callable[[], WhisperModel]) -> Fast
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     from xdna_ep.ep.device import DEFAULT_PROFILE, PROFILES
     from xdna_ep.model import DEVICES
+    from xdna_ep.models.quantize import COMPUTE_TYPES
 
     defaults = ServerOptions()
     parser.add_argument("--host", default=defaults.host, help="address to bind (default: %(default)s, loopback)")
@@ -422,6 +431,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile", default=defaults.profile, choices=sorted(PROFILES),
         help=f"which NPU the sim/npu devices describe (default: {DEFAULT_PROFILE})",
+    )
+    parser.add_argument(
+        "--compute-type", default=defaults.compute_type, choices=COMPUTE_TYPES,
+        help="int8: MatMul weights in 8 bits, CPU device only (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=defaults.threads, help="ONNX Runtime threads per session (default: 0, one per core)"
     )
     parser.add_argument(
         "--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV} if set)"
@@ -446,6 +462,8 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         model=args.model,
         device=args.device,
         profile=args.profile,
+        compute_type=args.compute_type,
+        threads=args.threads,
         host=args.host,
         port=args.port,
         api_key=args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None,
@@ -520,7 +538,10 @@ def run_command(args: argparse.Namespace) -> int:
         host, port = sock.getsockname()[:2]
 
         def load() -> WhisperModel:
-            model = WhisperModel(options.model, device=options.device, profile=options.profile)
+            model = WhisperModel(
+                options.model, device=options.device, profile=options.profile,
+                compute_type=options.compute_type, threads=options.threads,
+            )
             log.info("serving %s on device %s at http://%s:%d", model.name, model.device, host, port)
             return model
 

@@ -468,12 +468,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     from xdna_ep.ep.cost_model import PRECISIONS
     from xdna_ep.ep.device import DEFAULT_PROFILE, PROFILES
     from xdna_ep.model import DEVICES, WhisperModel
+    from xdna_ep.models.quantize import COMPUTE_TYPES
     from xdna_ep.models.registry import DEFAULT_MODEL
     from xdna_ep.tokenizer import TASKS
     from xdna_ep.vad import VadOptions
     from xdna_ep.writers import FORMATS
 
-    default_device = inspect.signature(WhisperModel).parameters["device"].default
+    defaults = inspect.signature(WhisperModel).parameters
+    default_device = defaults["device"].default
 
     parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg, mp3, m4a, ...)")
     parser.add_argument("--model", help=f"model name or exported model folder (default: {DEFAULT_MODEL})")
@@ -483,6 +485,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--precision", choices=PRECISIONS, help="NPU arithmetic (bf16, or accurate: about fp32)")
     parser.add_argument("--strict", action="store_true", default=None, help="fail instead of falling back to the CPU")
+    parser.add_argument(
+        "--compute-type", choices=COMPUTE_TYPES,
+        help=f"int8: MatMul weights in 8 bits, CPU device only (default: {defaults['compute_type'].default})",
+    )
+    parser.add_argument(
+        "--threads", type=int, help=f"ONNX Runtime threads per session (default: {defaults['threads'].default}, one per core)"
+    )
     parser.add_argument(
         "--language", help="language code or English name, or auto (default: auto with multilingual models)"
     )
@@ -628,7 +637,7 @@ def run_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if not files:
         return 2
-    model_options = _given(args, "device", "profile", "precision", "strict")
+    model_options = _given(args, "device", "profile", "precision", "strict", "compute_type", "threads")
     model = WhisperModel(args.model, **model_options) if args.model else WhisperModel(**model_options)
     try:
         from xdna_ep.decoding import check_model_options
