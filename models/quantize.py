@@ -88,7 +88,13 @@ def quantize_graph(source: Path, target: Path) -> int:
     """Write ``source`` with its constant-weight MatMuls as 8-bit MatMulNBits to ``target``; return how many."""
     import onnx
     from google.protobuf.message import DecodeError
+
+    root = logging.getLogger()
+    handlers, root_level = list(root.handlers), root.level
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    root.handlers[:] = handlers  # that module calls logging.basicConfig(level=INFO) when imported
+    root.setLevel(root_level)
 
     try:
         model = onnx.load(str(source))

@@ -1,23 +1,34 @@
 """``xdna-ep bench-transcribe``: end-to-end transcription time against the engines people use today.
 
-    xdna-ep bench-transcribe [--model tiny.en --model base] [--audio FILE ...] [--repeats 5]
+    xdna-ep bench-transcribe [--model tiny.en --model base] [--audio FILE[+FILE...] ...] [--repeats 5]
+                             [--threads N] [--wer FOLDER]
 
 In one run, on the same weights and the same clips, with the settings of ``goldens.json`` (greedy,
 temperature 0, no timestamps, no conditioning, English), each engine transcribes each clip
-``repeats`` times after one warm-up; the median wall time is printed with its ratio to xdna-ep on the
-CPU device, and every engine's tokens are compared with xdna-ep's:
+``repeats`` times after one warm-up, the engines taking turns run by run (so a change of the
+machine's load falls on all of them alike). The median wall time is printed with each xdna-ep
+engine's speed-up over faster-whisper of the same compute type, and every engine's tokens are
+compared with faster-whisper float32's (``same`` / ``DIFFERENT``):
 
-- ``xdna-ep cpu``: the stock graphs on ONNX Runtime's CPU execution provider (the pipeline of this
-  project: concatenating KV cache, one encoder pass per 30-s window);
-- ``faster-whisper fp32`` and ``faster-whisper int8``: CTranslate2 on the same packaged weights;
+- ``xdna-ep float32``: the stock graphs on ONNX Runtime's CPU execution provider (the pipeline of
+  this project: concatenating KV cache, one encoder pass per 30-s window);
+- ``xdna-ep int8``: the same with the MatMul weights in 8 bits (``xdna_ep.models.quantize``);
+- ``faster-whisper float32`` and ``faster-whisper int8``: CTranslate2 on the same packaged weights;
 - ``xdna-ep sim`` (with ``--sim``): the simulated NPU. Its wall time is NumPy's, not the NPU's, so
   the modelled NPU device time of the offloaded nodes is printed beside it.
+
+``--audio a.wav+b.flac+c.wav`` joins the clips into one recording with 1 s of silence after each
+(a recording over 60 s from the short shared clips). ``--wer FOLDER`` (a folder with
+``references.json``, such as the shared clips) prints the word error rate of every engine over the
+clips that have a reference text, after lower-casing and removing punctuation.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -28,6 +39,9 @@ import numpy as np
 GOLDEN_SETTINGS = dict(
     temperature=0.0, beam_size=1, without_timestamps=True, condition_on_previous_text=False, language="en"
 )
+JOIN = "+"  # --audio a.wav+b.wav: one recording of both
+GAP_SECONDS = 1.0  # silence after each joined clip
+REFERENCE_ENGINE = "faster-whisper float32"  # every engine's tokens are compared with its
 
 
 @dataclass(frozen=True)
@@ -35,10 +49,11 @@ class TranscribeBenchOptions:
     """What ``bench-transcribe`` measures."""
 
     models: tuple[str, ...] = ("tiny.en", "base")
-    audio: tuple[str, ...] = ()  # clips; () = jfk.wav shipped with xdna-ep
+    audio: tuple[str, ...] = ()  # clips, or clips joined with "+"; () = jfk.wav shipped with xdna-ep
     repeats: int = 5  # timed runs per engine and clip (median); one warm-up run before them
     sim: bool = False  # also run the simulated NPU (slow on the host: NumPy does the NPU's work)
     threads: int = 0  # CPU threads for every engine; 0 = all cores
+    wer_folder: str | None = None  # a folder with references.json: word error rate of every engine
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -64,98 +79,155 @@ class EngineResult:
         return statistics.median(self.times_s)
 
 
-def _time(run, repeats: int) -> tuple[list[float], tuple]:
-    output = run()  # warm-up: first-run allocations and lazy initialisation
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        output = run()
-        times.append(time.perf_counter() - started)
-    return times, output
-
-
 def _xdna_tokens(result) -> list[int]:
     return [token for segment in result.segments for token in segment.tokens]
 
 
-def bench_clip(audio_path: Path, options: TranscribeBenchOptions, engines: dict) -> list[EngineResult]:
-    """Every engine on one clip; ``engines`` holds the loaded models (loaded once per model)."""
+def load_engines(model_name: str, options: TranscribeBenchOptions) -> dict:
+    """engine name -> function(samples) -> (text, tokens), each over its model loaded once."""
     import xdna_ep
-    from xdna_ep.audio import load_audio
-    from xdna_ep.baselines import faster_whisper_tokens
+    from xdna_ep.baselines import faster_whisper_model, faster_whisper_tokens
+
+    def xdna_engine(model):
+        def run(audio: np.ndarray) -> tuple[str, list[int]]:
+            result = xdna_ep.transcribe(audio, model, **GOLDEN_SETTINGS)
+            return result.text, _xdna_tokens(result)
+
+        return run
+
+    def faster_whisper_engine(model):
+        return lambda audio: faster_whisper_tokens(model, audio)
+
+    engines = {}
+    for compute_type in ("float32", "int8"):
+        model = xdna_ep.load_model(model_name, device="cpu", compute_type=compute_type, threads=options.threads)
+        engines[f"xdna-ep {compute_type}"] = xdna_engine(model)
+    for compute_type in ("float32", "int8"):
+        model = faster_whisper_model(model_name, compute_type, cpu_threads=options.threads)
+        engines[f"faster-whisper {compute_type}"] = faster_whisper_engine(model)
+    if options.sim:
+        engines["xdna-ep sim"] = xdna_engine(xdna_ep.load_model(model_name, device="sim", threads=options.threads))
+    return engines
+
+
+def bench_clip(audio: np.ndarray, options: TranscribeBenchOptions, engines: dict) -> list[EngineResult]:
+    """Every CPU engine on one recording, taking turns run by run; the simulator once, after them."""
     from xdna_ep.ep import stats
 
-    audio = load_audio(audio_path)
-    results = []
-    cpu_model = engines["xdna-ep cpu"]
-    times, result = _time(lambda: xdna_ep.transcribe(audio, cpu_model, **GOLDEN_SETTINGS), options.repeats)
-    results.append(EngineResult("xdna-ep cpu", times, _xdna_tokens(result), result.text))
-    for compute_type in ("float32", "int8"):
-        label = f"faster-whisper {'fp32' if compute_type == 'float32' else compute_type}"
-        model = engines[label]
-        times, (text, tokens) = _time(lambda: faster_whisper_tokens(model, audio), options.repeats)
-        results.append(EngineResult(label, times, tokens, text))
-    if options.sim:
-        sim_model = engines["xdna-ep sim"]
+    timed = [name for name in engines if name != "xdna-ep sim"]
+    results = {name: EngineResult(name) for name in timed}
+    for name in timed:  # warm-up: first-run allocations and lazy initialisation
+        results[name].text, results[name].tokens = engines[name](audio)
+    for _ in range(options.repeats):
+        for name in timed:
+            started = time.perf_counter()
+            engines[name](audio)
+            results[name].times_s.append(time.perf_counter() - started)
+    if "xdna-ep sim" in engines:
         before = stats.snapshot()
         started = time.perf_counter()
-        result = xdna_ep.transcribe(audio, sim_model, **GOLDEN_SETTINGS)
+        text, tokens = engines["xdna-ep sim"](audio)
         wall = time.perf_counter() - started
         used = stats.since(before)["totals"]
         note = (
             f"modelled NPU device time {used['modelled_device_s'] * 1e3:.1f} ms in {used['launches']} launches, "
             f"{used['fallbacks']} fallbacks; host wall time is the simulator's"
         )
-        results.append(EngineResult("xdna-ep sim", [wall], _xdna_tokens(result), result.text, note))
-    return results
+        results["xdna-ep sim"] = EngineResult("xdna-ep sim", [wall], tokens, text, note)
+    return list(results.values())
 
 
-def load_engines(model_name: str, options: TranscribeBenchOptions) -> dict:
-    import xdna_ep
-    from xdna_ep.baselines import faster_whisper_model
+def load_recording(spec: str) -> tuple[str, np.ndarray]:
+    """(label, samples) of ``--audio`` value ``spec``: one file, or files joined with '+' and 1 s of silence after each."""
+    from xdna_ep.audio import SAMPLE_RATE, load_audio
 
-    engines = {
-        "xdna-ep cpu": xdna_ep.load_model(model_name, device="cpu"),
-        "faster-whisper fp32": faster_whisper_model(model_name, "float32", cpu_threads=options.threads),
-        "faster-whisper int8": faster_whisper_model(model_name, "int8", cpu_threads=options.threads),
-    }
-    if options.sim:
-        engines["xdna-ep sim"] = xdna_ep.load_model(model_name, device="sim")
-    return engines
+    paths = [Path(part) for part in spec.split(JOIN)]
+    if len(paths) == 1:
+        return paths[0].name, load_audio(paths[0])
+    gap = np.zeros(int(GAP_SECONDS * SAMPLE_RATE), dtype=np.float32)
+    samples = np.concatenate([part for path in paths for part in (load_audio(path), gap)])
+    return f"{len(paths)} clips joined ({samples.size / SAMPLE_RATE:.1f} s)", samples
+
+
+def _normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
+
+
+def word_error_rates(folder: Path, engines: dict) -> tuple[dict[str, float], int, int]:
+    """(engine -> WER over the clips of ``folder/references.json`` that have a text, clips, reference words)."""
+    from xdna_ep.audio import load_audio
+    from xdna_ep.errors import XdnaError
+
+    try:
+        import jiwer
+    except ImportError:
+        raise XdnaError("--wer needs jiwer: pip install 'xdna-ep[bench]'") from None
+
+    try:
+        references = json.loads((folder / "references.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise XdnaError(f"--wer needs a folder with a readable references.json: {error}") from None
+    clips = {name: _normalise(entry["text"]) for name, entry in references.items() if entry.get("text")}
+    audio = {name: load_audio(folder / name) for name in clips}
+    rates = {}
+    for engine, run in engines.items():
+        hypotheses = [_normalise(run(audio[name])[0]) for name in clips]
+        rates[engine] = jiwer.wer(list(clips.values()), hypotheses)
+    return rates, len(clips), sum(len(text.split()) for text in clips.values())
+
+
+def _speedup(result: EngineResult, by_name: dict[str, EngineResult]) -> str:
+    """'1.31x faster-whisper int8' for an xdna-ep engine: faster-whisper's median over this engine's."""
+    if not result.engine.startswith("xdna-ep "):
+        return ""
+    compute_type = "int8" if result.engine.endswith("int8") else "float32"
+    baseline = by_name[f"faster-whisper {compute_type}"]
+    return f"{baseline.median_s / result.median_s:.2f}x fw {compute_type}"
 
 
 def run_bench(options: TranscribeBenchOptions) -> list[str]:
     import xdna_ep
 
-    clips = [Path(p) for p in options.audio] or [Path(xdna_ep.__file__).parent / "data" / "jfk.wav"]
+    specs = list(options.audio) or [str(Path(xdna_ep.__file__).parent / "data" / "jfk.wav")]
+    recordings = [load_recording(spec) for spec in specs]
     lines = [
-        f"bench-transcribe: {os.cpu_count()} CPU cores, {options.repeats} timed runs after 1 warm-up, median; "
-        f"greedy, temperature 0, no timestamps, language en"
+        f"bench-transcribe: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}, "
+        f"{options.repeats} timed runs per engine after 1 warm-up, engines in turn, median; "
+        f"greedy, temperature 0, no timestamps, language en; speed-up = faster-whisper time / xdna-ep time"
     ]
     for model_name in options.models:
         engines = load_engines(model_name, options)
-        for clip in clips:
-            results = bench_clip(clip, options, engines)
-            reference = results[0]
-            lines.append(f"{model_name} / {clip.name}:")
-            lines.append(f"  {'engine':<22} {'median ms':>10} {'vs xdna-ep cpu':>15}  tokens")
+        for label, audio in recordings:
+            results = bench_clip(audio, options, engines)
+            by_name = {result.engine: result for result in results}
+            reference = by_name[REFERENCE_ENGINE]
+            lines.append(f"{model_name} / {label}:")
+            lines.append(f"  {'engine':<24} {'median ms':>10} {'speed-up':>16}  tokens vs {REFERENCE_ENGINE}")
             for result in results:
-                same = "same" if result.tokens == reference.tokens else f"DIFFER: {result.text!r}"
-                ratio = result.median_s / reference.median_s
+                same = "same" if result.tokens == reference.tokens else f"DIFFERENT: {result.text!r}"
                 lines.append(
-                    f"  {result.engine:<22} {result.median_s * 1e3:>10.1f} {ratio:>14.2f}x  {same}"
+                    f"  {result.engine:<24} {result.median_s * 1e3:>10.1f} {_speedup(result, by_name):>16}  {same}"
                     + (f"  ({result.note})" if result.note else "")
                 )
+        if options.wer_folder:
+            rates, n_clips, n_words = word_error_rates(Path(options.wer_folder), engines)
+            lines.append(f"{model_name} / word error rate over {n_clips} clips ({n_words} words) of {options.wer_folder}:")
+            lines.extend(f"  {engine:<24} {rate * 100:>6.2f} %" for engine, rate in rates.items())
+    lines.append(f"load average {os.getloadavg()[0]:.1f} at the end")
     return lines
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     defaults = TranscribeBenchOptions()
     parser.add_argument("--model", action="append", help=f"model(s) (default: {', '.join(defaults.models)})")
-    parser.add_argument("--audio", action="append", help="clip(s) to transcribe (default: jfk.wav shipped with xdna-ep)")
+    parser.add_argument(
+        "--audio", action="append",
+        help=f"clip(s) to transcribe; a{JOIN}b{JOIN}c joins clips into one recording (default: jfk.wav shipped with xdna-ep)",
+    )
     parser.add_argument("--repeats", type=int, default=defaults.repeats, help="timed runs per engine and clip")
     parser.add_argument("--sim", action="store_true", help="also run the simulated NPU (slow on the host)")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="CPU threads per engine (0: all)")
+    parser.add_argument("--wer", metavar="FOLDER", help="word error rate of every engine on the clips of FOLDER/references.json")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -165,6 +237,7 @@ def run_command(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         sim=args.sim,
         threads=args.threads,
+        wer_folder=args.wer,
     )
     for line in run_bench(options):
         print(line, flush=True)
