@@ -73,3 +73,23 @@ def test_the_prompt_step_computes_only_the_logits_asked_for(tiny_en_model):
     for bad in ([], [6], [-7]):
         with pytest.raises(ValueError, match="logit positions must be in"):
             model.decode_step(model.new_decoder_state(features), prompt, positions=bad)
+
+
+def test_threads_reach_the_sessions_and_bad_values_are_named(tmp_path):
+    model = WhisperModel("tiny.en", threads=1)
+    for session in (model.encoder, model.decoder, model.decoder_with_past):
+        assert session.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        create_session(registry.ensure_model("tiny.en") / registry.ENCODER_FILE, "cpu", threads=-1)
+
+
+def test_int8_is_a_cpu_compute_type(capsys, tmp_path):
+    from xdna_ep.cli import main
+
+    with pytest.raises(ValueError, match="compute_type 'int8' quantizes the CPU graphs and needs device 'cpu', not 'sim'"):
+        WhisperModel("tiny.en", device="sim", compute_type="int8")
+    audio = registry.ensure_model("tiny.en")  # any existing file: the refusal comes before decoding
+    assert main(["transcribe", str(audio / registry.CONFIG_FILE), "--device", "npu", "--compute-type", "int8"]) == 2
+    assert "the NPU path computes in bf16" in capsys.readouterr().err
+    assert main(["transcribe", str(audio / registry.CONFIG_FILE), "--threads", "-1"]) == 2
+    assert "threads must be >= 0" in capsys.readouterr().err

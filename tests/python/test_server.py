@@ -173,6 +173,8 @@ def test_temperature_schedule_follows_openai_whisper():
         ({"max_upload_bytes": 0}, "max_upload_bytes"),
         ({"max_audio_seconds": 0}, "max_audio_seconds"),
         ({"max_queue": -1}, "max_queue"),
+        ({"compute_type": "int8", "device": "sim"}, "needs device 'cpu', not 'sim'.*bf16"),
+        ({"threads": -1}, "threads"),
     ],
 )
 def test_server_options_name_the_bad_value(bad, message):
