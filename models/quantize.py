@@ -14,13 +14,16 @@ Measured against ``quantize_dynamic`` (MatMulInteger, one scale per tensor) on t
 faster, and the shared clips' goldens stay exact on 7 of 8 clips against 3 of 8.
 
 The function works on whatever graph files the folder holds (``*.onnx``, external data included), so
-it follows the exporter. ``<folder>/int8/`` is a complete model folder (its JSON files are copied) and
-records the size and modification time of every source graph; a re-exported graph is re-quantized.
+it follows the exporter. ``<folder>/int8/`` is a complete model folder (its JSON files are copied);
+the weights of all its graphs are in one ``weights.bin`` that holds each distinct tensor once (the
+two decoders' shared weights are stored once). It records the size and modification time of every
+source file; a re-exported model is re-quantized.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import shutil
@@ -29,18 +32,25 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xdna_ep.errors import ModelError
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
 COMPUTE_TYPES = ("float32", "int8")  # faster-whisper's names
 INT8_FOLDER = "int8"
 MANIFEST_FILE = "quantized.json"
+WEIGHTS_FILE = "weights.bin"  # every weight of the int8 graphs, each distinct tensor once
+MIN_EXTERNAL_BYTES = 1024  # smaller initializers stay inside their graph
+PAGE_BYTES = 4096  # side-file offsets are page-aligned, so ONNX Runtime can map them
 BITS = 8
 BLOCK_SIZE = 32  # weights per scale along K; 128 is ORT's default, 32 keeps the goldens closer
 ACCURACY_LEVEL = 4  # MatMulNBits computes with int8 activations (0 would dequantize to fp32: 4x slower)
-METHOD = f"MatMulNBits bits={BITS} block_size={BLOCK_SIZE} symmetric accuracy_level={ACCURACY_LEVEL}"
+METHOD = f"MatMulNBits bits={BITS} block_size={BLOCK_SIZE} symmetric accuracy_level={ACCURACY_LEVEL}, one {WEIGHTS_FILE}"
 
 
 def check_compute_type(compute_type: str, device: str) -> None:
@@ -59,10 +69,9 @@ def check_compute_type(compute_type: str, device: str) -> None:
 
 
 def _sources(folder: Path) -> dict[str, list[int]]:
-    """Graph file -> [size, mtime_ns]: what the cached int8 graphs were made from."""
-    return {
-        path.name: [path.stat().st_size, path.stat().st_mtime_ns] for path in sorted(folder.glob("*.onnx"))
-    }
+    """File of the model folder -> [size, mtime_ns]: what the cached int8 graphs were made from."""
+    files = sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+    return {path.name: [path.stat().st_size, path.stat().st_mtime_ns] for path in files}
 
 
 def _is_current(folder: Path, target: Path) -> bool:
@@ -84,8 +93,8 @@ def _lock(folder: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def quantize_graph(source: Path, target: Path) -> int:
-    """Write ``source`` with its constant-weight MatMuls as 8-bit MatMulNBits to ``target``; return how many."""
+def quantize_graph(source: Path) -> onnx.ModelProto:
+    """``source`` with its constant-weight MatMuls as 8-bit MatMulNBits (external data loaded)."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -111,10 +120,35 @@ def quantize_graph(source: Path, target: Path) -> int:
         quantizer.process()
     finally:
         quiet.setLevel(level)
-    quantized = quantizer.model.model
-    large = quantized.ByteSize() > 1_900_000_000  # protobuf's 2 GB limit: weights go to a side file
-    onnx.save(quantized, str(target), save_as_external_data=large, location=target.name + ".data")
-    return sum(node.op_type == "MatMulNBits" for node in quantized.graph.node)
+    return quantizer.model.model
+
+
+def save_sharing_weights(models: dict[str, onnx.ModelProto], folder: Path) -> int:
+    """Save ``models`` (file name -> graph) into ``folder`` with their weights in one ``WEIGHTS_FILE``.
+
+    Every initializer of at least ``MIN_EXTERNAL_BYTES`` goes to the side file, and a tensor that
+    several graphs hold (the decoders share theirs) is written once, at a page-aligned offset. Returns
+    the size of the side file in bytes.
+    """
+    from onnx.external_data_helper import set_external_data
+
+    stored: dict[tuple, tuple[int, int]] = {}  # (dtype, dims, digest) -> (offset, length)
+    with open(folder / WEIGHTS_FILE, "wb") as data:
+        for file_name, model in models.items():
+            for tensor in model.graph.initializer:
+                raw = tensor.raw_data
+                if len(raw) < MIN_EXTERNAL_BYTES:
+                    continue
+                key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(raw).digest())
+                if key not in stored:
+                    data.write(b"\0" * (-data.tell() % PAGE_BYTES))
+                    stored[key] = (data.tell(), len(raw))
+                    data.write(raw)
+                offset, length = stored[key]
+                set_external_data(tensor, location=WEIGHTS_FILE, offset=offset, length=length)
+                tensor.ClearField("raw_data")
+            (folder / file_name).write_bytes(model.SerializeToString())
+        return data.tell()
 
 
 def int8_folder(folder: str | Path) -> Path:
@@ -134,7 +168,10 @@ def int8_folder(folder: str | Path) -> Path:
             print(f"quantizing {folder.name} to int8 (once, into {target}) ...", file=sys.stderr, flush=True)
             with tempfile.TemporaryDirectory(dir=folder, prefix=f".{INT8_FOLDER}-") as staging:
                 staging = Path(staging)
-                counts = {graph.name: quantize_graph(graph, staging / graph.name) for graph in graphs}
+                models = {graph.name: quantize_graph(graph) for graph in graphs}
+                counts = {name: sum(node.op_type == "MatMulNBits" for node in model.graph.node) for name, model in models.items()}
+                save_sharing_weights(models, staging)
+                del models
                 for extra in folder.glob("*.json"):
                     shutil.copyfile(extra, staging / extra.name)
                 manifest = {"method": METHOD, "sources": _sources(folder), "matmuls_quantized": counts}

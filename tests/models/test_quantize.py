@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import onnx
@@ -13,7 +14,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from xdna_ep.errors import ModelError
-from xdna_ep.models.quantize import INT8_FOLDER, MANIFEST_FILE, check_compute_type, int8_folder, quantize_graph
+from xdna_ep.models.quantize import (
+    INT8_FOLDER,
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    check_compute_type,
+    int8_folder,
+    quantize_graph,
+)
 
 from conftest import AUDIO_DIR
 
@@ -51,8 +59,9 @@ def test_constant_weight_matmul_becomes_8bit_and_stays_close(toy_folder, tmp_pat
     rng = np.random.default_rng(1)
     x, z = rng.standard_normal((2, K)).astype(np.float32), rng.standard_normal((N, 3)).astype(np.float32)
     target = tmp_path / "quantized.onnx"
-    assert quantize_graph(toy_folder / "encoder_model.onnx", target) == 1
-    ops = [node.op_type for node in onnx.load(str(target)).graph.node]
+    quantized = quantize_graph(toy_folder / "encoder_model.onnx")
+    onnx.save(quantized, str(target))
+    ops = [node.op_type for node in quantized.graph.node]
     assert ops == ["MatMulNBits", "MatMul"]  # the MatMul of two inputs has no weight to quantize
     expected, got = _run(toy_folder / "encoder_model.onnx", x, z), _run(target, x, z)
     # 8-bit weights and activations per block of 32: measured max error 0.4 % of max |y|
@@ -63,7 +72,9 @@ def test_constant_weight_matmul_becomes_8bit_and_stays_close(toy_folder, tmp_pat
 def test_int8_folder_is_cached_and_follows_the_source(toy_folder):
     target = int8_folder(toy_folder)
     assert target == toy_folder / INT8_FOLDER
-    assert sorted(path.name for path in target.iterdir()) == ["encoder_model.onnx", MANIFEST_FILE, "whisper_config.json"]
+    assert sorted(path.name for path in target.iterdir()) == [
+        "encoder_model.onnx", MANIFEST_FILE, WEIGHTS_FILE, "whisper_config.json"
+    ]
     manifest = json.loads((target / MANIFEST_FILE).read_text())
     assert manifest["matmuls_quantized"] == {"encoder_model.onnx": 1}
     written = (target / "encoder_model.onnx").stat().st_mtime_ns
@@ -73,6 +84,17 @@ def test_int8_folder_is_cached_and_follows_the_source(toy_folder):
     os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))  # a re-export
     int8_folder(toy_folder)
     assert json.loads((target / MANIFEST_FILE).read_text())["sources"]["encoder_model.onnx"][1] == source.stat().st_mtime_ns
+
+
+def test_weights_two_graphs_share_are_stored_once(toy_folder):
+    rng = np.random.default_rng(1)
+    x, z = rng.standard_normal((2, K)).astype(np.float32), rng.standard_normal((N, 3)).astype(np.float32)
+    shutil.copyfile(toy_folder / "encoder_model.onnx", toy_folder / "decoder_model.onnx")  # the same weight
+    target = int8_folder(toy_folder)
+    # the K x N int8 weight, once (its 768 bytes of scales are under MIN_EXTERNAL_BYTES: inside each graph)
+    assert (target / WEIGHTS_FILE).stat().st_size == K * N
+    assert (target / "decoder_model.onnx").stat().st_size < 2048  # nodes and scales, measured 1108 bytes
+    np.testing.assert_array_equal(_run(target / "decoder_model.onnx", x, z), _run(target / "encoder_model.onnx", x, z))
 
 
 def test_folder_without_graphs_or_with_a_corrupt_graph_is_refused(tmp_path):
