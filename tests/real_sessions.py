@@ -5,6 +5,7 @@ of a different kernel library."""
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from pathlib import Path
@@ -18,6 +19,30 @@ from xdna_ep.ep.executor import Executor
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT.parent / "shared" / "audio"
 SESSIONS = ("encoder_model", "decoder_model", "decoder_with_past_model")
+
+
+class OneModel:
+    """Loaded models by their settings, one held at a time.
+
+    A Whisper model on the simulated NPU takes 1.5 GB (tiny.en, and about as much for base); a
+    module-level dict of them lives until the test session ends, and the suite's peak memory with it.
+    Tests that use it are ordered so each setting loads once; ``clear`` at the end of the module.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._model = None
+
+    def get(self, key: tuple, load):
+        """The model of ``key``, from ``load()`` unless it is the one held (the previous one is released first)."""
+        if key != self._key:
+            self.clear()
+            self._model, self._key = load(), key
+        return self._model
+
+    def clear(self) -> None:
+        self._model = self._key = None
+        gc.collect()  # sessions and compiled weights sit in reference cycles
 
 
 def model_folder(name: str) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from real_sessions import OneModel
 from xdna_ep.ep import cost_model, stats
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,16 +130,21 @@ def _transcribe_tokens(model_name: str, clip: str, precision: str):
     return [token for segment in result.segments for token in segment.tokens], result
 
 
-_MODELS: dict = {}
+_models = OneModel()  # one simulated-NPU model at a time (1.5 GB each)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_models():
+    yield
+    _models.clear()
 
 
 def _loaded(model_name: str, precision: str):
     from xdna_ep import load_model
 
-    key = (model_name, precision)
-    if key not in _MODELS:
-        _MODELS[key] = load_model(model_name, device="sim", profile="npu1", precision=precision)
-    return _MODELS[key]
+    return _models.get(
+        (model_name, precision), lambda: load_model(model_name, device="sim", profile="npu1", precision=precision)
+    )
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import AUDIO_DIR
-from real_sessions import model_folder, plain_options, real_inputs
+from real_sessions import OneModel, model_folder, plain_options, real_inputs
 
 import xdna_ep
 from xdna_ep.ep import session as session_module
@@ -101,7 +101,7 @@ def test_transcription_through_the_fused_graphs_reproduces_the_golden_tokens(mod
 
     monkeypatch.setenv(session_module.PLACEMENT_ENV, "npu")
     monkeypatch.setattr(session_module, "make_executor", lambda device, profile, precision: ReferenceExecutor())
-    model = _fused_models.get(model_name) or _fused_models.setdefault(model_name, xdna_ep.load_model(model_name, device="sim"))
+    model = _fused_models.get((model_name,), lambda: xdna_ep.load_model(model_name, device="sim"))
     options = TranscribeOptions.from_kwargs(
         temperature=0.0, beam_size=1, without_timestamps=True, condition_on_previous_text=False, language="en"
     )
@@ -110,7 +110,13 @@ def test_transcription_through_the_fused_graphs_reproduces_the_golden_tokens(mod
     assert tokens == goldens[clip][model_name]["tokens"]
 
 
-_fused_models: dict = {}
+_fused_models = OneModel()  # one fused model at a time (1.5 GB each)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_models():
+    yield
+    _fused_models.clear()
 
 
 def _executor_of(model: onnx.ModelProto):
