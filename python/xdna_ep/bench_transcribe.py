@@ -31,6 +31,7 @@ import os
 import re
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,35 +187,39 @@ def _speedup(result: EngineResult, by_name: dict[str, EngineResult]) -> str:
 
 
 def run_bench(options: TranscribeBenchOptions) -> list[str]:
+    return list(iter_bench(options))
+
+
+def iter_bench(options: TranscribeBenchOptions) -> Iterator[str]:
+    """The lines of the report, each as soon as it is measured."""
     import xdna_ep
 
     specs = list(options.audio) or [str(Path(xdna_ep.__file__).parent / "data" / "jfk.wav")]
     recordings = [load_recording(spec) for spec in specs]
-    lines = [
+    yield (
         f"bench-transcribe: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}, "
         f"{options.repeats} timed runs per engine after 1 warm-up, engines in turn, median; "
         f"greedy, temperature 0, no timestamps, language en; speed-up = faster-whisper time / xdna-ep time"
-    ]
+    )
     for model_name in options.models:
         engines = load_engines(model_name, options)
         for label, audio in recordings:
             results = bench_clip(audio, options, engines)
             by_name = {result.engine: result for result in results}
             reference = by_name[REFERENCE_ENGINE]
-            lines.append(f"{model_name} / {label}:")
-            lines.append(f"  {'engine':<24} {'median ms':>10} {'speed-up':>16}  tokens vs {REFERENCE_ENGINE}")
+            yield f"{model_name} / {label} (load average {os.getloadavg()[0]:.1f}):"
+            yield f"  {'engine':<24} {'median ms':>10} {'speed-up':>16}  tokens vs {REFERENCE_ENGINE}"
             for result in results:
                 same = "same" if result.tokens == reference.tokens else f"DIFFERENT: {result.text!r}"
-                lines.append(
+                yield (
                     f"  {result.engine:<24} {result.median_s * 1e3:>10.1f} {_speedup(result, by_name):>16}  {same}"
                     + (f"  ({result.note})" if result.note else "")
                 )
         if options.wer_folder:
             rates, n_clips, n_words = word_error_rates(Path(options.wer_folder), engines)
-            lines.append(f"{model_name} / word error rate over {n_clips} clips ({n_words} words) of {options.wer_folder}:")
-            lines.extend(f"  {engine:<24} {rate * 100:>6.2f} %" for engine, rate in rates.items())
-    lines.append(f"load average {os.getloadavg()[0]:.1f} at the end")
-    return lines
+            yield f"{model_name} / word error rate over {n_clips} clips ({n_words} words) of {options.wer_folder}:"
+            yield from (f"  {engine:<24} {rate * 100:>6.2f} %" for engine, rate in rates.items())
+        del engines  # release this model's engines before loading the next
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -239,6 +244,6 @@ def run_command(args: argparse.Namespace) -> int:
         threads=args.threads,
         wer_folder=args.wer,
     )
-    for line in run_bench(options):
+    for line in iter_bench(options):
         print(line, flush=True)
     return 0
