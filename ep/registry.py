@@ -118,6 +118,11 @@ def lookup(key: str) -> CompiledModel:
     return _MODELS[key]
 
 
+def registered() -> list[str]:
+    """The keys of the compiled models this process holds."""
+    return list(_MODELS)
+
+
 def release(key: str) -> None:
     """Forget a compiled model and its weights (its sessions must be gone)."""
     if _MODELS.pop(key, None) is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -51,3 +52,20 @@ def six_hours_of_silence(tmp_path_factory) -> Path:
         for _ in range(36):
             sound_file.write(ten_minutes)
     return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_models():
+    """Forget the models a test module compiled, once its own fixtures are gone.
+
+    ``xdna_ep.compile`` binds a model's weights and executor in the process until released (an
+    ``xdna_ep.InferenceSession`` releases its own; a plain ONNX Runtime session over a compiled model
+    cannot). Kept, they added up to most of the suite's 15-GB peak.
+    """
+    from xdna_ep.ep import registry
+
+    before = set(registry.registered())
+    yield
+    for key in set(registry.registered()) - before:
+        registry.release(key)
+    gc.collect()  # sessions and weights sit in reference cycles
