@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 from pathlib import Path
 
@@ -62,10 +61,12 @@ def _release_compiled_models():
     ``xdna_ep.InferenceSession`` releases its own; a plain ONNX Runtime session over a compiled model
     cannot). Kept, they added up to most of the suite's 15-GB peak.
     """
+    from real_sessions import release_memory
+
     from xdna_ep.ep import registry
 
     before = set(registry.registered())
     yield
     for key in set(registry.registered()) - before:
         registry.release(key)
-    gc.collect()  # sessions and weights sit in reference cycles
+    release_memory()

@@ -5,9 +5,11 @@ of a different kernel library."""
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +44,18 @@ class OneModel:
 
     def clear(self) -> None:
         self._model = self._key = None
-        gc.collect()  # sessions and compiled weights sit in reference cycles
+        release_memory()
+
+
+def release_memory() -> None:
+    """Collect what was dropped and hand the freed heap back to the OS.
+
+    Sessions and compiled weights sit in reference cycles; and glibc keeps freed memory in its
+    arenas (measured: a released tiny.en sim model left 682 MiB of RSS, 390 MiB after malloc_trim).
+    """
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def model_folder(name: str) -> Path:
