@@ -379,7 +379,7 @@ def create_app(options: ServerOptions, load: Callable[[], WhisperModel]) -> Fast
         if served.model is not None:
             device, profile = effective_device(served.model)
             body.update(model=served.model.name, multilingual=served.model.is_multilingual, device=device,
-                        profile=profile)
+                        profile=profile, compute_type=served.model.compute_type)
         return JSONResponse(body, 200 if reason is None else 503, None if reason is None else {"Retry-After": "5"})
 
     @app.get("/metrics", summary="Prometheus text format: requests, queue, audio, real-time factor, NPU, latency")

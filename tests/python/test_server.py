@@ -218,6 +218,7 @@ def test_health_needs_the_key_and_names_model_and_device(server):
     assert health.status_code == 200
     body = health.json()
     assert (body["model"], body["device"], body["ready"], body["multilingual"]) == ("tiny.en", "cpu", True, False)
+    assert body["compute_type"] == "float32"
 
 
 def test_transcription_without_key_is_refused_before_the_upload(server):
