@@ -25,7 +25,7 @@ from xdna_ep.models.quantize import (
 
 from conftest import AUDIO_DIR
 
-K, N = 128, 48  # K: four blocks of 32
+K, N = 128, 48  # K: eight blocks of 16
 
 
 def _toy_graph(weight: np.ndarray) -> onnx.ModelProto:
@@ -64,7 +64,7 @@ def test_constant_weight_matmul_becomes_8bit_and_stays_close(toy_folder, tmp_pat
     ops = [node.op_type for node in quantized.graph.node]
     assert ops == ["MatMulNBits", "MatMul"]  # the MatMul of two inputs has no weight to quantize
     expected, got = _run(toy_folder / "encoder_model.onnx", x, z), _run(target, x, z)
-    # 8-bit weights and activations per block of 32: measured max error 0.4 % of max |y|
+    # 8-bit weights and activations per block of 16: measured max error 0.4 % of max |y| (blocks of 32)
     assert np.abs(got - expected).max() <= 0.01 * np.abs(expected).max()
     assert not np.allclose(got, expected, rtol=0, atol=1e-6)  # it really computes in int8
 
@@ -91,8 +91,8 @@ def test_weights_two_graphs_share_are_stored_once(toy_folder):
     x, z = rng.standard_normal((2, K)).astype(np.float32), rng.standard_normal((N, 3)).astype(np.float32)
     shutil.copyfile(toy_folder / "encoder_model.onnx", toy_folder / "decoder_model.onnx")  # the same weight
     target = int8_folder(toy_folder)
-    # the K x N int8 weight, once (its 768 bytes of scales are under MIN_EXTERNAL_BYTES: inside each graph)
-    assert (target / WEIGHTS_FILE).stat().st_size == K * N
+    # the K x N int8 weight and its scales, once (twice would be over 2 K N)
+    assert K * N <= (target / WEIGHTS_FILE).stat().st_size < 2 * K * N
     assert (target / "decoder_model.onnx").stat().st_size < 2048  # nodes and scales, measured 1108 bytes
     np.testing.assert_array_equal(_run(target / "decoder_model.onnx", x, z), _run(target / "encoder_model.onnx", x, z))
 
