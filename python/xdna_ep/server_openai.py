@@ -58,16 +58,14 @@ def openai_request(fields: FormFields, task: str, model: WhisperModel) -> Transc
             400, f"model {requested_model!r} is not served here; this server serves {' or '.join(served)}", "model"
         )
     response_format = fields.choice("response_format", RESPONSE_FORMATS, "json")
-    for granularity in fields.values("timestamp_granularities"):
-        if granularity == "word":
-            raise RequestError(400, "word timestamps are not supported; use timestamp_granularities[]=segment",
-                               "timestamp_granularities")
-        if granularity != "segment":
-            raise RequestError(400, f"timestamp_granularities must be segment, not {granularity!r}",
-                               "timestamp_granularities")
-        if response_format != "verbose_json":
-            raise RequestError(400, "timestamp_granularities needs response_format=verbose_json",
-                               "timestamp_granularities")
+    granularities = set(fields.values("timestamp_granularities"))
+    unknown = sorted(granularities - {"word", "segment"})
+    if unknown:
+        raise RequestError(400, f"timestamp_granularities must be word or segment, not {unknown[0]!r}",
+                           "timestamp_granularities")
+    if granularities and response_format != "verbose_json":
+        raise RequestError(400, "timestamp_granularities needs response_format=verbose_json",
+                           "timestamp_granularities")
     _check_task(model, task)
     language = _check_language(model, fields.text("language"), task)
     return TranscriptionRequest(
@@ -77,6 +75,8 @@ def openai_request(fields: FormFields, task: str, model: WhisperModel) -> Transc
         prompt=fields.text("prompt"),
         timestamps=response_format in ("srt", "vtt", "verbose_json"),
         response_format=response_format,
+        word_timestamps="word" in granularities,
+        segment_list=not granularities or "segment" in granularities,  # OpenAI's default granularity: segment
     )
 
 

@@ -106,6 +106,19 @@ class FormFields:
             raise RequestError(400, f"{name} must be between {low:g} and {high:g}, not {value}", name)
         return number
 
+    def integer(self, name: str, low: int, high: int, default_words: Collection[str] = ()) -> int | None:
+        """An integer in [low, high]; None when absent or one of ``default_words`` (the contract's default)."""
+        value = self.text(name)
+        if value is None or value in default_words:
+            return None
+        try:
+            number = int(value)
+        except ValueError:
+            raise RequestError(400, f"{name} must be an integer, not {value!r}", name) from None
+        if not low <= number <= high:
+            raise RequestError(400, f"{name} must be between {low} and {high}, not {value}", name)
+        return number
+
     def flag(self, name: str, default: bool) -> bool:
         value = self.text(name)
         if value is None:
@@ -128,6 +141,10 @@ class TranscriptionRequest:
     prompt: str | None = None  # text of the preceding speech, conditions the first window
     timestamps: bool = True  # segments with start/end times (False: text only)
     response_format: str = "json"
+    word_timestamps: bool = False  # time every word (cross-attention alignment)
+    segment_list: bool = True  # verbose_json lists the segments (OpenAI: unless only word granularity is asked)
+    beam_size: int | None = None  # beams at temperature 0 (1: greedy); None: the pipeline's default
+    best_of: int | None = None  # samples at a temperature above 0; None: the pipeline's default
 
 
 def _temperatures(request: TranscriptionRequest) -> tuple[float, ...]:
@@ -155,14 +172,35 @@ def transcribe_options(request: TranscriptionRequest) -> TranscribeOptions:
     """The pipeline's options for a checked request (ValueError names a bad combination)."""
     from xdna_ep.transcribe import TranscribeOptions
 
+    chosen = {name: value for name, value in (("beam_size", request.beam_size), ("best_of", request.best_of))
+              if value is not None}
     return TranscribeOptions.from_kwargs(
         task=request.task,
         language=request.language,
         temperature=_temperatures(request),
         initial_prompt=request.prompt,
         without_timestamps=not request.timestamps,
+        word_timestamps=request.word_timestamps,
+        **chosen,
     )
 
+
+
+def _options_json(request: TranscriptionRequest) -> dict[str, Any]:
+    """The decoding a request got, defaults filled in: what ``/transcribe`` reports it used."""
+    options = transcribe_options(request)
+    decoding = options.decoding
+    return {
+        "task": decoding.task,
+        "language": decoding.language,
+        "temperature": list(options.temperature),
+        "beam_size": decoding.beam_size,
+        "patience": decoding.patience,
+        "best_of": decoding.best_of,
+        "timestamps": not decoding.without_timestamps,
+        "word_timestamps": options.word_timestamps,
+        "initial_prompt": options.initial_prompt,
+    }
 
 
 def _segment_json(segment: Segment) -> dict[str, Any]:
@@ -187,15 +225,27 @@ def _subtitles(transcription: Transcription, response_format: str) -> str:
     return to_srt(transcription) if response_format == "srt" else to_vtt(transcription)
 
 
+def _words_json(transcription: Transcription) -> list[dict[str, Any]]:
+    """Every word of the recording as OpenAI's verbose_json ``words`` lists them: ``{word, start, end}``."""
+    return [
+        {"word": word.word.strip(), "start": round(word.start, 3), "end": round(word.end, 3)}
+        for segment in transcription.segments for word in segment.words or ()
+    ]
+
+
 def _verbose_json(request: TranscriptionRequest, outcome: Outcome) -> dict[str, Any]:
     transcription = outcome.transcription
-    return {
+    body: dict[str, Any] = {
         "task": request.task,
         "language": transcription.language,
         "duration": round(outcome.audio_seconds, 3),
         "text": transcription.text,
-        "segments": [_segment_json(segment) for segment in transcription.segments],
     }
+    if request.word_timestamps:
+        body["words"] = _words_json(transcription)
+    if request.segment_list:
+        body["segments"] = [_segment_json(segment) for segment in transcription.segments]
+    return body
 
 
 def _text_response(request: TranscriptionRequest, outcome: Outcome) -> Response:

@@ -1,5 +1,6 @@
 """whisper.cpp server's contract: ``POST /inference`` (multipart ``file``, ``response_format``,
-``language``, ``temperature``, ``temperature_inc``, ``prompt``, ``translate``, ``no_timestamps``).
+``language``, ``temperature``, ``temperature_inc``, ``prompt``, ``translate``, ``no_timestamps``,
+``beam_size``, ``best_of``).
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ if TYPE_CHECKING:
     from xdna_ep.server_requests import ServeTranscription
 
 
+MAX_BEAMS = 16  # beam_size and best_of: each beam is a row of the decoder's batch and of its cache
+DEFAULT_WORDS = ("-1",)  # whisper.cpp's "use the default" value for beam_size and best_of
+
 # whisper.cpp's decoding knobs this pipeline has no equivalent for
 _WHISPER_CPP_UNSUPPORTED = {
     name: "whisper.cpp decoding option without an equivalent here"
     for name in (
-        "offset_t", "offset_n", "duration", "max_context", "max_len", "best_of", "beam_size", "audio_ctx",
+        "offset_t", "offset_n", "duration", "max_context", "max_len", "audio_ctx",
         "word_thold", "entropy_thold", "logprob_thold", "debug_mode", "diarize", "tinydiarize", "split_on_word",
         "detect_language", "suppress_non_speech", "suppress_nst",
     )
@@ -42,13 +46,15 @@ _WHISPER_CPP_UNSUPPORTED = {
 
 def whisper_cpp_request(fields: FormFields, model: WhisperModel) -> TranscriptionRequest:
     """whisper.cpp server's ``/inference`` fields."""
-    known = {"response_format", "language", "temperature", "temperature_inc", "prompt", "translate", "no_timestamps"}
+    known = {
+        "response_format", "language", "temperature", "temperature_inc", "prompt", "translate", "no_timestamps",
+        "beam_size", "best_of",
+    }
     fields.reject_unknown(known, _WHISPER_CPP_UNSUPPORTED)
     response_format = fields.choice("response_format", RESPONSE_FORMATS, "json")
     task = "translate" if fields.flag("translate", False) else "transcribe"
     _check_task(model, task)
-    language = fields.text("language")
-    language = _check_language(model, None if language == "auto" else language, task)
+    language = _check_language(model, fields.text("language"), task)
     no_timestamps = fields.flag("no_timestamps", False)
     if no_timestamps and response_format in ("srt", "vtt"):
         raise RequestError(400, f"response_format {response_format} needs timestamps; drop no_timestamps",
@@ -61,6 +67,9 @@ def whisper_cpp_request(fields: FormFields, model: WhisperModel) -> Transcriptio
         prompt=fields.text("prompt"),
         timestamps=not no_timestamps,
         response_format=response_format,
+        # whisper.cpp: beam_size > 1 searches that many beams, 1 decodes greedily, -1 or absent is the default
+        beam_size=fields.integer("beam_size", 1, MAX_BEAMS, DEFAULT_WORDS),
+        best_of=fields.integer("best_of", 1, MAX_BEAMS, DEFAULT_WORDS),
     )
 
 

@@ -271,6 +271,77 @@ def test_openai_client_verbose_json_with_segments(server):
     assert normalise(result.text).replace("cotton", "carton") == golden_text("librispeech-1995-1837-0001.wav")
 
 
+@pytest.fixture(scope="module")
+def local_model():
+    """tiny.en on the cpu device in the test process: what the server's answers are compared with."""
+    import xdna_ep
+
+    return xdna_ep.load_model("tiny.en", device="cpu")
+
+
+def test_openai_client_word_timestamps_match_the_python_api(server, local_model):
+    import xdna_ep
+
+    expected = xdna_ep.transcribe(AUDIO / "jfk.wav", local_model, word_timestamps=True)
+    expected_words = [word for segment in expected.segments for word in segment.words]
+    client = openai_client(server)
+    with open(AUDIO / "jfk.wav", "rb") as audio:
+        result = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="verbose_json", timestamp_granularities=["word", "segment"],
+        )
+    assert len(expected_words) == 22  # "And so, my fellow Americans, ask not what your country can do ..."
+    assert [word.word for word in result.words] == [word.word.strip() for word in expected_words]
+    # the answer rounds times to the millisecond
+    assert [(word.start, word.end) for word in result.words] == [
+        (pytest.approx(word.start, abs=5e-4), pytest.approx(word.end, abs=5e-4)) for word in expected_words
+    ]
+    assert [segment.tokens for segment in result.segments] == [segment.tokens for segment in expected.segments]
+
+    with open(AUDIO / "jfk.wav", "rb") as audio:  # word alone: OpenAI answers words without segments
+        words_only = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="verbose_json", timestamp_granularities=["word"],
+        )
+    assert words_only.segments is None
+    assert [word.word for word in words_only.words] == [word.word for word in result.words]
+
+
+def test_whisper_cpp_beam_size_and_best_of_follow_whisper_cpp(server, local_model):
+    import xdna_ep
+
+    def tokens(**options) -> list[list[int]]:
+        transcription = xdna_ep.transcribe(AUDIO / "jfk.wav", local_model, **options)
+        return [list(segment.tokens) for segment in transcription.segments]
+
+    greedy = tokens(beam_size=1)
+    beam5 = tokens()
+    assert greedy != beam5  # on jfk.wav tiny.en's greedy and beam-5 decodings differ, so the test tells them apart
+
+    def served(**fields) -> list[list[int]]:
+        response = post(server, "/inference", "jfk.wav", response_format="verbose_json", **fields)
+        assert response.status_code == 200, response.text
+        return [segment["tokens"] for segment in response.json()["segments"]]
+
+    assert served(beam_size="1") == greedy
+    assert served(beam_size="5", best_of="2") == beam5
+    assert served(beam_size="-1", best_of="-1") == beam5  # whisper.cpp's -1: the default
+    assert served() == beam5
+
+
+@pytest.mark.parametrize("language", ["English", "auto", "EN", "en"])
+def test_language_spellings_are_accepted_on_openai_and_whisper_cpp(server, language):
+    client = openai_client(server)
+    with open(AUDIO / "jfk.wav", "rb") as audio:
+        result = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="verbose_json", language=language,
+        )
+    assert result.language == "en"
+    assert normalise(result.text) == normalise(" ".join(segment.text for segment in result.segments))
+    response = post(server, "/inference", "jfk.wav", response_format="verbose_json", language=language)
+    assert response.status_code == 200, response.text
+    assert response.json()["language"] == "en"
+    assert response.json()["text"] == result.text
+
+
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the client's notice about translations
 def test_openai_translation_needs_a_multilingual_model(server):
     client = openai_client(server)
@@ -305,6 +376,11 @@ def test_transcribe_endpoint_reports_timing_and_device(server):
     assert body["timing"]["transcribe_s"] > 0
     assert body["timing"]["pipeline"]["encode"] > 0
     assert body["stats"]["windows"] == 1
+    # beam search of 5 is the default on every route, and /transcribe says what it used
+    assert body["options"] == {
+        "task": "transcribe", "language": "en", "temperature": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], "beam_size": 5,
+        "patience": 1.0, "best_of": 5, "timestamps": True, "word_timestamps": False, "initial_prompt": None,
+    }
     # the cpu device runs the stock graph: nothing goes to an NPU
     assert body["device"] == {"device": "cpu", "profile": None, "launches": 0, "fallbacks": 0, "fallback_causes": {}}
 
@@ -344,10 +420,23 @@ def multipart_request(server: RunningServer, path: str, content: bytes, content_
         ("/v1/audio/transcriptions", {"stream": "true"}, "jfk.wav", 400, "stream", "not supported"),
         ("/v1/audio/transcriptions", {"colour": "blue"}, "jfk.wav", 400, "colour", "unknown field"),
         (
-            "/v1/audio/transcriptions", {"response_format": "verbose_json", "timestamp_granularities[]": "word"},
-            "jfk.wav", 400, "timestamp_granularities", "word timestamps",
+            "/v1/audio/transcriptions", {"response_format": "json", "timestamp_granularities[]": "word"},
+            "jfk.wav", 400, "timestamp_granularities", "needs response_format=verbose_json",
         ),
-        ("/inference", {"beam_size": "5"}, "jfk.wav", 400, "beam_size", "not supported"),
+        (
+            "/v1/audio/transcriptions", {"response_format": "verbose_json", "timestamp_granularities[]": "letter"},
+            "jfk.wav", 400, "timestamp_granularities", "word or segment, not 'letter'",
+        ),
+        ("/v1/audio/transcriptions", {"language": "klingon"}, "jfk.wav", 400, "language", "unknown language 'klingon'"),
+        ("/inference", {"language": "klingon"}, "jfk.wav", 400, "language", "unknown language 'klingon'"),
+        # iw is read as he (its current code), which English-only tiny.en refuses by that name
+        ("/v1/audio/transcriptions", {"language": "iw"}, "jfk.wav", 400, "language", "cannot transcribe 'he'"),
+        ("/inference", {"language": "iw"}, "jfk.wav", 400, "language", "cannot transcribe 'he'"),
+        ("/inference", {"beam_size": "0"}, "jfk.wav", 400, "beam_size", "between 1 and 16"),
+        ("/inference", {"beam_size": "17"}, "jfk.wav", 400, "beam_size", "between 1 and 16"),
+        ("/inference", {"beam_size": "wide"}, "jfk.wav", 400, "beam_size", "integer"),
+        ("/inference", {"best_of": "-2"}, "jfk.wav", 400, "best_of", "between 1 and 16"),
+        ("/inference", {"max_len": "5"}, "jfk.wav", 400, "max_len", "not supported"),
         ("/inference", {"translate": "maybe"}, "jfk.wav", 400, "translate", "true or false"),
         ("/transcribe", {"task": "summarise"}, "jfk.wav", 400, "task", "one of"),
         ("/transcribe", {"language": "en"}, None, 400, "file", "no audio"),
