@@ -694,3 +694,31 @@ def test_bench_serve_names_a_missing_clip():
     )
     assert result.returncode == 2
     assert "audio file not found: no-such-clip.wav" in result.stderr
+
+
+@pytest.mark.slow
+def test_multilingual_model_takes_iw_he_and_auto_on_openai_and_whisper_cpp(tmp_path):
+    """base (multilingual): iw is read as he on both contracts, auto detects English in jfk.wav."""
+    running = start_server(tmp_path, "--model", "base")
+    try:
+        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="unused", max_retries=0,
+                               timeout=REQUEST_TIMEOUT_S)
+        with open(AUDIO / "jfk.wav", "rb") as audio:
+            hebrew = client.audio.transcriptions.create(
+                model="whisper-1", file=audio, response_format="verbose_json", language="iw",
+            )
+        assert hebrew.language == "he"
+        with open(AUDIO / "jfk.wav", "rb") as audio:
+            detected = client.audio.transcriptions.create(
+                model="base", file=audio, response_format="verbose_json", language="auto",
+            )
+        assert detected.language == "en"
+        assert normalise(detected.text) == normalise(GOLDENS["jfk.wav"]["base"]["text"])
+
+        for language, expected in (("he", "he"), ("iw", "he"), ("Hebrew", "he"), ("auto", "en")):
+            response = post(running, "/inference", "jfk.wav", key=None, response_format="verbose_json",
+                            language=language, beam_size="1")
+            assert response.status_code == 200, response.text
+            assert response.json()["language"] == expected
+    finally:
+        running.stop()
