@@ -96,28 +96,14 @@ class FormFields:
 
     def number(self, name: str, default: float, low: float, high: float) -> float:
         value = self.text(name)
-        if value is None:
-            return default
-        try:
-            number = float(value)
-        except ValueError:
-            raise RequestError(400, f"{name} must be a number, not {value!r}", name) from None
-        if not low <= number <= high:
-            raise RequestError(400, f"{name} must be between {low:g} and {high:g}, not {value}", name)
-        return number
+        return default if value is None else _in_range(name, value, float, "a number", low, high)
 
     def integer(self, name: str, low: int, high: int, default_words: Collection[str] = ()) -> int | None:
         """An integer in [low, high]; None when absent or one of ``default_words`` (the contract's default)."""
         value = self.text(name)
         if value is None or value in default_words:
             return None
-        try:
-            number = int(value)
-        except ValueError:
-            raise RequestError(400, f"{name} must be an integer, not {value!r}", name) from None
-        if not low <= number <= high:
-            raise RequestError(400, f"{name} must be between {low} and {high}, not {value}", name)
-        return number
+        return _in_range(name, value, int, "an integer", low, high)
 
     def flag(self, name: str, default: bool) -> bool:
         value = self.text(name)
@@ -128,6 +114,17 @@ class FormFields:
         if value.lower() in FALSE_WORDS:
             return False
         raise RequestError(400, f"{name} must be true or false, not {value!r}", name)
+
+
+def _in_range(name: str, value: str, convert: Callable[[str], Any], kind: str, low: float, high: float) -> Any:
+    """``convert(value)`` within [low, high], else a 400 naming the field."""
+    try:
+        number = convert(value)
+    except ValueError:
+        raise RequestError(400, f"{name} must be {kind}, not {value!r}", name) from None
+    if not low <= number <= high:
+        raise RequestError(400, f"{name} must be between {low:g} and {high:g}, not {value}", name)
+    return number
 
 
 @dataclass(frozen=True)
