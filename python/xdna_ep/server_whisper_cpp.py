@@ -67,7 +67,8 @@ def whisper_cpp_request(fields: FormFields, model: WhisperModel) -> Transcriptio
         prompt=fields.text("prompt"),
         timestamps=not no_timestamps,
         response_format=response_format,
-        # whisper.cpp: beam_size > 1 searches that many beams, 1 decodes greedily, -1 or absent is the default
+        # whisper.cpp: beam_size > 1 searches that many beams, 1 decodes greedily, -1 or absent is the server's
+        # default (whisper.cpp's own: greedy, best_of 2; this server's: the pipeline's, beam 5 and best_of 5)
         beam_size=fields.integer("beam_size", 1, MAX_BEAMS, DEFAULT_WORDS),
         best_of=fields.integer("best_of", 1, MAX_BEAMS, DEFAULT_WORDS),
     )
