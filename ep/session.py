@@ -301,7 +301,7 @@ class InferenceSession(ort.InferenceSession):
     (``profile``, ``placement``, ``precision``) and its xdna ops run on the device's executor;
     ``strict=True`` turns any CPU fallback of an NPU-placed op into a FallbackError after the run.
     ``placement`` defaults to ``$XDNA_EP_PLACEMENT``, else "auto"; ``dims`` sets the sizes placement
-    plans for (see ``compile``). A file written by ``save`` is opened as compiled (its placement kept,
+    plans for (see ``compile``); ``any_model=True`` rewrites graphs that are not Whisper sessions too. A file written by ``save`` is opened as compiled (its placement kept,
     no passes run), with its xdna ops on ``device`` (``cpu``: the fp32 NumPy reference).
     ``report`` holds the pass report (counts, placements, reasons); ``device`` the resolved device.
     """
@@ -316,6 +316,7 @@ class InferenceSession(ort.InferenceSession):
         placement: str | object | None = None,
         sess_options: ort.SessionOptions | None = None,
         dims: dict[str, int] | None = None,
+        any_model: bool = False,
         **kwargs,
     ):
         self.device = resolve_device(device)
@@ -339,7 +340,8 @@ class InferenceSession(ort.InferenceSession):
         if placement is None:
             placement = os.environ.get(PLACEMENT_ENV) or "auto"
         model = compile(
-            path_or_model, profile=profile, placement=placement, precision=precision, device=self.device, dims=dims
+            path_or_model, profile=profile, placement=placement, precision=precision, device=self.device, dims=dims,
+            any_model=any_model,
         )
         self.compiled = registry.lookup(model_key(model))
         self.compiled.executor()  # the device opens and the weights go resident now: errors surface here

@@ -44,8 +44,9 @@ OPENING_FAULTS = {"no_context", "missing_xclbin"}
 
 
 def encoder_shaped_model() -> onnx.ModelProto:
-    """softmax(x @ W + b) with the I/O names of a Whisper encoder, so that the passes rewrite it:
-    one xdna::MatMul (+bias) and one xdna::Softmax, both placed on the NPU by the test."""
+    """softmax(x @ W + b) with the I/O names of a Whisper encoder, rewritten by the passes (any_model: it
+    has no convolution front end) into one xdna::MatMul (+bias) and one xdna::Softmax, both placed on
+    the NPU by the test."""
     rng = np.random.default_rng(3)
     weight = (rng.standard_normal((K, N)) / np.sqrt(K)).astype(np.float32)
     bias = rng.standard_normal(N).astype(np.float32)
@@ -83,7 +84,7 @@ def model() -> onnx.ModelProto:
 
 @pytest.fixture(scope="module")
 def session(model):
-    session = xdna_ep.InferenceSession(model, device="sim", placement="npu")
+    session = xdna_ep.InferenceSession(model, device="sim", placement="npu", any_model=True)
     assert sorted(p.placement for p in session.report.placements) == ["npu", "npu"]
     return session
 
@@ -151,7 +152,7 @@ def test_each_fault_recomputes_on_the_cpu_counted_and_warned_once_per_cause(kind
 def test_a_design_corrupted_at_start_up_is_disabled_its_nodes_fall_back_and_strict_fails(model, caplog):
     """A design whose first launch computes wrong numbers (what a wrong stride does on silicon) is caught
     by the start-up self-check: disabled, its nodes recomputed on the CPU under a cause naming it."""
-    strict = xdna_ep.InferenceSession(model, device="sim", placement="npu", strict=True)
+    strict = xdna_ep.InferenceSession(model, device="sim", placement="npu", any_model=True, strict=True)
     device = strict.compiled.executor().device
     close_designs(strict)
     checked = dict(device.self_checks)
@@ -166,7 +167,7 @@ def test_a_design_corrupted_at_start_up_is_disabled_its_nodes_fall_back_and_stri
         cause = "DeviceError: self-check failed: xdna_matmul_k128_npu1"
         assert sum(n for (_, c), n in after.items() if c == cause) - sum(n for (_, c), n in before.items() if c == cause) == 1
         assert "NPU design xdna_matmul_k128_npu1 disabled" in caplog.text
-        lenient = xdna_ep.InferenceSession(model, device="sim", placement="npu")
+        lenient = xdna_ep.InferenceSession(model, device="sim", placement="npu", any_model=True)
         np.testing.assert_allclose(lenient.run(None, {"input_features": x})[0], fp32_reference(model, x), rtol=1e-5, atol=1e-6)
     finally:
         device.self_checks.clear()
@@ -199,7 +200,7 @@ def test_a_timed_out_run_leaves_zeros_and_the_backend_reports_the_state():
 
 
 def test_strict_session_names_the_node_and_the_cause(model):
-    strict = xdna_ep.InferenceSession(model, device="sim", placement="npu", strict=True)
+    strict = xdna_ep.InferenceSession(model, device="sim", placement="npu", any_model=True, strict=True)
     x = inputs(4)
     np.testing.assert_allclose(strict.run(None, {"input_features": x})[0], fp32_reference(model, x), rtol=2e-2, atol=1e-3)
     with faults.inject("launch_error"), pytest.raises(FallbackError) as raised:
@@ -219,7 +220,7 @@ class CtrlC(ReferenceExecutor):
 
 
 def test_ctrl_c_inside_an_op_interrupts_the_run_after_it_instead_of_counting_a_fallback(model):
-    session = xdna_ep.InferenceSession(model, device="sim", placement="npu")
+    session = xdna_ep.InferenceSession(model, device="sim", placement="npu", any_model=True)
     session.compiled.use_executor(CtrlC())
     before = sum(ops.fallback_counts().values())
     with pytest.raises(KeyboardInterrupt):
@@ -251,7 +252,7 @@ def run_threads(targets: dict[str, callable], timeout_s: float = 120.0) -> None:
 
 
 def test_a_strict_run_sees_only_its_own_fallbacks_when_threads_share_a_session(model):
-    strict = xdna_ep.InferenceSession(model, device="sim", placement="npu", strict=True)
+    strict = xdna_ep.InferenceSession(model, device="sim", placement="npu", any_model=True, strict=True)
     strict.compiled.use_executor(FailsOnBadThreads())
     x = inputs(5)
     outcomes: dict[str, list[str]] = {}
@@ -317,8 +318,8 @@ SURVIVAL_SCRIPT = textwrap.dedent(
     from xdna_ep.errors import FallbackError
 
     model = encoder_shaped_model()
-    lenient = xdna_ep.InferenceSession(model, device="sim", placement="npu")
-    strict = xdna_ep.InferenceSession(model, device="sim", placement="npu", strict=True)
+    lenient = xdna_ep.InferenceSession(model, device="sim", placement="npu", any_model=True)
+    strict = xdna_ep.InferenceSession(model, device="sim", placement="npu", any_model=True, strict=True)
     x = inputs(1)
     expected = fp32_reference(model, x)
     for kind in CRASHING_FAULTS:
