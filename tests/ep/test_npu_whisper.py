@@ -164,7 +164,7 @@ def test_accurate_precision_reproduces_the_golden_tokens(model_name, clip, golde
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["tiny.en", "base"])
-def test_bf16_transcripts_stay_close_to_the_cpu_transcripts(model_name, goldens):
+def test_bf16_transcripts_equal_the_cpu_transcripts(model_name, goldens):
     import jiwer
 
     def normalise(text: str) -> str:
@@ -175,5 +175,5 @@ def test_bf16_transcripts_stay_close_to_the_cpu_transcripts(model_name, goldens)
         _, result = _transcribe_tokens(model_name, clip, "bf16")
         references.append(normalise(goldens[clip][model_name]["text"]))  # the fp32 CPU transcript
         hypotheses.append(normalise(result.text))
-    word_error_rate = jiwer.wer(references, hypotheses)
-    assert word_error_rate <= 0.05, (word_error_rate, list(zip(references, hypotheses)))
+    # measured: the same words as the CPU on every clip, through the design-level simulator (WER 0)
+    assert hypotheses == references, (jiwer.wer(references, hypotheses), list(zip(references, hypotheses)))
