@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-DTYPE_BYTES = {"bf16": 2, "f32": 4, "i32": 4, "i16": 2, "i8": 1}
+DTYPE_BYTES = {"bf16": 2, "f32": 4, "i32": 4, "i16": 2, "i8": 1, "i64": 8}  # i64: only to be refused (no shim DMA moves it)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ class Limits:
     bd_repeat: int  # max size of the repeat dimension d3
     bd_stride_words: int  # max stride of d1..d3 (32-bit words)
     address_bytes: int  # granularity of offsets, strides and innermost sizes
+    element_bits: int  # widest element a shim transfer may move
     mmul_bf16: tuple[int, int, int]  # the bf16 aie::mmul block r x s x t the core's kernel must use
 
     def tile(self, kind: str) -> TileLimits:
@@ -82,6 +83,7 @@ NPU1 = Limits(
     bd_repeat=64,  # NpuDmaMemcpyNdOp::verify: "Size 3 exceeds the [1:64] range"
     bd_stride_words=1 << 20,  # NpuDmaMemcpyNdOp::verify: "Stride i exceeds the [1:1048576] range"
     address_bytes=4,  # NpuDmaMemcpyNdOp::verify: offsets, strides, innermost sizes in 4-byte units
+    element_bits=32,  # NpuDmaMemcpyNdOp::verify: "Maximum element bit width allowed is 32bits." (bad_dma_to_npu_datatype.mlir)
     mmul_bf16=(4, 8, 4),  # mlir-aie whole_array.py: aie2 bf16 mmul r, s, t
 )
 
@@ -97,6 +99,7 @@ NPU2 = Limits(
     bd_repeat=64,
     bd_stride_words=1 << 20,
     address_bytes=4,
+    element_bits=32,
     mmul_bf16=(8, 8, 8),  # mlir-aie whole_array.py: aie2p bf16 mmul r, s, t
 )
 

@@ -68,6 +68,8 @@ def pattern_errors(pattern: AccessPattern, dtype: str, limits: Limits) -> list[s
     size = dict(zip((3, 2, 1, 0), sizes))
     stride = dict(zip((3, 2, 1, 0), strides))
     nbytes = DTYPE_BYTES[dtype]
+    if 8 * nbytes > limits.element_bits:
+        return [f"Maximum element bit width allowed is {limits.element_bits}bits."]
     granule = limits.address_bytes
     if pattern.offset * nbytes % granule:
         return ["Offset must be 4-byte-aligned."]

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import pytest
 
-from xdna_ep.kernels.dataflow import AccessPattern
+from xdna_ep.kernels.dataflow import AccessPattern, Dataflow, Fifo, Tile
 from xdna_ep.kernels.limits import NPU1, NPU2
-from xdna_ep.kernels.verify import bd_errors, pattern_errors
+from xdna_ep.kernels.verify import bd_errors, pattern_errors, verify
 
 
 def memcpy_nd(offsets, sizes, strides) -> AccessPattern:
@@ -50,6 +50,9 @@ NPU_ND_CASES = [
     ("bad_ipu_nd_length.mlir", "i32", [0, 0, 0, 0], [1, 1, 1080, 1920], [0, 0, 1920, 1], "Size 0 exceeds the [0:1023] range"),
     ("bad_ipu_nd_repeat.mlir", "i32", [0, 0, 0, 0], [128, 2, 2, 8], [0, 16, 8, 1], "Size 3 exceeds the [1:64] range"),
     ("bad_ipu_nd_stride.mlir", "i32", [0, 0, 0, 0], [1, 1, 2, 2], [0, 0, 2097152, 1], "Stride 1 exceeds the [1:1048576] range"),
+    # test/Conversion/DmaToNpu/bad_dma_to_npu_datatype.mlir: the same op on a memref of i64
+    ("bad_dma_to_npu_datatype.mlir", "i64", [0, 0, 0, 0], [4, 4, 64, 64], [0, 64, 256, 1],
+     "Maximum element bit width allowed is 32bits."),
 ]
 
 
@@ -87,6 +90,65 @@ def test_dma_bd_cases_agree_with_mlir_aie(case, kind, sizes, strides, expected):
         assert errors == [expected]
 
 
-def test_the_transcription_counts_25_cases():
+def test_the_element_width_rule_breaks_alone():
+    # the bad_dma_to_npu_datatype pattern is otherwise legal: on i32 it is accepted, so the width alone refuses it
+    pattern = memcpy_nd([0, 0, 0, 0], [4, 4, 64, 64], [0, 64, 256, 1])
+    assert pattern_errors(pattern, "i32", NPU1) == []
+    assert pattern_errors(pattern, "i64", NPU2) == ["Maximum element bit width allowed is 32bits."]
+
+
+# test/objectFifo-stateful-transform/dma_channel_alloc/*_bad*.mlir and test/dialect/AIE/badshimtiledma.mlir:
+# a tile whose hand-written DMA already takes every channel of one direction, plus one object FIFO end in
+# that direction. Hand-written channels become FIFO ends to or from other cores, one each, so only the tile
+# under test runs out. The vc1902 / ve2302 devices of these files give the tile the same 2 + 2 (compute,
+# shim) and 6 + 6 (memtile) channels as npu1. (case, tile, hand-written channels, their direction,
+# direction of the object FIFO end, expected rule or None)
+PEERS = [Tile(col, row) for col in (0, 2, 3) for row in (2, 3, 4, 5)]
+CHANNEL_CASES = [
+    ("tileDMA_test_bad.mlir", Tile(1, 2), 2, "out", "out", "dma_out"),
+    ("tileDMA_test_bad2.mlir", Tile(1, 2), 2, "in", "in", "dma_in"),
+    ("memtileDMA_test_bad.mlir", Tile(1, 1), 6, "in", "in", "dma_in"),
+    ("memtileDMA_test_bad2.mlir", Tile(1, 1), 6, "out", "out", "dma_out"),
+    ("shimtileDMA_test_bad.mlir", Tile(2, 0), 2, "out", "out", "dma_out"),
+    ("shimtileDMA_test_bad2.mlir", Tile(2, 0), 2, "in", "in", "dma_in"),
+    # tileDMA_test_bad3.mlir is memtileDMA_test_bad.mlir again (5 hand-written S2MM channels of 6 + one end)
+    # badshimtiledma.mlir: three S2MM channels on a shim, no object FIFO
+    ("badshimtiledma.mlir", Tile(0, 0), 3, "in", None, "dma_in"),
+]  # fmt: skip
+
+
+def channel_flow(tile: Tile, handwritten: int, direction: str, fifo_end: str | None) -> Dataflow:
+    """The case as a description: ``handwritten`` channels of ``tile`` in ``direction``, plus one
+    object FIFO end of ``tile`` (producer for "out", consumer for "in") to a core of its own."""
+    def fifo(name: str, other: Tile, end: str) -> Fifo:
+        producer, consumer = (tile, other) if end == "out" else (other, tile)
+        return Fifo(name, producer, (consumer,), 2, "i32", (16,))
+
+    fifos = [fifo(f"dma{index}", PEERS[index], direction) for index in range(handwritten)]
+    if fifo_end is not None:
+        fifos.append(fifo("objfifo", Tile(3, 3) if tile.kind != "compute" else Tile(1, 5), fifo_end))
+    return Dataflow("case", "npu1", (), (), tuple(fifos), (), (), (), ())
+
+
+@pytest.mark.parametrize(("source", "tile", "handwritten", "direction", "fifo_end", "rule"), CHANNEL_CASES,
+                         ids=[case[0] for case in CHANNEL_CASES])  # fmt: skip
+def test_dma_channel_cases_agree_with_mlir_aie(source, tile, handwritten, direction, fifo_end, rule):
+    report = verify(channel_flow(tile, handwritten, direction, fifo_end))
+    limit = getattr(NPU1.tile(tile.kind), rule)
+    # the only violation: the tile under test, one channel over its limit
+    assert report.violations == (f"case: {tile}: {rule} {limit + 1} > limit {limit}",)
+
+
+@pytest.mark.parametrize(("source", "tile", "handwritten", "direction", "fifo_end", "rule"), CHANNEL_CASES,
+                         ids=[case[0] for case in CHANNEL_CASES])  # fmt: skip
+def test_one_channel_fewer_is_accepted(source, tile, handwritten, direction, fifo_end, rule):
+    # the boundary of each case (the allocator's good files fill a tile the same way): every channel used, none over
+    report = verify(channel_flow(tile, handwritten - 1, direction, fifo_end))
+    assert report.ok, report.violations
+    used = {usage.resource: usage.used for usage in report.resources if usage.tile == str(tile)}
+    assert used[rule] == getattr(NPU1.tile(tile.kind), rule)
+
+
+def test_the_transcription_counts_33_cases():
     # the count the README and the issue's note quote
-    assert len(NPU_ND_CASES) + len(BD_CASES) == 25
+    assert len(NPU_ND_CASES) + len(BD_CASES) + len(CHANNEL_CASES) == 33
