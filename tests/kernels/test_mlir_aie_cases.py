@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 
-from xdna_ep.kernels.dataflow import AccessPattern, Dataflow, Fifo, Tile
+from xdna_ep.kernels.dataflow import AccessPattern, Dataflow, Fifo, HostArg, Tile, Transfer
 from xdna_ep.kernels.limits import NPU1, NPU2
 from xdna_ep.kernels.verify import bd_errors, pattern_errors, verify
 
@@ -149,6 +149,40 @@ def test_one_channel_fewer_is_accepted(source, tile, handwritten, direction, fif
     assert used[rule] == getattr(NPU1.tile(tile.kind), rule)
 
 
-def test_the_transcription_counts_33_cases():
-    # the count the README and the issue's note quote
-    assert len(NPU_ND_CASES) + len(BD_CASES) + len(CHANNEL_CASES) == 33
+def bd_flow(kind: str, bds: int) -> Dataflow:
+    """``bds`` buffer descriptors of 256 i32 on one MM2S channel of a compute tile (a FIFO of that depth
+    to a memtile, whose 48 BDs it does not exhaust) or of a shim (one task group of that many transfers)."""
+    if kind == "compute":
+        fifo = Fifo("of", Tile(1, 2), (Tile(1, 1),), bds, "i32", (256,))
+        return Dataflow("case", "npu1", (), (), (fifo,), (), (), (), ())
+    fifo = Fifo("of", Tile(2, 0), (Tile(2, 1),), 2, "i32", (256,))
+    arg = HostArg("buf", "i32", 256 * bds, "in")
+    transfers = tuple(
+        Transfer(Tile(2, 0), "of", "buf", "fill", AccessPattern(256 * index, (256,), (1,)), group=0)
+        for index in range(bds)
+    )
+    return Dataflow("case", "npu1", (), (arg,), (fifo,), (), (), (), transfers)
+
+
+# test/dialect/AIE/badmem_toomanybds.mlir and badshim_toomanybds.mlir: 17 chained BDs on one channel,
+# "has more than 16 blocks" (their tile (1,1) of the vc1902 is a core tile); 16 is the boundary
+@pytest.mark.parametrize(("source", "kind", "tile"), [("badmem_toomanybds.mlir", "compute", Tile(1, 2)),
+                                                      ("badshim_toomanybds.mlir", "shim", Tile(2, 0))])  # fmt: skip
+def test_buffer_descriptor_cases_agree_with_mlir_aie(source, kind, tile):
+    assert verify(bd_flow(kind, 17)).violations == (f"case: {tile}: buffer_descriptors 17 > limit 16",)
+    assert verify(bd_flow(kind, 16)).ok
+
+
+# test/dialect/AIE/bd-max-dims-target-model.mlir: the boundary cases the file accepts (a memtile BD of 4
+# dimensions, a core BD of 3); one more dimension is refused (its reject cases live in other files)
+@pytest.mark.parametrize(("kind", "dims"), [("memtile", 4), ("compute", 3)])
+def test_bd_max_dims_cases_agree_with_mlir_aie(kind, dims):
+    assert bd_errors(AccessPattern(0, (1,) * dims, (1,) * dims), "i32", kind, NPU2) == []
+    refused = bd_errors(AccessPattern(0, (1,) * (dims + 1), (1,) * (dims + 1)), "i32", kind, NPU2)
+    assert refused == [f"{dims + 1} dimensions, a {kind} BD has at most {dims}"]
+
+
+def test_the_transcription_counts_37_cases():
+    # the count the README and the issue's note quote: 16 n-D transfer ops, 10 tile BDs, 7 DMA-channel
+    # cases, 2 BD-count cases, 2 BD-dimension cases
+    assert len(NPU_ND_CASES) + len(BD_CASES) + len(CHANNEL_CASES) + 2 + 2 == 37
