@@ -187,10 +187,11 @@ def verify(flow: Dataflow, limits: Limits | None = None) -> Report:
             continue
         for error in bd_errors(fifo.dims, fifo.dtype, fifo.producer.kind, limits):
             violations.append(f"{flow.name}: {fifo.producer}: bd_dims of FIFO {fifo.name}: {error}")
-        if fifo.dims.length != fifo.elements or int(fifo.dims.indices().max()) >= fifo.elements:
+        last = int(fifo.dims.indices().max())
+        if fifo.dims.length != fifo.elements or fifo.dims.offset < 0 or last >= fifo.elements:
             violations.append(
                 f"{flow.name}: {fifo.producer}: object_size: FIFO {fifo.name} reorders {fifo.dims.length} elements "
-                f"of a {fifo.elements}-element object"
+                f"up to index {last} of a {fifo.elements}-element object"
             )
 
     for transfer in flow.transfers:

@@ -182,7 +182,21 @@ def test_bd_max_dims_cases_agree_with_mlir_aie(kind, dims):
     assert refused == [f"{dims + 1} dimensions, a {kind} BD has at most {dims}"]
 
 
-def test_the_transcription_counts_37_cases():
+def test_memtile_bd_out_of_bounds_case_agrees_with_mlir_aie():
+    # test/dialect/AIE/bd_verify_transfer_in_bounds.mlir, split 4: a memtile BD over a 1024-element buffer
+    # whose dims reach index 1023 from offset 0 and index 1535 from offset 512 ("out of bounds access in
+    # buffer, for index 1535"); here the buffer is a FIFO object and the BD its dims_to_stream
+    def flow(offset: int) -> Dataflow:
+        fifo = Fifo("of", Tile(0, 1), (Tile(0, 2),), 2, "i32", (1024,), dims=AccessPattern(offset, (4, 256), (256, 1)))
+        return Dataflow("case", "npu2", (), (), (fifo,), (), (), (), ())
+
+    assert verify(flow(0)).ok
+    assert verify(flow(512)).violations == (
+        "case: memtile(0,1): object_size: FIFO of reorders 1024 elements up to index 1535 of a 1024-element object",
+    )
+
+
+def test_the_transcription_counts_38_cases():
     # the count the README and the issue's note quote: 16 n-D transfer ops, 10 tile BDs, 7 DMA-channel
-    # cases, 2 BD-count cases, 2 BD-dimension cases
-    assert len(NPU_ND_CASES) + len(BD_CASES) + len(CHANNEL_CASES) + 2 + 2 == 37
+    # cases, 2 BD-count cases, 2 BD-dimension cases, 1 BD-bounds case
+    assert len(NPU_ND_CASES) + len(BD_CASES) + len(CHANNEL_CASES) + 2 + 2 + 1 == 38
