@@ -18,7 +18,7 @@ from xdna_ep.kernels.limits import Limits, limits_for
 # the rules, as they appear in violation messages
 RULES = (
     "dma_in", "dma_out", "buffer_descriptors", "locks", "data_memory", "bd_dims", "placement",
-    "access_pattern", "kernel_types", "kernel_arrays", "mmul_shape", "object_size",
+    "access_pattern", "kernel_types", "kernel_arrays", "mmul_shape", "object_size", "stack",
 )  # fmt: skip
 
 
@@ -216,6 +216,14 @@ def verify(flow: Dataflow, limits: Limits | None = None) -> Report:
             )
 
     for core in flow.cores:
+        memory = limits.tile(core.tile.kind).data_bytes
+        if core.stack_bytes < 1:  # mlir-aie: "attribute 'stack_size' failed to satisfy constraint"
+            violations.append(f"{flow.name}: {core.tile}: stack: stack_size {core.stack_bytes} is not a positive byte count")
+        elif core.stack_bytes >= memory:  # mlir-aie CoreOp::verify (bad_stack_size.mlir)
+            violations.append(
+                f"{flow.name}: {core.tile}: stack: stack_size {core.stack_bytes} leaves no local memory for this "
+                f"tile's buffers ({memory} bytes total)"
+            )
         for call in core.calls:
             if len(call.declared) != len(call.passed):
                 violations.append(
