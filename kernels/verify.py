@@ -61,7 +61,7 @@ def pattern_errors(pattern: AccessPattern, dtype: str, limits: Limits) -> list[s
     Sizes and strides are in elements of ``dtype``; the hardware counts 32-bit words.
     """
     if len(pattern.sizes) > 4:
-        return [f"{len(pattern.sizes)} dimensions, a shim BD has at most 4 (3 + repeat)"]
+        return [f"Cannot give more than 4 dimensions: {len(pattern.sizes)} given, a shim BD has 3 + repeat"]
     pad = 4 - len(pattern.sizes)
     sizes = [1] * pad + list(pattern.sizes)  # [d3, d2, d1, d0]
     strides = [0] * pad + list(pattern.strides)
