@@ -3,7 +3,8 @@
 Sources: AMD AM020 (AIE-ML architecture manual: the AIE2 tile of npu1), AM027 (AIE-MLv2: the AIE2P
 tile of npu2), mlir-aie's target model ``lib/Dialect/AIE/IR/AIETargetModel.cpp`` / ``.h``
 (``AIE2TargetModel``, inherited by the npu2 model) and mlir-aie's verifiers
-(``lib/Dialect/AIEX/IR/AIEXDialect.cpp``: ``NpuDmaMemcpyNdOp::verify``), whose diagnostics the
+(``lib/Dialect/AIEX/IR/AIEXDialect.cpp``: ``NpuDmaMemcpyNdOp::verify``; the object-FIFO allocator's
+"number of input/output DMA channel exceeded!"), whose diagnostics the
 transcribed test cases in ``tests/kernels/test_mlir_aie_cases.py`` reproduce.
 """
 

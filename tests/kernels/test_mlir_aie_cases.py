@@ -5,13 +5,23 @@ LLVM-exception), with the sizes, strides, offset and element type of its op and 
 file expects (``None``: the file expects the op to be accepted). Our verifier must give the same
 verdict with the same message.
 
-Transcribed: every case of ``test/dialect/AIEX/bad_npu_nd.mlir`` that exercises a rule of ours (11 of
-its 13 splits, 12 ops; the two packet-header cases are about packet ids, which no design here uses), the one case each
-of ``bad_ipu_nd_length.mlir``, ``bad_ipu_nd_repeat.mlir`` and ``bad_ipu_nd_stride.mlir`` (the
-``ipu`` spelling of the same op; their messages said "Length" and "[1:1M]" where the current verifier
-says "Size" and "[1:1048576]"), and 10 of the 11 cases of ``test/dialect/AIE/bd_verify_size_stride_bounds.mlir``
-(tile BDs: memtile wraps, shim steps, stepping dimensions; the eleventh is about BD padding, which no
-design here uses). 25 cases in all.
+Transcribed (45 cases):
+
+- ``test/dialect/AIEX/bad_npu_nd.mlir``: 11 of its 13 splits, 12 ops (the two packet-header cases are
+  about packet ids, which no design here uses); ``bad_ipu_nd_length.mlir``, ``bad_ipu_nd_repeat.mlir``,
+  ``bad_ipu_nd_stride.mlir`` (the ``ipu`` spelling of the same op; their messages said "Length" and
+  "[1:1M]" where the current verifier says "Size" and "[1:1048576]");
+  ``test/Conversion/DmaToNpu/bad_dma_to_npu_datatype.mlir`` (elements wider than 32 bits): 16;
+- ``test/dialect/AIE/bd_verify_size_stride_bounds.mlir``: 10 of 11 (tile BDs: memtile wraps, shim steps,
+  stepping dimensions; the eleventh is about BD padding, which no design here uses);
+- the object-FIFO allocator's DMA-channel errors, ``test/objectFifo-stateful-transform/dma_channel_alloc/``
+  ``{tile,memtile,shimtile}DMA_test_bad{,2}.mlir``, and ``test/dialect/AIE/badshimtiledma.mlir``: 7, each
+  with its boundary (one channel fewer: accepted);
+- ``badmem_toomanybds.mlir``, ``badshim_toomanybds.mlir`` (17 BDs on a channel; 16 accepted): 2;
+- ``bd-max-dims-target-model.mlir`` (4-dimension memtile and 3-dimension core BDs accepted): 2;
+- ``test/dialect/AIEX/dma_task_bd_too_many_dims.mlir``: 4 of 5 (shim BDs of 5 and 4 dimensions);
+- ``bd_verify_transfer_in_bounds.mlir``: the memtile case whose dims reach past the buffer: 1;
+- ``bad_stack_size.mlir``: the 3 cases of a static ``stack_size``.
 """
 
 from __future__ import annotations
