@@ -5,7 +5,7 @@ LLVM-exception), with the sizes, strides, offset and element type of its op and 
 file expects (``None``: the file expects the op to be accepted). Our verifier must give the same
 verdict with the same message.
 
-Transcribed (45 cases):
+Transcribed (47 cases):
 
 - ``test/dialect/AIEX/bad_npu_nd.mlir``: 11 of its 13 splits, 12 ops (the two packet-header cases are
   about packet ids, which no design here uses); ``bad_ipu_nd_length.mlir``, ``bad_ipu_nd_repeat.mlir``,
@@ -21,7 +21,8 @@ Transcribed (45 cases):
 - ``bd-max-dims-target-model.mlir`` (4-dimension memtile and 3-dimension core BDs accepted): 2;
 - ``test/dialect/AIEX/dma_task_bd_too_many_dims.mlir``: 4 of 5 (shim BDs of 5 and 4 dimensions);
 - ``bd_verify_transfer_in_bounds.mlir``: the memtile case whose dims reach past the buffer: 1;
-- ``bad_stack_size.mlir``: the 3 cases of a static ``stack_size``.
+- ``bad_stack_size.mlir``: the 3 cases of a static ``stack_size``;
+- ``badtile.mlir``, ``badtile-ve2802.mlir`` (a tile outside the array): 2.
 """
 
 from __future__ import annotations
@@ -242,7 +243,19 @@ def test_stack_size_cases_agree_with_mlir_aie(stack, expected):
     assert verify(flow(65535)).ok
 
 
-def test_the_transcription_counts_45_cases():
+# test/dialect/AIE/badtile.mlir (tile(-1, -1)) and badtile-ve2802.mlir (tile(50, 50) on a 38-column
+# device): refused on npu1's array too; the array's last core is the boundary
+@pytest.mark.parametrize(("source", "tile"), [("badtile.mlir", Tile(-1, -1)), ("badtile-ve2802.mlir", Tile(50, 50))])
+def test_tile_placement_cases_agree_with_mlir_aie(source, tile):
+    def flow(at: Tile) -> Dataflow:
+        return Dataflow("case", "npu1", (), (), (), (), (Core(at, (), (), (), 1024),), (), ())
+
+    assert verify(flow(tile)).violations == (f"case: {tile}: placement outside the 4 x 4 array of npu1",)
+    assert verify(flow(Tile(3, 5))).ok
+    assert not verify(flow(Tile(4, 2))).ok
+
+
+def test_the_transcription_counts_47_cases():
     # the count the README and the issue's note quote: 16 n-D transfer ops, 10 tile BDs, 7 DMA-channel
-    # cases, 2 BD-count cases, 2 + 4 BD-dimension cases, 1 BD-bounds case, 3 stack cases
-    assert len(NPU_ND_CASES) + len(BD_CASES) + len(CHANNEL_CASES) + 2 + 2 + 4 + 1 + len(STACK_CASES) == 45
+    # cases, 2 BD-count cases, 2 + 4 BD-dimension cases, 1 BD-bounds case, 3 stack cases, 2 placements
+    assert len(NPU_ND_CASES) + len(BD_CASES) + len(CHANNEL_CASES) + 2 + 2 + 4 + 1 + len(STACK_CASES) + 2 == 47
