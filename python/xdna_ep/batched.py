@@ -42,6 +42,7 @@ from xdna_ep.decoding import (
     detect_language,
     initial_tokens,
     log_softmax,
+    sample_candidates,
 )
 from xdna_ep.ep import stats as npu_stats
 from xdna_ep.tokenizer import TIME_PRECISION
@@ -149,35 +150,15 @@ def decode_batch(
     sot_index = prompt.index(tokenizer.sot)
     sample_len = options.sample_len or n_text_ctx // 2
     logit_filter = LogitFilter(tokenizer, options, sample_begin)
-    rng = np.random.default_rng(options.seed)
-
     tokens = np.tile(np.array(prompt, dtype=np.int64), (n_batch, 1))  # (batch, n)
-    sum_logprobs = np.zeros(n_batch, dtype=np.float64)
     state = model.new_decoder_state(audio_features)
     logits = model.decode_step(state, tokens, positions=[sot_index, -1])  # (batch, 2, n_vocab)
     no_speech_probs = np.exp(log_softmax(logits[:, 0].astype(np.float64)))[:, tokenizer.no_speech]
-    logits = logits[:, 1]
-    for step in range(sample_len):
-        if step > 0:
-            logits = model.decode_step(state, tokens[:, -1:])[:, -1]  # (batch, n_vocab)
-        logits = logits.astype(np.float32, copy=True)
-        logit_filter.apply(logits, tokens)
-        if options.temperature == 0:
-            next_tokens = logits.argmax(axis=-1)
-        else:  # Gumbel-max sampling, as decoding.decode
-            gumbel = -np.log(-np.log(rng.uniform(size=logits.shape)))
-            next_tokens = (logits / options.temperature + gumbel).argmax(axis=-1)
-        logprobs = log_softmax(logits)
-        finished = tokens[:, -1] == tokenizer.eot
-        sum_logprobs += np.where(finished, 0.0, logprobs[np.arange(n_batch), next_tokens])
-        next_tokens[finished] = tokenizer.eot
-        tokens = np.concatenate([tokens, next_tokens[:, None]], axis=1)
-        if (next_tokens == tokenizer.eot).all() or state.n_tokens + 1 > n_text_ctx:
-            break
+    # the rows decode as sampling candidates do: greedy at temperature 0, one sample per row otherwise
+    candidates, sum_logprobs = sample_candidates(model, state, logits[:, 1], tokens, logit_filter, options, sample_len)
 
     results = []
-    for row, (sampled, sum_logprob) in enumerate(zip(tokens[:, sample_begin:].tolist(), sum_logprobs)):
-        sampled = sampled[: sampled.index(tokenizer.eot)] if tokenizer.eot in sampled else sampled
+    for row, (sampled, sum_logprob) in enumerate(zip(candidates, sum_logprobs)):
         text = tokenizer.decode(sampled)
         results.append(
             DecodingResult(

@@ -239,7 +239,7 @@ def _top_k(logprobs: np.ndarray, k: int) -> np.ndarray:
     return top[np.argsort(-logprobs[top], kind="stable")]
 
 
-def _sample(
+def sample_candidates(
     model: WhisperModel,
     state: DecoderState,
     logits: np.ndarray,
@@ -388,7 +388,7 @@ def decode(
     no_speech_prob = float(probs_at_sot[tokenizer.no_speech])
     logits = np.repeat(logits[:, -1], n_group, axis=0)  # (n_group, n_vocab)
     state.repeat(n_group)
-    search = _beam_search if beam_search else _sample
+    search = _beam_search if beam_search else sample_candidates
     candidates, sum_logprobs = search(model, state, logits, tokens, logit_filter, options, sample_len)
 
     best = _rank(candidates, sum_logprobs, options.length_penalty)
