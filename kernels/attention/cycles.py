@@ -39,6 +39,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from xdna_ep.ep.device import DeviceProfile
+from xdna_ep.kernels.dataflow import DTYPE_BYTES
 from xdna_ep.kernels.timing import (
     EXP_ALU,
     EXP_MULS,
@@ -53,8 +54,8 @@ from xdna_ep.kernels.timing import (
     sequence,
 )
 
-BF16 = 2
-FP32 = 4
+BF16 = DTYPE_BYTES["bf16"]
+FP32 = DTYPE_BYTES["f32"]
 LAYOUTS = ("row-major", "blocked")
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from xdna_ep.ep.device import DeviceProfile
+from xdna_ep.kernels.dataflow import DTYPE_BYTES
 from xdna_ep.kernels.timing import (
     EXP_ALU,
     EXP_MULS,
@@ -36,8 +37,8 @@ from xdna_ep.kernels.timing import (
     sequence,
 )
 
-BF16 = 2
-FP32 = 4
+BF16 = DTYPE_BYTES["bf16"]
+FP32 = DTYPE_BYTES["f32"]
 # gelu_erf_f32 per 16 lanes: multiplies x/sqrt2, |z| * p, the reciprocal (aie::inv, taken as 2),
 # 5 Horner multiplies, z * z, the exp, poly * e, x / 2, the final product; ALU abs, the denominator
 # add, 4 Horner adds, two negations, the exp, sub, compare, select, + 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from xdna_ep.ep.device import DeviceProfile
+from xdna_ep.kernels.dataflow import DTYPE_BYTES
 from xdna_ep.kernels.timing import (
     EXP_ALU,
     EXP_MULS,
@@ -27,7 +28,7 @@ from xdna_ep.kernels.timing import (
     sequence,
 )
 
-FP32 = 4
+FP32 = DTYPE_BYTES["f32"]
 
 
 def row_cycles(cols: int, fp32_mul_issues: int = FP32_MUL_ISSUES[0]) -> TileCycles:
