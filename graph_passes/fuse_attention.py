@@ -41,10 +41,14 @@ layout to heads). ``MultiHeadAttention`` is listed as not fused with the reason
 (``UNFUSED_ATTENTION_OPS``): it stays on ONNX Runtime's CPU kernel, and ``inspect`` counts its FLOPs
 among the matrix work left on the CPU.
 
+Multi-query attention (K and V of one head, which MatMul broadcasts over Q's heads) is fused with K and
+V expanded to Q's heads (an ``Expand`` by (1, h, 1, 1) before the fused node); grouped-query attention
+arrives with K and V already repeated to Q's heads (transformers' ``repeat_kv``: Unsqueeze, Expand,
+Reshape), since MatMul cannot broadcast 2 heads to 6.
+
 Refused with a reason, because the fused op cannot compute them: a Softmax over anything but the last
 axis (before opset 13 the default axis is 1 and the tensor is flattened there), Q, K and V whose batch
-or head counts differ (multi-query / grouped-query attention broadcasts K and V over Q's heads), and
-operands that are not float32.
+or head counts differ otherwise, and operands that are not float32.
 """
 
 from __future__ import annotations
@@ -106,6 +110,8 @@ class AttentionMatch:
     scale: float
     mask: str | None
     nodes: tuple[NodeProto, ...]  # scores chain, softmax, NaN guard, P @ V
+    # multi-query: K and V of one head, expanded to these (b, h, n_kv, d) and (b, h, n_kv, d_v) of Q's h heads
+    broadcast: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
 
 def fuse_attention(
@@ -148,7 +154,7 @@ def fuse_attention(
             log.reject(PASS_NAME, softmax.name, reason)
             continue
         try:
-            rewrite, kind = build_rewrite(view, match)
+            rewrite, kind = build_rewrite(view, match, shapes)
         except NoMatch as reason:
             log.reject(PASS_NAME, softmax.name, str(reason))
             continue
@@ -214,7 +220,9 @@ def match_attention(
             if shapes.is_float32(name) is not True:
                 raise NoMatch(f"{role} is not float32 (only float32 crosses to the xdna ops)")
             operand_shapes[role] = shape
-        _check_operand_shapes(operand_shapes["Q"], operand_shapes["K^T"], operand_shapes["V"])
+        broadcast = _check_operand_shapes(operand_shapes["Q"], operand_shapes["K^T"], operand_shapes["V"])
+    else:
+        broadcast = None
     nodes = (*chain_nodes(view, softmax.input[0], scores), softmax, *guard_nodes, probs_matmul)
     return AttentionMatch(
         probs_matmul=probs_matmul,
@@ -225,22 +233,31 @@ def match_attention(
         scale=scale * q.scale * k.scale,
         mask=mask,
         nodes=(scores_matmul, *nodes),
+        broadcast=broadcast,
     )
 
 
-def _check_operand_shapes(q: tuple[int, ...], k_t: tuple[int, ...], v: tuple[int, ...]) -> None:
+def _check_operand_shapes(
+    q: tuple[int, ...], k_t: tuple[int, ...], v: tuple[int, ...]
+) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """Q (b, h, n_q, d), K^T (b, h, d, n_kv), V (b, h, n_kv, d_v) with equal b and h, else NoMatch.
 
-    ONNX MatMul broadcasts a K or V of one head over Q's heads (multi-query attention) or of fewer
-    heads (grouped-query attention); xdna::Attention computes equal heads only, so those are refused.
+    ONNX MatMul broadcasts a K and V of one head over Q's heads (multi-query attention): that is taken,
+    and the shapes of K and V expanded to Q's heads are returned (None when the heads are equal). Any other
+    difference (batch, or a K or V of one head with the other of h) is refused. Grouped-query
+    attention cannot broadcast in MatMul (2 heads do not broadcast to 6); exporters repeat K and V to
+    Q's heads first (``repeat_kv``), which arrives here with equal heads.
     """
-    if q[:2] != k_t[:2] or q[:2] != v[:2]:
-        raise NoMatch(
-            f"Q {q}, K^T {k_t} and V {v} differ in batch or heads (broadcast heads: multi-query or grouped-query "
-            "attention), which xdna::Attention does not compute"
-        )
     if q[3] != k_t[2] or k_t[3] != v[2]:
         raise NoMatch(f"Q {q}, K^T {k_t} and V {v} are not Q (b, h, n_q, d), K^T (b, h, d, n_kv), V (b, h, n_kv, d_v)")
+    if q[:2] == k_t[:2] == v[:2]:
+        return None
+    if q[0] == k_t[0] == v[0] and k_t[1] == v[1] == 1:
+        return (k_t[0], q[1], k_t[3], k_t[2]), (v[0], q[1], v[2], v[3])
+    raise NoMatch(
+        f"Q {q}, K^T {k_t} and V {v} differ in batch or heads other than K and V of one head broadcast over "
+        "Q's (multi-query attention), which is all xdna::Attention takes of broadcast heads"
+    )
 
 
 _ONNX_ATTENTION_ATTRIBUTES = ("is_causal", "scale", "softmax_precision", "q_num_heads", "kv_num_heads", "softcap", "qk_matmul_output_mode")
@@ -410,16 +427,33 @@ def _add_constant(view: GraphView, helpers: list[NodeProto], value: np.ndarray) 
     return name
 
 
-def build_rewrite(view: GraphView, match: AttentionMatch) -> tuple[Rewrite, str]:
+def _expand_heads(
+    view: GraphView, helpers: list[NodeProto], shapes: ShapeTable | None, tensor: str, repeat: str, shape: tuple[int, ...]
+) -> str:
+    """Expand(tensor (b, 1, n, d), (1, h, 1, 1)) -> (b, h, n, d): what MatMul's broadcast computes with it."""
+    out = view.fresh_name(f"{tensor}/xdna_expand_heads")
+    helpers.append(helper.make_node("Expand", [tensor, repeat], [out], name=out))
+    if shapes is not None:
+        shapes.shapes[out], shapes.elem_types[out] = shape, TensorProto.FLOAT
+    return out
+
+
+def build_rewrite(view: GraphView, match: AttentionMatch, shapes: ShapeTable | None = None) -> tuple[Rewrite, str]:
     """The xdna::Attention node (and any layout nodes it needs) for a match, and the attention kind."""
     helpers: list[NodeProto] = []
     q_tensor = _emit_layout(view, match.q, helpers, swap_last_axes=False)
     k_tensor = _emit_layout(view, match.k, helpers, swap_last_axes=True)
+    v_tensor = match.v
+    if match.broadcast is not None:  # multi-query: K and V of one head, expanded to Q's heads
+        k_shape, v_shape = match.broadcast
+        repeat = _add_constant(view, helpers, np.array([1, k_shape[1], 1, 1], np.int64))
+        k_tensor = _expand_heads(view, helpers, shapes, k_tensor, repeat, k_shape)
+        v_tensor = _expand_heads(view, helpers, shapes, v_tensor, repeat, v_shape)
     kind = _attention_kind(view, match)
     out = match.probs_matmul.output[0]
     name = view.fresh_name(f"{match.probs_matmul.name or out}/xdna_attention")
     fused = xdna_ops.make_attention(
-        q_tensor, k_tensor, match.v, out, name, scale=match.scale, causal=match.mask is not None, kind=kind
+        q_tensor, k_tensor, v_tensor, out, name, scale=match.scale, causal=match.mask is not None, kind=kind
     )
     # Nodes whose outputs the fused node or its helpers read stay; the rest of the pattern may go.
     kept = {q_tensor, k_tensor, match.v} | {name for node in helpers for name in node.input}
@@ -708,7 +742,7 @@ def _projection_source(view: GraphView, name: str) -> str | None:
         node = view.producer(name)
         if node is None:
             return name
-        if node.op_type in LAYOUT_OPS:
+        if node.op_type in LAYOUT_OPS or node.op_type in ("Unsqueeze", "Expand"):  # Expand: K/V repeated to Q's heads
             name = node.input[0]
         elif node.op_type == "Concat":
             name = node.input[-1]

@@ -154,14 +154,31 @@ def test_a_mask_that_depends_on_input_values_is_rejected_with_the_reason():
     assert "depends on the values of input 'm'" in log.rejections[0].reason
 
 
-def test_multi_query_attention_is_refused_at_compile_time_and_computes_as_before():
+def test_multi_query_attention_fuses_with_k_and_v_expanded_to_the_query_heads():
     model = attention_block("mqa")
     x = np.random.default_rng(4).standard_normal((1, 5, D)).astype(np.float32)
     fused, log, actual = fuse_and_run(model, x)
-    assert not [n for n in fused.graph.node if n.domain == xdna_ops.DOMAIN]
-    assert len(log.rejections) == 1 and "multi-query or grouped-query" in log.rejections[0].reason
-    np.testing.assert_array_equal(actual, run_x(model, x))  # the very same ONNX nodes ran
+    (attention,) = [n for n in fused.graph.node if n.domain == xdna_ops.DOMAIN]
+    assert not log.rejections
+    expanded = {n.output[0] for n in fused.graph.node if n.op_type == "Expand"}
+    assert set(attention.input[1:]) <= expanded  # K and V of one head, expanded to Q's 2
+    assert xdna_ops.attributes(attention)["kind"] == "self"
+    np.testing.assert_allclose(actual, run_x(model, x), rtol=0, atol=1e-5)  # as the other variants
     assert not np.isnan(actual).any()
+
+
+def test_k_of_one_head_with_v_of_all_heads_is_refused_with_the_reason():
+    # Q and V of 2 heads, K of one: MatMul broadcasts K alone, which is not multi-query attention
+    model = attention_block("mqa")
+    v_projection = next(n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] == "wv")
+    v_reshape = next(n for n in model.graph.node if n.op_type == "Reshape" and n.input[0] == v_projection.output[0])
+    q_heads_shape = next(n for n in model.graph.node if n.op_type == "Reshape" and n.input[0] == "t1").input[1]
+    v_reshape.input[1] = q_heads_shape  # V split into Q's 2 heads
+    wv = next(init for init in model.graph.initializer if init.name == "wv")
+    wv.CopyFrom(numpy_helper.from_array(np.ones((D, D), np.float32), "wv"))
+    log = MatchLog()
+    _, modified = fuse_attention(model, representative_shapes(model), log)
+    assert not modified and "differ in batch or heads" in log.rejections[0].reason
 
 
 def opset_11_block(axis: int | None) -> onnx.ModelProto:
