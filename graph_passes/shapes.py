@@ -212,8 +212,10 @@ def representative_shapes(model: ModelProto, dims: dict[str, int] | None = None)
     except Exception as error:  # noqa: BLE001 - third-party inference fails in many ways; report it
         try:  # ORT's symbolic inference fails on some opset-18 reductions; ONNX's own copes with static dims
             inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=True)
-        except Exception:  # noqa: BLE001
-            raise ModelError(f"shape inference failed on {model.graph.name or 'the model'}: {error}") from error
+        except Exception as onnx_error:  # noqa: BLE001
+            # ORT's inference often fails on a bare assert (no message); ONNX's names the node
+            detail = f"{type(error).__name__} {error}".strip() + f"; ONNX's shape inference: {onnx_error}"
+            raise ModelError(f"shape inference failed on {model.graph.name or 'the model'}: {detail}") from error
     shapes: dict[str, tuple[int, ...]] = {}
     elem_types: dict[str, int] = {}
     value_infos = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]

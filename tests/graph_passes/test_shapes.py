@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from real_sessions import model_folder, whisper_config
 from whisper_variants import renamed
 
 from xdna_ep.decoding import DecodingOptions
+from xdna_ep.errors import ModelError
 from xdna_ep.graph_passes.shapes import (
     DECODE_BATCH,
     DECODER,
@@ -71,3 +74,16 @@ def test_explicit_dims_set_the_planned_sizes():
     assert "past_decoder_sequence_length=17 (given)" in table.assumptions
     scores = [node.input[0] for node in model.graph.node if node.op_type == "Softmax"][0]  # first self-attention
     assert table.shape(scores)[-1] == 18  # 17 past + 1 new
+
+
+def test_a_failed_shape_inference_names_the_node():
+    # ONNX Runtime's symbolic inference fails on a bare assert here (no message); the error names the node
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="the_matmul")], "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.zeros((3, 2), np.float32), "w")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(ModelError, match="shape inference failed on bad: AssertionError.*the_matmul"):
+        representative_shapes(model)
