@@ -37,9 +37,17 @@ ONNX Runtime's contrib ``Attention`` (packed QKV weight and bias, what ``onnxrun
 
 so that ``fuse_matmul`` then takes the packed projection. Only the unmasked, non-causal form without
 past is taken; a fused node placed on the CPU is written back as the contrib node itself (plus the
-layout to heads). ``MultiHeadAttention`` is listed as not fused with the reason
-(``UNFUSED_ATTENTION_OPS``): it stays on ONNX Runtime's CPU kernel, and ``inspect`` counts its FLOPs
-among the matrix work left on the CPU.
+layout to heads).
+
+ONNX Runtime's contrib ``MultiHeadAttention`` (separate Q, K, V; what the bart optimizer writes for the
+decoder with ``use_multi_head_attention``) is the fourth, through the same path:
+
+    O = com.microsoft.MultiHeadAttention(Q, K, V, b)   ->   O = xdna::Attention(heads(Q + b_q), heads(K + b_k), heads(V + b_v))
+
+with 3-D (b, n, h * d) key and value put in heads, 4-D (b, h, n, d) ones (cross-attention on the
+cache) taken as they are. Masks, attention bias, past and present inside the op (the decoder's
+self-attention with past) and the causal flag are refused with the reason: that node stays on ONNX
+Runtime's CPU kernel, and ``inspect`` counts its FLOPs among the matrix work left on the CPU.
 
 Multi-query attention (K and V of one head, which MatMul broadcasts over Q's heads) is fused with K and
 V expanded to Q's heads (an ``Expand`` by (1, h, 1, 1) before the fused node); grouped-query attention
@@ -72,12 +80,7 @@ _PROBE_INITIALIZER_ELEMENTS = 4096  # larger initializers enter the mask probe a
 
 
 # (domain, op type) -> why xdna-ep leaves it to ONNX Runtime
-UNFUSED_ATTENTION_OPS = {
-    ("com.microsoft", "MultiHeadAttention"): (
-        "ONNX Runtime's contrib MultiHeadAttention is not decomposed into xdna::Attention yet: it runs on ONNX "
-        "Runtime's CPU kernel"
-    ),
-}
+UNFUSED_ATTENTION_OPS: dict[tuple[str, str], str] = {}
 
 
 class NoMatch(Exception):
@@ -139,6 +142,12 @@ def fuse_attention(
                 onnx_rewrites.append(rewrite_contrib_attention(view, node, shapes, opset))
             except NoMatch as reason:
                 log.reject(PASS_NAME, node.name or node.output[0], f"contrib Attention not fused: {reason}")
+            continue
+        if node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft":
+            try:
+                onnx_rewrites.append(rewrite_contrib_multihead_attention(view, node, shapes))
+            except NoMatch as reason:
+                log.reject(PASS_NAME, node.name or node.output[0], f"contrib MultiHeadAttention not fused: {reason}")
             continue
         if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
             continue
@@ -389,17 +398,36 @@ def rewrite_contrib_attention(
         shapes.shapes[part], shapes.elem_types[part] = (batch, n_pos, hidden), TensorProto.FLOAT
         split_heads = add("Reshape", [part, to_heads], (batch, n_pos, n_head, head_dim))
         heads.append(add("Transpose", [split_heads], (batch, n_head, n_pos, head_dim), perm=[0, 2, 1, 3]))
+    rewrite = _contrib_rewrite(view, node, shapes, helpers, heads, (batch, n_head, n_pos, head_dim), scale, "self")
+    return rewrite, "self"
+
+
+def _contrib_rewrite(
+    view: GraphView,
+    node: NodeProto,
+    shapes: ShapeTable,
+    helpers: list[NodeProto],
+    heads: list[str],
+    out_shape: tuple[int, int, int, int],
+    scale: float,
+    kind: str,
+) -> Rewrite:
+    """xdna::Attention on ``heads`` (Q, K, V, each (b, h, n, d)) in place of the contrib ``node``.
+
+    Its (b, h, n_q, d) output goes back to the contrib node's (b, n_q, h * d) output; on the CPU the
+    contrib node itself is written back, its output put in heads as the fused node's.
+    """
+    _, n_head, _, head_dim = out_shape
     fused_out = view.fresh_name(f"{node.output[0]}/xdna_bhnd")
-    shapes.shapes[fused_out] = (batch, n_head, n_pos, head_dim)
+    shapes.shapes[fused_out] = out_shape
     name = view.fresh_name(f"{node.name or node.output[0]}/xdna_attention")
-    fused = xdna_ops.make_attention(*heads, fused_out, name, scale=scale, causal=False, kind="self")
+    fused = xdna_ops.make_attention(*heads, fused_out, name, scale=scale, causal=False, kind=kind)
     merged = view.fresh_name(f"{node.output[0]}/xdna_bnhd")
-    to_hidden = _add_constant(view, helpers, np.array([0, 0, hidden], np.int64))
+    to_hidden = _add_constant(view, helpers, np.array([0, 0, n_head * head_dim], np.int64))
     after = [
         helper.make_node("Transpose", [fused_out], [merged], name=merged, perm=[0, 2, 1, 3]),
         helper.make_node("Reshape", [merged, to_hidden], [node.output[0]], name=view.fresh_name(f"{node.output[0]}/xdna_merge")),
     ]
-    # on the CPU: the contrib node itself, its output put in heads as the fused node's
     contrib_out = view.fresh_name(f"{node.output[0]}/contrib")
     original = onnx_node_copy(node)
     original.output[0] = contrib_out
@@ -412,7 +440,90 @@ def rewrite_contrib_attention(
         helper.make_node("Reshape", [contrib_out, heads_shape], [heads_out], name=heads_out),
         helper.make_node("Transpose", [heads_out], [fused_out], name=fused_out + "/t", perm=[0, 2, 1, 3]),
     ]  # fmt: skip
-    return Rewrite(fused=fused, anchor=node, matched=[node], helpers=helpers, after=after, originals=originals), "self"
+    return Rewrite(fused=fused, anchor=node, matched=[node], helpers=helpers, after=after, originals=originals)
+
+
+_MHA_ATTRIBUTES = ("num_heads", "scale", "unidirectional", "mask_filter_value")
+_MHA_UNSUPPORTED_INPUTS = {
+    4: "a key_padding_mask", 5: "an attention_bias", 6: "a past_key (past inside the op)",
+    7: "a past_value (past inside the op)", 8: "a past_sequence_length", 9: "a cache_indirection",
+}  # fmt: skip
+
+
+def rewrite_contrib_multihead_attention(view: GraphView, node: NodeProto, shapes: ShapeTable | None) -> tuple[Rewrite, str]:
+    """The rewrite of one com.microsoft MultiHeadAttention node, and its kind; NoMatch with the reason.
+
+    Taken: query (b, n_q, h * d); key and value (b, n_kv, h * d), or (b, h, n_kv, d) as they are
+    (cross-attention on a cache); an optional constant bias (3 * h * d,) added to the 3-D ones (zero
+    for 4-D key and value). Refused: masks, attention bias, past or present inside the op, causal
+    (unidirectional), packed QKV or KV, operands that are not float32.
+    """
+    for index, what in _MHA_UNSUPPORTED_INPUTS.items():
+        if index < len(node.input) and node.input[index]:
+            raise NoMatch(f"it has {what} input")
+    if any(name for name in node.output[1:]):
+        raise NoMatch("it has present or qk outputs (past inside the op)")
+    unknown = sorted(a.name for a in node.attribute if a.name not in _MHA_ATTRIBUTES)
+    if unknown:
+        raise NoMatch(f"attribute(s) {', '.join(unknown)} are not among those xdna::Attention computes")
+    if _attribute(node, "unidirectional", 0):
+        raise NoMatch("it is unidirectional (causal)")
+    if len(node.input) < 3 or not node.input[1] or not node.input[2]:
+        raise NoMatch("it has no separate key and value inputs (packed QKV or KV)")
+    if shapes is None:
+        raise NoMatch("no shapes")
+    query, key, value = (shapes.shape(name) for name in node.input[:3])
+    if query is None or key is None or value is None:
+        raise NoMatch("the shapes of query, key, value are unknown at the representative sizes")
+    if not all(shapes.is_float32(name) for name in node.input[:3]):
+        raise NoMatch("query, key or value is not float32 (only float32 crosses to the xdna ops)")
+    n_head = int(_attribute(node, "num_heads", 0))
+    if len(query) != 3 or not n_head or query[2] % n_head:
+        raise NoMatch(f"query {query} with {n_head} heads is not (b, n_q, num_heads * head_size)")
+    hidden = query[2]
+    head_dim = hidden // n_head
+    batch = query[0]
+    if len(key) == len(value) == 3:
+        expected = [(batch, key[1], hidden), (batch, key[1], hidden)]
+    elif len(key) == len(value) == 4:
+        expected = [(batch, n_head, key[2], head_dim)] * 2
+    else:
+        raise NoMatch(f"key {key} and value {value} are not both (b, n_kv, hidden) or both (b, h, n_kv, d) (packed KV?)")
+    if [tuple(key), tuple(value)] != expected:
+        raise NoMatch(f"query {query}, key {key}, value {value} differ in batch, heads or head size")
+    bias = None
+    if len(node.input) > 3 and node.input[3]:
+        bias = view.constant(node.input[3])
+        if bias is None or bias.shape != (3 * hidden,):
+            raise NoMatch("its bias is not a constant of 3 * hidden values")
+        if len(key) == 4 and np.any(bias[hidden:]):
+            raise NoMatch("it adds a key/value bias to a (b, h, n_kv, d) key and value")
+    scale = float(_attribute(node, "scale", 0.0)) or 1.0 / float(np.sqrt(head_dim))
+    helpers: list[NodeProto] = []
+
+    def to_heads(tensor: str, part: int) -> str:
+        """(b, n, hidden) [+ bias part] -> (b, h, n, d)"""
+        n_pos = shapes.shape(tensor)[1]
+        if bias is not None and np.any(bias[part * hidden : (part + 1) * hidden]):
+            part_bias = _add_constant(view, helpers, np.ascontiguousarray(bias[part * hidden : (part + 1) * hidden]))
+            biased = view.fresh_name(f"{tensor}/xdna_bias")
+            helpers.append(helper.make_node("Add", [tensor, part_bias], [biased], name=biased))
+            shapes.shapes[biased], shapes.elem_types[biased] = (batch, n_pos, hidden), TensorProto.FLOAT
+            tensor = biased
+        split = _add_constant(view, helpers, np.array([0, 0, n_head, head_dim], np.int64))
+        reshaped = view.fresh_name(f"{tensor}/xdna_heads")
+        heads_tensor = view.fresh_name(f"{tensor}/xdna_bhnd")
+        helpers.append(helper.make_node("Reshape", [tensor, split], [reshaped], name=reshaped))
+        helpers.append(helper.make_node("Transpose", [reshaped], [heads_tensor], name=heads_tensor, perm=[0, 2, 1, 3]))
+        shapes.shapes[heads_tensor], shapes.elem_types[heads_tensor] = (batch, n_head, n_pos, head_dim), TensorProto.FLOAT
+        return heads_tensor
+
+    heads = [to_heads(node.input[0], 0)]
+    heads += [to_heads(node.input[i], i) for i in (1, 2)] if len(key) == 3 else list(node.input[1:3])
+    q_source = _projection_source(view, node.input[0])
+    kind = "self" if len(key) == 3 and q_source is not None and q_source == _projection_source(view, node.input[1]) else "cross"
+    rewrite = _contrib_rewrite(view, node, shapes, helpers, heads, (batch, n_head, query[1], head_dim), scale, kind)
+    return rewrite, kind
 
 
 def onnx_node_copy(node: NodeProto) -> NodeProto:
@@ -696,7 +807,8 @@ def _emit_layout(view: GraphView, operand: Operand, helpers: list[NodeProto], *,
             perm = spec if isinstance(spec, list) else list(_attribute(spec, "perm", []))
             tensor = _reuse_or_add(view, helpers, "Transpose", [tensor], {"perm": perm})
         else:
-            attrs = {"allowzero": _attribute(spec, "allowzero", 0)}
+            # allowzero exists from opset 14: copied only when the original has it
+            attrs = {"allowzero": _attribute(spec, "allowzero", 0)} if any(a.name == "allowzero" for a in spec.attribute) else {}
             tensor = _reuse_or_add(view, helpers, "Reshape", [tensor, spec.input[1]], attrs)
     return tensor
 
