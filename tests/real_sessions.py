@@ -87,9 +87,10 @@ def run_x(model, x: np.ndarray, options: ort.SessionOptions | None = None) -> np
     return session.run(None, {"x": x})[0]
 
 
-def real_inputs(folder: Path) -> dict[str, dict[str, np.ndarray]]:
+def real_inputs(folder: Path, decoder: Path | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Real feeds for the three sessions: the log-mel of jfk.wav, its encoder states, and the decoder
-    states after the prompt (start of transcript + no timestamps + 'And')."""
+    states after the prompt (start of transcript + no timestamps + 'And'); the past from ``decoder``
+    (a variant of ``decoder_model.onnx`` with a cache of its own shape) when given."""
     from xdna_ep.audio import log_mel_spectrogram, pad_or_trim
 
     config = whisper_config(folder)
@@ -100,7 +101,7 @@ def real_inputs(folder: Path) -> dict[str, dict[str, np.ndarray]]:
     special = config["special_tokens"]
     prompt = [special["sot"]] + ([] if not config["is_multilingual"] else [special["sot"] + 1, special["transcribe"]])
     prompt = np.array([prompt + [special["no_timestamps"], 400]], dtype=np.int64)  # 400: a text token
-    decoder = ort.InferenceSession(str(folder / "decoder_model.onnx"), options, providers=["CPUExecutionProvider"])
+    decoder = ort.InferenceSession(str(decoder or folder / "decoder_model.onnx"), options, providers=["CPUExecutionProvider"])
     outputs = decoder.run(None, {"input_ids": prompt, "encoder_hidden_states": states})
     names = [output.name for output in decoder.get_outputs()]
     past = {
