@@ -179,3 +179,24 @@ def test_the_merged_decoder_is_refused_with_a_named_reason(variant_dir):
         merge_decoders(*decoders, save_path=str(merged), strict=False)
     with pytest.raises(ModelError, match="merged decoder.*use decoder_model.onnx and decoder_with_past_model.onnx"):
         xdna_ep.compile(merged, device="cpu")
+
+
+@pytest.mark.parametrize(
+    "variant, npu_gflops, share, unfused",
+    [
+        # as the optimum export: 35.06 GFLOP fused, all on the NPU; the 1.88 GFLOP of the convolutions stay
+        ("opset11", 35.06, 0.949, {"ai.onnx.Conv": 2}),
+        # the 8 attention MatMuls (13.82 GFLOP) of the refused default-axis softmaxes stay on the CPU
+        ("opset11_default_axis", 21.23, 0.575, {"ai.onnx.Conv": 2, "ai.onnx.MatMul": 8}),
+        # one K/V head: the K and V projections shrink from 384 to 64 columns (32.11 GFLOP fused)
+        ("mqa", 32.11, 0.945, {"ai.onnx.Conv": 2}),
+    ],
+)
+def test_inspect_counts_the_npu_share_of_the_encoder_variants(variant_dir, variant, npu_gflops, share, unfused):
+    from xdna_ep.inspect_model import inspect_model
+
+    (inspection,) = inspect_model(str(_variant(variant_dir, "tiny.en", variant, "encoder_model")))
+    totals = inspection.totals()
+    assert {op: count for op, (count, _) in inspection.unfused_by_op.items()} == unfused
+    assert totals["npu_gflops"] == pytest.approx(npu_gflops, abs=0.01)
+    assert totals["npu_share_of_matrix_flops"] == pytest.approx(share, abs=0.002)
