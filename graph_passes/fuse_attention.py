@@ -273,26 +273,37 @@ _ONNX_ATTENTION_ATTRIBUTES = ("is_causal", "scale", "softmax_precision", "q_num_
 _ONNX_ATTENTION_UNSUPPORTED_INPUTS = {3: "an attn_mask", 4: "a past_key", 5: "a past_value", 6: "nonpad_kv_seqlen"}
 
 
-def rewrite_onnx_attention(view: GraphView, node: NodeProto, shapes: ShapeTable | None) -> tuple[Rewrite, str]:
-    """The xdna::Attention rewrite of one ONNX Attention node, and its kind; NoMatch with the reason."""
-    for index, what in _ONNX_ATTENTION_UNSUPPORTED_INPUTS.items():
+def _refuse_extras(node: NodeProto, inputs: dict[int, str], outputs: str, attributes: tuple[str, ...]) -> None:
+    """NoMatch naming the first optional input, extra output or attribute xdna::Attention does not compute."""
+    for index, what in inputs.items():
         if index < len(node.input) and node.input[index]:
             raise NoMatch(f"it has {what} input")
     if any(name for name in node.output[1:]):
-        raise NoMatch("it has present or qk_matmul outputs")
-    unknown = sorted(a.name for a in node.attribute if a.name not in _ONNX_ATTENTION_ATTRIBUTES)
+        raise NoMatch(f"it has {outputs}")
+    unknown = sorted(a.name for a in node.attribute if a.name not in attributes)
     if unknown:
         raise NoMatch(f"attribute(s) {', '.join(unknown)} are not among those xdna::Attention computes")
-    for name, what in (("softcap", "a softcap"), ("qk_matmul_output_mode", "a qk_matmul_output_mode")):
-        if _attribute(node, name, 0):
-            raise NoMatch(f"it has {what}")
+
+
+def _qkv_shapes(node: NodeProto, shapes: ShapeTable | None) -> list[tuple[int, ...]]:
+    """The shapes of the node's first three inputs (Q, K, V); NoMatch when unknown or not float32."""
     if shapes is None:
         raise NoMatch("no shapes")
-    q, k, v = (shapes.shape(name) for name in node.input[:3])
-    if q is None or k is None or v is None:
+    found = [shapes.shape(name) for name in node.input[:3]]
+    if any(shape is None for shape in found):
         raise NoMatch("the shapes of Q, K, V are unknown at the representative sizes")
     if not all(shapes.is_float32(name) for name in node.input[:3]):
         raise NoMatch("Q, K, V are not float32 (only float32 crosses to the xdna ops)")
+    return found
+
+
+def rewrite_onnx_attention(view: GraphView, node: NodeProto, shapes: ShapeTable | None) -> tuple[Rewrite, str]:
+    """The xdna::Attention rewrite of one ONNX Attention node, and its kind; NoMatch with the reason."""
+    _refuse_extras(node, _ONNX_ATTENTION_UNSUPPORTED_INPUTS, "present or qk_matmul outputs", _ONNX_ATTENTION_ATTRIBUTES)
+    for name, what in (("softcap", "a softcap"), ("qk_matmul_output_mode", "a qk_matmul_output_mode")):
+        if _attribute(node, name, 0):
+            raise NoMatch(f"it has {what}")
+    q, k, v = _qkv_shapes(node, shapes)
     if len(q) == 4 and len(k) == 4 and len(v) == 4:
         q4, k4, v4 = q, k, v
     elif len(q) == 3 and len(k) == 3 and len(v) == 3:
@@ -458,25 +469,12 @@ def rewrite_contrib_multihead_attention(view: GraphView, node: NodeProto, shapes
     for 4-D key and value). Refused: masks, attention bias, past or present inside the op, causal
     (unidirectional), packed QKV or KV, operands that are not float32.
     """
-    for index, what in _MHA_UNSUPPORTED_INPUTS.items():
-        if index < len(node.input) and node.input[index]:
-            raise NoMatch(f"it has {what} input")
-    if any(name for name in node.output[1:]):
-        raise NoMatch("it has present or qk outputs (past inside the op)")
-    unknown = sorted(a.name for a in node.attribute if a.name not in _MHA_ATTRIBUTES)
-    if unknown:
-        raise NoMatch(f"attribute(s) {', '.join(unknown)} are not among those xdna::Attention computes")
+    _refuse_extras(node, _MHA_UNSUPPORTED_INPUTS, "present or qk outputs (past inside the op)", _MHA_ATTRIBUTES)
     if _attribute(node, "unidirectional", 0):
         raise NoMatch("it is unidirectional (causal)")
     if len(node.input) < 3 or not node.input[1] or not node.input[2]:
         raise NoMatch("it has no separate key and value inputs (packed QKV or KV)")
-    if shapes is None:
-        raise NoMatch("no shapes")
-    query, key, value = (shapes.shape(name) for name in node.input[:3])
-    if query is None or key is None or value is None:
-        raise NoMatch("the shapes of query, key, value are unknown at the representative sizes")
-    if not all(shapes.is_float32(name) for name in node.input[:3]):
-        raise NoMatch("query, key or value is not float32 (only float32 crosses to the xdna ops)")
+    query, key, value = _qkv_shapes(node, shapes)
     n_head = int(_attribute(node, "num_heads", 0))
     if len(query) != 3 or not n_head or query[2] % n_head:
         raise NoMatch(f"query {query} with {n_head} heads is not (b, n_q, num_heads * head_size)")
