@@ -12,8 +12,10 @@ with Q (b, h, n_q, d), K and V (b, h, n_kv, d). One pattern covers Whisper's thr
 
 Exporter variations tolerated: the scale folded into Q before or after its Reshape/Transpose, into K,
 or applied to the scores; Mul or Div by the scale (and PyTorch SDPA's split ``* 1.0`` on both
-operands); K^T from K (b, h, n, d) by perm (0, 1, 3, 2) or from the (b, n, h, d) reshape by
-(0, 2, 3, 1); the mask added before or after the scale; the ``Where(IsNaN(P), 0, P)`` guard after
+operands); K^T from K (b, h, n, d) by perm (0, 1, 3, 2), from the (b, n, h, d) reshape by
+(0, 2, 3, 1), or (torch's dynamo export of SDPA) through three dimensions, Reshape to (b * h, n, d),
+Transpose (0, 2, 1), Reshape to (b, h, d, n), taken only where the shapes show exactly that; the mask
+added before or after the scale; the ``Where(IsNaN(P), 0, P)`` guard after
 the softmax. A mask is accepted only if its value depends on no input's values (only on shapes, read
 through Shape / Size) and evaluating it on probe inputs of two sizes gives exactly the causal pattern
 over the scores it is added to (visible iff key j <= n_kv - n_q + i); anything else is rejected with
@@ -24,9 +26,13 @@ ONNX's own ``Attention`` op (opset 23) is the second pattern:
     O = Attention(Q, K, V; is_causal, scale)   ->   O = xdna::Attention(Q, K, V)
 
 with 4-D (b, h, n, d) operands as they are, 3-D (b, n, h * d) ones through Reshape + Transpose to heads
-and back. Only what xdna::Attention computes is taken: no mask, past or softcap input or attribute, no
-extra output, equal heads and head sizes for Q, K and V, and a causal flag only where ONNX's top-left
-causal alignment equals xdna's end-aligned one (n_q == n_kv); the rest is refused with the reason. A
+and back. Only what xdna::Attention computes is taken: no past or softcap input or attribute, no extra
+output, equal heads and head sizes for Q, K and V, a causal flag only where ONNX's top-left causal
+alignment equals xdna's end-aligned one (n_q == n_kv), and an ``attn_mask`` (boolean, True = attend,
+or additive; 4-D operands, no causal flag) only where it passes the same probe as the additive masks
+above (torch's dynamo export at opset 23 writes the decoder's causal mask that way); the rest is
+refused with the reason. Its kind comes from where Q and K are projected from, as for the softmax
+pattern. A
 fused node placed on the CPU is written back as an ONNX Attention node on the same 4-D operands.
 
 ONNX Runtime's contrib ``Attention`` (packed QKV weight and bias, what ``onnxruntime.transformers.optimizer
@@ -64,6 +70,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from xdna_ep.graph_passes import xdna_ops
@@ -125,7 +132,7 @@ def fuse_attention(
     view = GraphView(model.graph)
     opset = default_opset(model)
     matches: list[tuple[NodeProto, AttentionMatch]] = []
-    onnx_rewrites: list[tuple[Rewrite, str]] = []
+    onnx_rewrites: list[tuple[Rewrite, str, str | None]] = []  # (rewrite, kind, mask to probe)
     for node in list(model.graph.node):
         unfused = UNFUSED_ATTENTION_OPS.get(("" if node.domain == "ai.onnx" else node.domain, node.op_type))
         if unfused:
@@ -133,19 +140,19 @@ def fuse_attention(
             continue
         if node.op_type == "Attention" and node.domain in ("", "ai.onnx"):
             try:
-                onnx_rewrites.append(rewrite_onnx_attention(view, node, shapes))
+                onnx_rewrites.append((*rewrite_onnx_attention(view, node, shapes), _onnx_attention_mask(node)))
             except NoMatch as reason:
                 log.reject(PASS_NAME, node.name or node.output[0], f"ONNX Attention not fused: {reason}")
             continue
         if node.op_type == "Attention" and node.domain == "com.microsoft":
             try:
-                onnx_rewrites.append(rewrite_contrib_attention(view, node, shapes, opset))
+                onnx_rewrites.append((*rewrite_contrib_attention(view, node, shapes, opset), None))
             except NoMatch as reason:
                 log.reject(PASS_NAME, node.name or node.output[0], f"contrib Attention not fused: {reason}")
             continue
         if node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft":
             try:
-                onnx_rewrites.append(rewrite_contrib_multihead_attention(view, node, shapes))
+                onnx_rewrites.append((*rewrite_contrib_multihead_attention(view, node, shapes), None))
             except NoMatch as reason:
                 log.reject(PASS_NAME, node.name or node.output[0], f"contrib MultiHeadAttention not fused: {reason}")
             continue
@@ -155,7 +162,13 @@ def fuse_attention(
             matches.append((node, match_attention(view, node, shapes, opset)))
         except NoMatch as reason:
             log.reject(PASS_NAME, node.name, str(reason))
-    mask_reasons = probe_masks(model, [(match.mask, match.scores_matmul.output[0]) for _, match in matches if match.mask])
+    masked = [(match.mask, match.scores_matmul.output[0]) for _, match in matches if match.mask]
+    virtual_scores = {}  # an ONNX Attention node has no scores tensor: its shape is Q's (b, h, n_q) and K's n_kv
+    for rewrite, _, mask in onnx_rewrites:
+        if mask:
+            virtual_scores[_virtual_scores_name(rewrite.anchor)] = (rewrite.anchor.input[0], rewrite.anchor.input[1])
+            masked.append((mask, _virtual_scores_name(rewrite.anchor)))
+    mask_reasons = probe_masks(model, masked, virtual_scores)
     rewrites = []
     for softmax, match in matches:
         reason = mask_reasons.get((match.mask, match.scores_matmul.output[0])) if match.mask else None
@@ -169,7 +182,11 @@ def fuse_attention(
             continue
         rewrites.append(rewrite)
         log.add_fused(f"attention.{kind}")
-    for rewrite, kind in onnx_rewrites:
+    for rewrite, kind, mask in onnx_rewrites:
+        reason = mask_reasons.get((mask, _virtual_scores_name(rewrite.anchor))) if mask else None
+        if reason:
+            log.reject(PASS_NAME, rewrite.anchor.name or rewrite.anchor.output[0], f"ONNX Attention not fused: {reason}")
+            continue
         rewrites.append(rewrite)
         log.add_fused(f"attention.{kind}")
     apply_rewrites(model, view, rewrites)
@@ -216,7 +233,7 @@ def match_attention(
     if scores_matmul is None:
         raise NoMatch(f"the softmax input is not Q @ K^T (with optional scale and mask): {chain}")
     q = trace_operand(view, scores_matmul.input[0])
-    k = trace_operand(view, scores_matmul.input[1])
+    k = fold_batched_transpose(view, trace_operand(view, scores_matmul.input[1]), shapes)
     v = probs_matmul.input[1]
     if shapes is not None:
         operand_shapes = {}
@@ -270,7 +287,16 @@ def _check_operand_shapes(
 
 
 _ONNX_ATTENTION_ATTRIBUTES = ("is_causal", "scale", "softmax_precision", "q_num_heads", "kv_num_heads", "softcap", "qk_matmul_output_mode")
-_ONNX_ATTENTION_UNSUPPORTED_INPUTS = {3: "an attn_mask", 4: "a past_key", 5: "a past_value", 6: "nonpad_kv_seqlen"}
+_ONNX_ATTENTION_UNSUPPORTED_INPUTS = {4: "a past_key", 5: "a past_value", 6: "nonpad_kv_seqlen"}
+
+
+def _onnx_attention_mask(node: NodeProto) -> str | None:
+    """The attn_mask input of an ONNX Attention node, or None."""
+    return node.input[3] if len(node.input) > 3 and node.input[3] else None
+
+
+def _virtual_scores_name(node: NodeProto) -> str:
+    return f"{node.output[0]}/xdna_scores"
 
 
 def _refuse_extras(node: NodeProto, inputs: dict[int, str], outputs: str, attributes: tuple[str, ...]) -> None:
@@ -320,13 +346,25 @@ def rewrite_onnx_attention(view: GraphView, node: NodeProto, shapes: ShapeTable 
     if not (q4[3] == k4[3] == v4[3]) or k4[2] != v4[2]:
         raise NoMatch(f"head sizes of Q {q4[3]}, K {k4[3]}, V {v4[3]} differ (xdna::Attention takes equal ones)")
     causal = bool(_attribute(node, "is_causal", 0))
+    mask = _onnx_attention_mask(node)
+    if mask:
+        if causal:
+            raise NoMatch("it has both is_causal and an attn_mask")
+        if len(q) != 4:
+            raise NoMatch("an attn_mask with 3-D Q, K, V")
+        if shapes.elem_types.get(mask) not in (TensorProto.BOOL, TensorProto.FLOAT):
+            raise NoMatch("its attn_mask is neither boolean nor float32")
     if causal and q4[2] != k4[2]:
         raise NoMatch(
             f"is_causal with {q4[2]} queries and {k4[2]} keys: ONNX aligns the causal mask to the first key, "
             "xdna::Attention to the last"
         )
     scale = float(_attribute(node, "scale", 1.0 / np.sqrt(q4[3])))
-    kind = "causal_self" if causal else ("self" if node.input[0] == node.input[1] else "cross")
+    q_source, k_source = _projection_source(view, node.input[0]), _projection_source(view, node.input[1])
+    if mask and (q_source is None or q_source != k_source):
+        raise NoMatch("an attn_mask on attention whose K does not come from the queries' states")
+    kind = "causal_self" if causal or mask else ("self" if q_source is not None and q_source == k_source else "cross")
+    causal = causal or bool(mask)  # the probe must find the mask causal, or the node is not fused
     name = view.fresh_name(f"{node.name or node.output[0]}/xdna_attention")
     keep = [a for a in node.attribute if a.name in ("is_causal", "scale", "softmax_precision")]
     if len(q) == 4:
@@ -600,8 +638,42 @@ def trace_operand(view: GraphView, name: str) -> Operand:
     return Operand(base=name, layout=tuple(reversed(layout_reversed)), scale=scale, walked=tuple(walked), rebuild=rebuild)
 
 
-def probe_masks(model: ModelProto, masked: list[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
-    """For each (additive mask, scores it is added to): None if the mask is exactly causal, else the reason.
+def fold_batched_transpose(view: GraphView, operand: Operand, shapes: ShapeTable | None) -> Operand:
+    """K^T written through three dimensions as one 4-D Transpose (0, 1, 3, 2), where the shapes show it.
+
+        Reshape K (b, h, n, d) -> (b * h, n, d);  Transpose (0, 2, 1);  Reshape -> (b, h, d, n)
+
+    is torch's dynamo export of SDPA's ``k.transpose(-2, -1)``. The operand comes back with the three
+    nodes replaced in its layout by an equivalent Transpose (a new node, not in the graph; the three
+    stay in ``walked`` so that they leave with the pattern). Anything else is returned unchanged.
+    """
+    layout = operand.layout
+    if shapes is None or len(layout) < 3:
+        return operand
+    merge, swap, split = layout[-3:]
+    if (merge.op_type, swap.op_type, split.op_type) != ("Reshape", "Transpose", "Reshape"):
+        return operand
+    if list(_attribute(swap, "perm", [])) != [0, 2, 1]:
+        return operand
+    k4, merged, swapped = shapes.shape(merge.input[0]), shapes.shape(merge.output[0]), shapes.shape(split.output[0])
+    if k4 is None or merged is None or swapped is None or len(k4) != 4:
+        return operand
+    b, h, n, d = k4
+    if merged != (b * h, n, d) or swapped != (b, h, d, n):
+        return operand
+    transpose = helper.make_node("Transpose", [merge.input[0]], [split.output[0]], perm=[0, 1, 3, 2])
+    return Operand(
+        base=operand.base, layout=(*layout[:-3], transpose), scale=operand.scale, walked=operand.walked, rebuild=operand.rebuild
+    )
+
+
+def probe_masks(
+    model: ModelProto, masked: list[tuple[str, str]], virtual_scores: dict[str, tuple[str, str]] | None = None
+) -> dict[tuple[str, str], str | None]:
+    """For each (mask, scores it applies to): None if the mask is exactly causal, else the reason.
+
+    A mask is additive (float) or boolean (True = attend, ONNX Attention's ``attn_mask``). Scores named
+    in ``virtual_scores`` are no tensor of the graph: their shape is that of Q @ K^T for the (Q, K) given.
 
     First by structure: the mask may depend on the inputs' shapes (through Shape / Size) but on no
     input's values, so that the probes below decide it for every input. Then by evaluation: the mask
@@ -624,7 +696,7 @@ def probe_masks(model: ModelProto, masked: list[tuple[str, str]]) -> dict[tuple[
     if not probed:
         return reasons
     try:
-        probes = [_run_mask_probe(model, probed, probe) for probe in (0, 1)]
+        probes = [_run_mask_probe(model, probed, probe, virtual_scores or {}) for probe in (0, 1)]
     except Exception as error:  # noqa: BLE001 - ORT raises its own types; the reason is what matters
         reasons.update({pair: f"the attention mask could not be evaluated on probe inputs: {error}" for pair in probed})
         return reasons
@@ -870,7 +942,22 @@ def _projection_source(view: GraphView, name: str) -> str | None:
     return None
 
 
-def _run_mask_probe(model: ModelProto, pairs: list[tuple[str, str]], probe: int) -> dict[str, np.ndarray]:
+def _scores_shape_nodes(scores: str, virtual_scores: dict[str, tuple[str, str]]) -> list[NodeProto]:
+    """Nodes computing the shape of ``scores`` into ``_shape_name(scores)``: Shape(scores), or for a
+    virtual one Concat(Shape(Q)[:3], Shape(K)[2:3]), the shape of Q @ K^T for 4-D Q and K."""
+    if scores not in virtual_scores:
+        return [helper.make_node("Shape", [scores], [_shape_name(scores)])]
+    q, k = virtual_scores[scores]
+    return [
+        helper.make_node("Shape", [q], [f"{scores}/q_shape"], end=3),
+        helper.make_node("Shape", [k], [f"{scores}/n_kv"], start=2, end=3),
+        helper.make_node("Concat", [f"{scores}/q_shape", f"{scores}/n_kv"], [_shape_name(scores)], axis=0),
+    ]
+
+
+def _run_mask_probe(
+    model: ModelProto, pairs: list[tuple[str, str]], probe: int, virtual_scores: dict[str, tuple[str, str]]
+) -> dict[str, np.ndarray]:
     """Run the subgraph computing the masks and the scores' shapes; returns name -> value.
 
     Probe 0 and 1 give every symbolic input dimension a size of its own (different in each probe):
@@ -883,11 +970,13 @@ def _run_mask_probe(model: ModelProto, pairs: list[tuple[str, str]], probe: int)
     graph = model.graph
     view = GraphView(graph)
     masks = sorted({mask for mask, _ in pairs})
-    shape_nodes = [helper.make_node("Shape", [scores], [_shape_name(scores)]) for scores in sorted({s for _, s in pairs})]
-    wanted = [*masks, *(node.output[0] for node in shape_nodes)]
+    scores_names = sorted({s for _, s in pairs})
+    shape_nodes = [node for scores in scores_names for node in _scores_shape_nodes(scores, virtual_scores)]
+    shape_outputs = [_shape_name(scores) for scores in scores_names]
+    wanted = [*masks, *shape_outputs]
     needed_nodes: list[NodeProto] = []
     seen: set[int] = set()
-    stack = [*masks, *(node.input[0] for node in shape_nodes)]
+    stack = [*masks, *(node.input[0] for node in shape_nodes if node.op_type == "Shape")]
     needed_inputs: set[str] = set()
     needed_inits: set[str] = set()
     while stack:
@@ -925,8 +1014,8 @@ def _run_mask_probe(model: ModelProto, pairs: list[tuple[str, str]], probe: int)
         else:  # a large weight reaches the masks only through a Shape (checked): feed zeros, do not copy it
             inputs.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
             feeds[init.name] = np.zeros(list(init.dims), dtype=helper.tensor_dtype_to_np_dtype(init.data_type))
-    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in masks]
-    outputs += [helper.make_tensor_value_info(node.output[0], TensorProto.INT64, None) for node in shape_nodes]
+    outputs = [onnx.ValueInfoProto(name=name) for name in masks]  # float or bool: ONNX Runtime infers which
+    outputs += [helper.make_tensor_value_info(name, TensorProto.INT64, None) for name in shape_outputs]
     probe_graph = helper.make_graph([*needed_nodes, *shape_nodes], "mask_probe", inputs, outputs, inits)
     probe_model = helper.make_model(probe_graph, opset_imports=[o for o in model.opset_import if o.domain != xdna_ops.DOMAIN])
     probe_model.ir_version = min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
@@ -955,7 +1044,9 @@ def _probe_sizes(graph, probe: int) -> dict[str, int]:
 
 
 def _causal_mismatch(values: np.ndarray, scores_shape: tuple[int, ...]) -> str | None:
-    """None if the additive mask, broadcast to the scores, is causal; else what differs."""
+    """None if the mask (additive, or boolean: True = attend), broadcast to the scores, is causal; else what differs."""
+    if values.dtype == np.bool_:
+        values = np.where(values, np.float32(0.0), np.float32(-np.inf))
     if values.ndim < 2 or len(scores_shape) < 2:
         return f"mask has rank {values.ndim}"
     n_q, n_kv = scores_shape[-2:]

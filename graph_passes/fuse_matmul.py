@@ -5,7 +5,9 @@
 W is a 2-D float32 initializer (through Identity nodes), b a 1-D float32 initializer of W's width,
 in either operand order of the Add. GELU is the exact (erf) form Whisper's exporter writes,
 ``0.5 * h * (1 + erf(h / sqrt(2)))``, tolerating ``h * (1/sqrt(2))`` for the division and any order of
-the two products. The weight and bias stay initializers of the model until ``xdna_ep.compile`` makes
+the two products (``h * (0.5 * (1 + erf))`` is torch's dynamo export), or ONNX's ``Gelu`` op (opset 20)
+with ``approximate="none"``; its tanh approximation is not what xdna::MatMul computes and stays an ONNX
+node, with the reason in the match log. The weight and bias stay initializers of the model until ``xdna_ep.compile`` makes
 them resident on the device under their names and removes them from the graph.
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from onnx import ModelProto, NodeProto, TensorProto
+from onnx import ModelProto, NodeProto, TensorProto, helper
 
 from xdna_ep.graph_passes import xdna_ops
 from xdna_ep.graph_passes.graph import GraphView, Rewrite, apply_rewrites
@@ -44,6 +46,9 @@ def fuse_matmul(model: ModelProto, shapes: ShapeTable | None = None, log: MatchL
             continue
         rewrites.append(rewrite)
         log.add_fused(kind)
+        gelu = _single_consumer(view, rewrite.matched[-1].output[0], "Gelu")
+        if gelu is not None and not kind.endswith("+gelu"):
+            log.reject(PASS_NAME, gelu.name, f"Gelu approximate={_gelu_approximation(gelu)!r} is not the erf GELU xdna::MatMul computes")
     apply_rewrites(model, view, rewrites)
     return model, bool(rewrites)
 
@@ -91,10 +96,18 @@ def match_linear(view: GraphView, matmul: NodeProto, shapes: ShapeTable | None) 
     return Rewrite(fused=fused, anchor=matched[-1], matched=matched), kind
 
 
+def _gelu_approximation(node: NodeProto) -> str:
+    value = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "approximate"), b"none")
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _match_gelu(view: GraphView, h: str) -> list[NodeProto]:
     """Nodes of 0.5 * h * (1 + erf(h / sqrt(2))) in data-flow order (last produces the result), or []."""
     if view.is_graph_output(h):
         return []
+    gelu = _single_consumer(view, h, "Gelu")
+    if gelu is not None:
+        return [gelu] if _gelu_approximation(gelu) == "none" else []
     consumers = view.consumers(h)
     if len(consumers) != 2:
         return []
@@ -108,6 +121,17 @@ def _match_gelu(view: GraphView, h: str) -> list[NodeProto]:
     if one_plus is None or not _other_is(view, one_plus, erf.output[0], 1.0):
         return []
     first = next((node for node in consumers if node is not to_erf), None)
+    if len(view.consumers(one_plus.output[0])) != 1:
+        return []
+    # h * (0.5 * (1 + erf)): the half multiplies 1 + erf first, the last product takes h
+    half_first = _single_consumer(view, one_plus.output[0], "Mul")
+    if (
+        half_first is not None and first is not None and first.op_type == "Mul" and first.domain in ("", "ai.onnx")
+        and _other_is(view, half_first, one_plus.output[0], 0.5)
+        and sorted(first.input) == sorted([h, half_first.output[0]])
+        and len(view.consumers(half_first.output[0])) == 1 and not view.is_graph_output(half_first.output[0])
+    ):
+        return [to_erf, erf, one_plus, half_first, first]
     # the two products: h * (1 + erf) * 0.5 in any order; `first` consumes h, `last` finishes it
     if first is None or first.op_type != "Mul":
         return []

@@ -13,7 +13,8 @@ per beam after a past of up to 224 positions (the sampling length of openai-whis
 the text context), the beams being its batch: ``DECODE_BATCH`` of them, the default beam search. Each
 symbolic input dimension is given the size of what it measures, found from the input it belongs to
 (whatever it is named); an explicit ``dims`` mapping (dimension name -> size) overrides. ONNX Runtime's
-symbolic shape inference propagates them; the substitutions are kept in ``assumptions`` so that every
+symbolic shape inference propagates them (it reads any ``Attention`` node as its contrib op, so ONNX's own
+opset-23 Attention is inferred as the MatMul, Softmax, MatMul it computes); the substitutions are kept in ``assumptions`` so that every
 placement reason (and ``inspect``) can state them.
 """
 
@@ -205,6 +206,7 @@ def representative_shapes(model: ModelProto, dims: dict[str, int] | None = None)
     for name, size in (dims or {}).items():
         found[name] = (int(size), "given")
     skeleton, used = _skeleton_with_fixed_dims(model, {name: size for name, (size, _) in found.items()})
+    _onnx_attention_as_matmuls(skeleton)
     try:
         with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
             # on a partial result it saves sym_shape_infer_temp.onnx in the working directory, then raises
@@ -234,6 +236,30 @@ def representative_shapes(model: ModelProto, dims: dict[str, int] | None = None)
         reason = found[name][1] if name in found else "unknown dimension, assumed"
         notes.append(f"{name}={value} ({reason})")
     return ShapeTable(role=role, shapes=shapes, elem_types=elem_types, assumptions=", ".join(notes))
+
+
+def _onnx_attention_as_matmuls(skeleton: ModelProto) -> None:
+    """Replace each default-domain Attention node of one output and equal Q and K/V heads (in place) by
+    MatMul(Softmax(Q @ K^T), V), which has its output's shape and type: 4-D (b, h, n_q, d_v), or
+    3-D (b, n_q, h * d_v). The skeleton is only for shape inference; other Attention nodes are left."""
+    nodes = []
+    for node in skeleton.graph.node:
+        heads = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in ("q_num_heads", "kv_num_heads")}
+        if (
+            node.op_type != "Attention" or node.domain not in ("", "ai.onnx") or len(node.input) < 3
+            or any(node.output[1:]) or heads.get("q_num_heads", 0) != heads.get("kv_num_heads", 0)
+        ):
+            nodes.append(node)
+            continue
+        q, k, v = node.input[:3]
+        out = node.output[0]
+        nodes += [
+            helper.make_node("Einsum", [q, k], [f"{out}/scores"], equation="...qd,...kd->...qk"),  # Q @ K^T, any rank
+            helper.make_node("Softmax", [f"{out}/scores"], [f"{out}/probs"], axis=-1),
+            helper.make_node("MatMul", [f"{out}/probs", v], [out]),
+        ]
+    del skeleton.graph.node[:]
+    skeleton.graph.node.extend(nodes)
 
 
 def _skeleton_with_fixed_dims(model: ModelProto, dims: dict[str, int]) -> tuple[ModelProto, dict[str, int]]:

@@ -68,6 +68,14 @@ def attention_block(variant: str, mask: str | None = None) -> onnx.ModelProto:
         k_t = node("Transpose", [node("Reshape", [k, heads])], perm=[0, 2, 3, 1])
         root = math.sqrt(scale)
         scores = node("MatMul", [node("Mul", [const(root), q4]), node("Mul", [k_t, const(root)])])
+    elif variant in ("k_t_through_3d", "k_t_not_a_transpose"):  # torch dynamo's SDPA: K^T via (b * h, n, d)
+        q4 = node("Transpose", [node("Reshape", [node("Mul", [q, const(scale)]), heads])], perm=[0, 2, 1, 3])
+        k4 = node("Transpose", [node("Reshape", [k, heads])], perm=[0, 2, 1, 3])
+        # k_t_not_a_transpose merges to (h, d, n), reading K's memory as if it were K^T: no transposition
+        merge = [N_HEAD, -1, HEAD_DIM] if variant == "k_t_through_3d" else [N_HEAD, HEAD_DIM, -1]
+        swapped = node("Transpose", [node("Reshape", [k4, const(merge, np.int64)])], perm=[0, 2, 1])
+        k_t = node("Reshape", [swapped, const([1, N_HEAD, HEAD_DIM, -1], np.int64)])
+        scores = node("MatMul", [q4, k_t])
     elif variant == "scale_on_k":
         q4 = node("Transpose", [node("Reshape", [q, heads])], perm=[0, 2, 1, 3])
         k_t = node("Transpose", [node("Reshape", [node("Mul", [k, const(scale)]), heads])], perm=[0, 2, 3, 1])
@@ -109,7 +117,7 @@ def fuse_and_run(model: onnx.ModelProto, x: np.ndarray) -> tuple[onnx.ModelProto
     return fused, log, run_x(bound, x, session_options("cpu", base=plain_options()))
 
 
-@pytest.mark.parametrize("variant", ["scale_on_q_before_reshape", "div_on_scores", "sqrt_scale_on_both", "scale_on_k"])
+@pytest.mark.parametrize("variant", ["scale_on_q_before_reshape", "div_on_scores", "sqrt_scale_on_both", "scale_on_k", "k_t_through_3d"])
 @pytest.mark.parametrize("mask", [None, "causal"])
 def test_variants_fuse_and_compute_the_same(variant, mask):
     model = attention_block(variant, mask)
@@ -133,6 +141,15 @@ def test_a_mask_that_is_not_causal_is_rejected_with_the_reason():
     assert not [n for n in fused.graph.node if n.domain == xdna_ops.DOMAIN]
     assert len(log.rejections) == 1 and "not causal" in log.rejections[0].reason
     np.testing.assert_allclose(actual, run_x(model, x), rtol=0, atol=0)
+
+
+def test_a_3d_reshape_that_is_no_transpose_of_k_is_rejected_with_the_reason():
+    model = attention_block("k_t_not_a_transpose")
+    x = np.random.default_rng(3).standard_normal((1, 5, D)).astype(np.float32)
+    fused, log, actual = fuse_and_run(model, x)
+    assert not [n for n in fused.graph.node if n.domain == xdna_ops.DOMAIN]
+    assert len(log.rejections) == 1 and "not produced by a Transpose of K" in log.rejections[0].reason
+    np.testing.assert_array_equal(actual, run_x(model, x))
 
 
 def test_probabilities_as_a_graph_output_are_rejected_with_the_reason():
@@ -298,6 +315,42 @@ def contrib_mha_model(extra_inputs: int = 0) -> onnx.ModelProto:
     return model
 
 
+def onnx_attention_with_mask(mask: str) -> onnx.ModelProto:
+    """Self-attention of x (1, 2, n, 4) through ONNX's Attention with an attn_mask computed from n alone:
+    "causal_bool" (True = attend, torch's dynamo export at opset 23), "causal_float" (0 / -inf added),
+    "anti_causal_bool"."""
+    nodes = []
+
+    def node(op, inputs, **attrs):
+        out = f"t{len(nodes)}"
+        nodes.append(helper.make_node(op, inputs, [out], **attrs))
+        return out
+
+    def const(value, dtype):
+        return node("Constant", [], value=numpy_helper.from_array(np.array(value, dtype=dtype)))
+
+    n = node("Shape", ["x"], start=2, end=3)
+    positions = node("Range", [const(0, np.int64), node("Squeeze", [n]), const(1, np.int64)])
+    rows = node("Unsqueeze", [positions, const([1], np.int64)])
+    cols = node("Unsqueeze", [positions, const([0], np.int64)])
+    visible = node("GreaterOrEqual" if mask.startswith("anti") else "LessOrEqual", [cols, rows])  # (n, n)
+    if mask == "causal_float":
+        visible = node("Where", [visible, const(0.0, np.float32), const(-np.inf, np.float32)])
+    # Q and K from the same states; Q's shape known only through its Reshape to Shape(x), which ONNX's
+    # own shape inference does not follow (ONNX Runtime's symbolic inference does)
+    q = node("Reshape", [node("Mul", ["x", const(1.0, np.float32)]), node("Shape", ["x"])])
+    nodes.append(helper.make_node("Attention", [q, "x", "x", visible], ["y"], name="attention", scale=0.3))
+    shape = [1, N_HEAD, "n", HEAD_DIM]
+    graph = helper.make_graph(
+        nodes, "onnx_attention_mask",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    model.ir_version = 10
+    return model
+
+
 @pytest.mark.parametrize("placement", ["npu", "cpu"])
 def test_contrib_multihead_attention_fuses_and_computes_the_same_on_either_placement(placement):
     model = contrib_mha_model()
@@ -319,3 +372,32 @@ def test_contrib_multihead_attention_with_a_key_padding_mask_is_refused_with_the
     log = MatchLog()
     _, modified = fuse_attention(model, representative_shapes(model), log)
     assert not modified and "it has a key_padding_mask input" in log.rejections[0].reason
+
+
+@pytest.mark.parametrize("mask", ["causal_bool", "causal_float"])
+@pytest.mark.parametrize("placement", ["npu", "cpu"])
+def test_onnx_attention_with_a_causal_mask_fuses_and_computes_the_same(mask, placement):
+    model = onnx_attention_with_mask(mask)
+    shapes = representative_shapes(model)  # ONNX Runtime's symbolic inference alone reads Attention as its contrib op
+    assert shapes.shape("y") == shapes.shape("x") and len(shapes.shape("x")) == 4
+    x = np.random.default_rng(10).standard_normal((1, N_HEAD, 5, HEAD_DIM)).astype(np.float32)
+    stock = ort.InferenceSession(model.SerializeToString(), plain_options(), providers=["CPUExecutionProvider"])
+    fused, report = run_passes(onnx.ModelProto.FromString(model.SerializeToString()), placement=placement, any_model=True)
+    assert report.kinds == {"attention.causal_self": 1}, report.rejections
+    xdna = [n for n in fused.graph.node if n.domain == xdna_ops.DOMAIN]
+    assert len(xdna) == (1 if placement == "npu" else 0)
+    if xdna:
+        assert xdna_ops.attributes(xdna[0])["causal"] == 1
+    session = ort.InferenceSession(
+        bind(fused, device="cpu").SerializeToString(), session_options(base=plain_options()), providers=["CPUExecutionProvider"]
+    )
+    # fp32 reference vs ORT's kernel, as for the unmasked op above
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], stock.run(None, {"x": x})[0], rtol=0, atol=1e-6)
+
+
+def test_onnx_attention_with_a_mask_that_is_not_causal_is_refused_with_the_reason():
+    model = onnx_attention_with_mask("anti_causal_bool")
+    log = MatchLog()
+    _, modified = fuse_attention(model, representative_shapes(model), log)
+    assert not modified
+    assert "ONNX Attention not fused: the attention mask is not causal" in log.rejections[0].reason

@@ -1,5 +1,6 @@
 """The variant matrix: the Whisper ONNX files users bring, built from the real tiny.en (and base)
-exports with ONNX Runtime's own tools (``whisper_variants.py``). For each: ``compile`` fuses or refuses
+exports with ONNX Runtime's own tools, and from the same weights with torch's dynamo exporter at opset
+18 and at opset 23, where it writes SDPA as ONNX's ``Attention`` op (``whisper_variants.py``). For each: ``compile`` fuses or refuses
 with a named reason; the outputs equal ONNX Runtime's stock run on the real inputs, on the simulated NPU
 and on the fp32 reference executor; no NaN; what did not fuse says why. The opset-11, multi-query,
 grouped-query and MultiHeadAttention variants are different graphs (or, for mqa and gqa, different
@@ -43,7 +44,13 @@ CASES = [
     ("tiny.en", "fp16", "encoder_model", {}),
     ("tiny.en", "renamed", "encoder_model", FULL["encoder_model"]),
     ("tiny.en", "renamed", "decoder_with_past_model", FULL["decoder_with_past_model"]),
+    ("tiny.en", "dynamo18", "encoder_model", FULL["encoder_model"]),  # SDPA decomposed, K^T through 3-D
+    ("tiny.en", "dynamo18", "decoder_with_past_model", FULL["decoder_with_past_model"]),
+    ("tiny.en", "dynamo23", "encoder_model", FULL["encoder_model"]),  # ONNX Attention op
+    ("tiny.en", "dynamo23", "decoder_with_past_model", FULL["decoder_with_past_model"]),  # boolean causal attn_mask
     ("base", "bart", "encoder_model", {"attention.self": 6}),
+    ("base", "dynamo18", "encoder_model", {"attention.self": 6}),
+    ("base", "dynamo23", "encoder_model", {"attention.self": 6}),
     ("base", "optimum", "decoder_with_past_model", {"attention.causal_self": 6, "attention.cross": 6}),
     # torch.onnx.export(opset_version=11): Softmax(axis=3) on the 4-D scores fuses as at opset 18
     ("tiny.en", "opset11", "encoder_model", FULL["encoder_model"]),
@@ -74,10 +81,12 @@ REFUSED = {
 }
 # bf16 operands on the simulator, as relative RMS error ||got - want|| / ||want|| per output (elementwise
 # errors reach 3.0 on base encoder states of magnitude 23, in the stock export too): measured at most
-# 0.0116 over the matrix (tiny.en ort_extended decoder_with_past; base bart encoder 0.0088)
+# 0.0128 over the matrix (base dynamo18 encoder; dynamo23 0.0127; tiny.en ort_extended decoder_with_past
+# 0.0116; base bart encoder 0.0088)
 SIM_REL_RMS = 0.015
 # fp32 reference vs ONNX Runtime's kernels (summation order): measured at most 3.6e-5 for tiny.en (its
-# decoders), 6.6e-4 for base (its 6-layer encoder after the bart optimizer; 4.1e-4 for the optimum export)
+# decoders), 6.6e-4 for base (its 6-layer encoder after the bart optimizer; 4.1e-4 for the optimum export
+# and dynamo18, 3.7e-4 for dynamo23)
 REFERENCE_ATOL = {"tiny.en": 1e-4, "base": 1e-3}
 
 
@@ -167,6 +176,32 @@ def test_bart_optimized_encoder_puts_the_contrib_attention_on_the_npu(variant_di
     # 35.06 GFLOP fused, all on the NPU; only the 1.88 GFLOP of the two convolutions stay: 94.9 %
     assert totals["npu_gflops"] == pytest.approx(35.06, abs=0.01)
     assert totals["npu_share_of_matrix_flops"] == pytest.approx(0.949, abs=0.002)
+
+
+@pytest.mark.parametrize(
+    "name, variant, npu_gflops, npu_share",
+    [
+        # all 24 projections and 4 attentions fused and on the NPU, 35.06 GFLOP; the two convolutions'
+        # 1.88 GFLOP stay: 94.9 % of the matrix FLOPs, as for the optimum and bart exports
+        ("tiny.en", "dynamo18", 35.06, 0.949),
+        ("tiny.en", "dynamo23", 35.06, 0.949),
+        ("base", "dynamo18", 84.27, 0.965),  # 84.27 of 87.37 GFLOP (convolutions 3.10)
+        ("base", "dynamo23", 84.27, 0.965),
+    ],
+)
+def test_inspect_prints_the_fused_kinds_and_npu_share_of_the_dynamo_encoders(variant_dir, name, variant, npu_gflops, npu_share):
+    from xdna_ep.inspect_model import format_session, inspect_model
+
+    path = _variant(variant_dir, name, variant, "encoder_model")
+    (inspection,) = inspect_model(str(path))
+    n_layer = whisper_config(model_folder(name))["n_audio_layer"]
+    text = format_session(inspection)
+    assert f"fused: attention.self {n_layer}, matmul {n_layer}, matmul+bias {4 * n_layer}, matmul+bias+gelu {n_layer}" in text
+    assert set(inspection.unfused_by_op) == {"ai.onnx.Conv"}
+    totals = inspection.totals()
+    assert totals["npu_gflops"] == pytest.approx(npu_gflops, abs=0.01)
+    assert totals["npu_share_of_matrix_flops"] == pytest.approx(npu_share, abs=0.002)
+    assert f"{100 * totals['npu_share_of_matrix_flops']:.1f} % of all matrix GFLOP" in text
 
 
 def test_the_merged_decoder_is_refused_with_a_named_reason(variant_dir):
