@@ -125,6 +125,13 @@ def test_int8_tiny_en_transcribes_jfk():
     model = xdna_ep.load_model("tiny.en", compute_type="int8")
     manifest = json.loads((model.folder / INT8_FOLDER / MANIFEST_FILE).read_text())
     assert all(count > 0 for count in manifest["matmuls_quantized"].values()), manifest
+    # the encoder: q/k/v and fc1 of each of the 4 layers (fed by a LayerNorm) dynamic; fc2 and out_proj float32
+    encoder = onnx.load(str(model.folder / INT8_FOLDER / "encoder_model.onnx"), load_external_data=False)
+    ops = [node.op_type for node in encoder.graph.node]
+    assert ops.count("MatMulInteger") == 16 and "MatMulNBits" not in ops, ops
+    weights = {tensor.name for tensor in encoder.graph.initializer}
+    float_projections = [node.name for node in encoder.graph.node if node.op_type == "MatMul" and node.input[1] in weights]
+    assert len(float_projections) == 8 and all("fc2" in name or "out_proj" in name for name in float_projections)
     result = xdna_ep.transcribe(AUDIO_DIR / "jfk.wav", model, language="en", temperature=0.0)
     expected = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
     assert _normalise(result.text) == expected
