@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from xdna_ep.cpu_threads import single_threaded_blas
 from xdna_ep.decoding import DecodingOptions, DecodingResult
 from xdna_ep.ep import stats as npu_stats
 
@@ -157,6 +158,7 @@ class Transcription:
         return asdict(self)
 
 
+@single_threaded_blas
 def transcribe(
     model: WhisperModel,
     audio: AudioInput,
