@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from xdna_ep.cpu_threads import single_threaded_blas
+from xdna_ep.cpu_threads import blas_threads_for
 from xdna_ep.decoding import DecodingOptions, DecodingResult
 from xdna_ep.ep import stats as npu_stats
 
@@ -158,7 +158,6 @@ class Transcription:
         return asdict(self)
 
 
-@single_threaded_blas
 def transcribe(
     model: WhisperModel,
     audio: AudioInput,
@@ -170,6 +169,14 @@ def transcribe(
     ``on_segment`` is called with each segment as soon as it is decoded. With ``options.vad`` only what
     Silero VAD calls speech is decoded; with ``options.batch_size`` the VAD chunks are decoded in batches.
     """
+    with blas_threads_for(model.device):  # NumPy's BLAS threads would spin and take cores from ONNX Runtime
+        return _transcribe(model, audio, options, on_segment)
+
+
+def _transcribe(
+    model: WhisperModel, audio: AudioInput, options: TranscribeOptions, on_segment: Callable[[Segment], None] | None
+) -> Transcription:
+    """``transcribe`` within its BLAS thread limit."""
     if options.batch_size is not None:
         from xdna_ep.batched import transcribe_batched
 
