@@ -78,13 +78,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(folder: Path, *arguments: str, api_key: str | None = None) -> RunningServer:
-    """``python -m xdna_ep serve`` with ``arguments``; returns once /health answers."""
+def start_server(folder: Path, *arguments: str, api_key: str | None = None, home: Path | None = None) -> RunningServer:
+    """``python -m xdna_ep serve`` with ``arguments``; returns once /health answers. ``home``: the
+    server's XDNA_EP_HOME (an empty one makes it export its model while it loads)."""
     temp_root = folder / "tmp"
     temp_root.mkdir(parents=True)
     log_path = folder / "server.log"
     env = {**os.environ, "TMPDIR": str(temp_root)}
     env.pop("XDNA_EP_API_KEY", None)
+    if home is not None:
+        env["XDNA_EP_HOME"] = str(home)
     if api_key:
         env["XDNA_EP_API_KEY"] = api_key  # through the environment, as an operator keeps it out of `ps`
     port = free_port()

@@ -136,7 +136,9 @@ def test_openai_client_lists_and_retrieves_the_models(operated_server):
 
 
 def test_health_says_loading_before_the_model_is_ready(tmp_path):
-    running = start_server(tmp_path)  # polls /health from before the model loaded
+    # polls /health from before the model loaded; an empty model home makes the load export tiny.en
+    # first (about 2 s), so the loading state lasts longer than the polls' 0.1-s period on a busy machine
+    running = start_server(tmp_path, home=tmp_path / "home")
     try:
         assert running.saw_loading, "no 503 'loading the model' was seen before the first 200"
         health = httpx.get(f"{running.url}/health", timeout=10)
