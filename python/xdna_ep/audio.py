@@ -37,6 +37,9 @@ LOG_MEL_DYNAMIC_RANGE = 8.0  # log10 units kept below the maximum
 
 # frames per STFT block: bounds the complex intermediate to a few MB whatever the duration
 _STFT_BLOCK_FRAMES = N_FRAMES
+# WindowedLogMel keeps the first pass's blocks of a recording of at most this many blocks (10 minutes:
+# 20 x 80 x 3000 float32, 19 MB; 31 MB with 128 mels) instead of decoding it a second time
+KEPT_BLOCKS = 20
 # libsndfile decodes DECODE_BLOCK_SECONDS at a time, fewer when that would be over DECODE_BLOCK_BYTES of
 # the file's own samples (float32, all channels): a block holds at most 4 MiB, and 10 s once resampled
 DECODE_BLOCK_SECONDS = 10
@@ -442,9 +445,11 @@ class WindowedLogMel:
 
     The same frames as ``log_mel_spectrogram(audio, n_mels, padding)``, bit for bit, without holding
     the recording or its log-mel: construction decodes the recording once (``stream_audio``) to find
-    its length and the maximum the normalisation clamps to; ``frames(start, stop)`` decodes it again
-    as far as ``stop`` and keeps the blocks from ``start`` on, so memory stays flat with the duration
-    as long as the windows asked for move forward (as ``transcribe``'s seek does).
+    its length and the maximum the normalisation clamps to. A recording of at most ``KEPT_BLOCKS``
+    blocks (10 minutes) keeps that pass's blocks and is not decoded again; for a longer one,
+    ``frames(start, stop)`` decodes it again as far as ``stop`` and keeps the blocks from ``start`` on,
+    so memory stays flat with the duration as long as the windows asked for move forward (as
+    ``transcribe``'s seek does).
     """
 
     def __init__(self, audio: AudioInput, n_mels: int = 80, padding: int = 0, max_seconds: float | None = None) -> None:
@@ -453,8 +458,13 @@ class WindowedLogMel:
         self.padding = padding
         maximum = -np.inf
         blocks = _Log10MelBlocks(stream_audio(audio, max_seconds=max_seconds), n_mels, padding)
-        for _, log_spec in blocks:
+        kept: dict[int, np.ndarray] | None = {}  # the first pass's blocks while the recording is short
+        for first, log_spec in blocks:
             maximum = max(maximum, float(log_spec.max()))
+            if kept is not None:
+                kept[first] = log_spec
+                if len(kept) > KEPT_BLOCKS:
+                    kept = None
         assert blocks.n_samples is not None
         self.n_samples = blocks.n_samples  # 16-kHz samples in the recording
         self.n_frames = (self.n_samples + padding) // HOP_LENGTH  # log-mel frames, the padding included
@@ -462,12 +472,16 @@ class WindowedLogMel:
         self._blocks: Iterator[tuple[int, np.ndarray]] | None = None
         self._held: dict[int, np.ndarray] = {}  # first frame -> normalised block
         self._next_block = 0  # first frame of the next block the decoder will give
+        # a short recording keeps every block of the first pass: frames() never decodes it again
+        self._kept = {first: _normalise(log_spec, maximum) for first, log_spec in kept.items()} if kept else None
 
     def frames(self, start: int, stop: int) -> np.ndarray:
         """The normalised log-mel frames [start, stop) (clipped to n_frames): (n_mels, frames) float32."""
         stop = min(stop, self.n_frames)
         if stop <= start:
             return np.zeros((self.n_mels, 0), np.float32)
+        if self._kept is not None:
+            return _cut(self._kept, start, stop)
         first_block = start - start % _STFT_BLOCK_FRAMES
         if self._blocks is None or (self._held and min(self._held) > first_block) or (
             not self._held and self._next_block > first_block
@@ -481,5 +495,10 @@ class WindowedLogMel:
             self._next_block = first + log_spec.shape[1]
             if self._next_block > start:
                 self._held[first] = _normalise(log_spec, self.maximum)
-        pieces = [block[:, max(0, start - first):stop - first] for first, block in sorted(self._held.items()) if first < stop]
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
+        return _cut(self._held, start, stop)
+
+
+def _cut(blocks: dict[int, np.ndarray], start: int, stop: int) -> np.ndarray:
+    """Frames [start, stop) from ``blocks`` (first frame -> (n_mels, frames)), which cover them."""
+    pieces = [block[:, max(0, start - first):stop - first] for first, block in sorted(blocks.items()) if first < stop and first + block.shape[1] > start]
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)

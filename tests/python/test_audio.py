@@ -196,9 +196,14 @@ def long_stereo_flac(tmp_path_factory):
     return path
 
 
-def test_windowed_log_mel_is_the_whole_log_mel_bit_for_bit(long_stereo_flac):
+@pytest.mark.parametrize("kept_blocks", [20, 0])  # the 70-s recording kept from the first pass, or decoded again
+def test_windowed_log_mel_is_the_whole_log_mel_bit_for_bit(long_stereo_flac, kept_blocks, monkeypatch):
+    import xdna_ep.audio
+
+    monkeypatch.setattr(xdna_ep.audio, "KEPT_BLOCKS", kept_blocks)
     whole = log_mel_spectrogram(long_stereo_flac, padding=HOP_LENGTH)
     windowed = WindowedLogMel(long_stereo_flac, padding=HOP_LENGTH)
+    assert (windowed._kept is not None) == (kept_blocks > 0)
     assert windowed.n_frames == whole.shape[1] == 70 * 100 + 1
     # seek's windows: forward, across block edges, the last one short; then a window behind (decoded again)
     for start, stop in [(0, 3000), (1234, 4234), (2999, 5999), (6000, 9000), (6500, 7001), (10, 20)]:
@@ -269,9 +274,12 @@ def test_windowed_log_mel_memory_does_not_grow_with_the_duration(tmp_path):
         finally:
             tracemalloc.stop()
 
-    one, six = peak_mib(1), peak_mib(6)
-    # the same peak whatever the duration (the whole 6-min recording would add 22 MiB of samples and
-    # 11 MiB of log-mel): 2 MiB of slack over the 1-minute peak
-    assert six < one + 2, (one, six)
-    # measured 35 MiB: mostly one block's STFT (3000 frames x 400 samples, NumPy's complex128 FFT)
-    assert six < 40, six
+    # up to KEPT_BLOCKS blocks (10 min) the first pass's log-mel is kept (0.9 MiB a block); beyond, only
+    # the blocks a window spans: the same peak whatever the duration (the whole 22-min recording would
+    # add 81 MiB of samples and 40 MiB of log-mel). 2 MiB of slack over the 11-minute peak
+    one, six, eleven, twenty_two = peak_mib(1), peak_mib(6), peak_mib(11), peak_mib(22)
+    assert twenty_two < eleven + 2, (eleven, twenty_two)
+    assert six < one + 12 * 0.92 + 2, (one, six)  # 12 blocks kept
+    # measured 51 MiB: one block's STFT (3000 frames x 400 samples, NumPy's complex128 FFT, 35 MiB before
+    # blocks were kept) and the first pass's 20 kept blocks, held until the 21st shows the recording is long
+    assert twenty_two < 56, twenty_two
