@@ -18,9 +18,10 @@ dynamic quantization takes 0.67x the time of the whole fp32 encoder (tiny.en, qu
 activation scale per tensor is coarse, so it is used only where the rows were just normalised (the
 MatMuls a LayerNormalization feeds: ``layer_norm_fed_matmuls``); fc2 (after GELU) and out_proj (after
 attention) stay float32. Measured on the shared clips, greedy (word error rate as
-``bench-transcribe --wer`` computes it; goldens as the tests compare them): every encoder MatMul dynamic moved base's WER from 1.38 to 2.07 % and kept
-5 of 8 goldens; the LayerNorm-fed ones alone keep base at 1.38 % with 8 of 8 goldens (tiny.en: 4.14 %,
-7 of 8), and the encoder takes 0.80x its fp32 time.
+``bench-transcribe --wer`` computes it; goldens as the tests compare them): every encoder MatMul
+dynamic moved base's WER from 1.38 to 2.07 % and kept 5 of 8 goldens; the LayerNorm-fed ones alone
+keep base at 1.38 % with 8 of 8 goldens (tiny.en: 4.14 %, 7 of 8), and the encoder takes 0.80x its
+fp32 time.
 
 The function works on whatever graph files the folder holds (``*.onnx``, external data included), so
 it follows the exporter. ``<folder>/int8/`` is a complete model folder (its JSON files are copied);

@@ -500,5 +500,9 @@ class WindowedLogMel:
 
 def _cut(blocks: dict[int, np.ndarray], start: int, stop: int) -> np.ndarray:
     """Frames [start, stop) from ``blocks`` (first frame -> (n_mels, frames)), which cover them."""
-    pieces = [block[:, max(0, start - first):stop - first] for first, block in sorted(blocks.items()) if first < stop and first + block.shape[1] > start]
+    pieces = [
+        block[:, max(0, start - first):stop - first]
+        for first, block in sorted(blocks.items())
+        if first < stop and first + block.shape[1] > start
+    ]
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
