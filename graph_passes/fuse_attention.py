@@ -67,6 +67,7 @@ or head counts differ otherwise, and operands that are not float32.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -725,7 +726,7 @@ def _value_dependence(view: GraphView, mask: str) -> str:
             found.append(f"input {name!r}")
             continue
         if name in view.initializers:
-            if _elements(view.initializers[name].dims) > _PROBE_INITIALIZER_ELEMENTS:
+            if math.prod(map(int, view.initializers[name].dims)) > _PROBE_INITIALIZER_ELEMENTS:
                 found.append(f"initializer {name!r}")
             continue
         node = view.producer(name)
@@ -737,12 +738,6 @@ def _value_dependence(view: GraphView, mask: str) -> str:
         stack.extend(node.input)
     return ", ".join(sorted(found))
 
-
-def _elements(dims) -> int:
-    count = 1
-    for size in dims:
-        count *= int(size)
-    return count
 
 
 def _shape_name(scores: str) -> str:
@@ -1009,7 +1004,7 @@ def _run_mask_probe(
     for init in graph.initializer:
         if init.name not in needed_inits:
             continue
-        if _elements(init.dims) <= _PROBE_INITIALIZER_ELEMENTS:
+        if math.prod(map(int, init.dims)) <= _PROBE_INITIALIZER_ELEMENTS:
             inits.append(init)
         else:  # a large weight reaches the masks only through a Shape (checked): feed zeros, do not copy it
             inputs.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))

@@ -11,6 +11,7 @@ everything to the NPU, everything to the CPU, or per op kind.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from onnx import ModelProto, NodeProto
@@ -155,7 +156,7 @@ def place_node(
         kind = "matmul" + ("+bias" if attrs["bias_key"] else "") + ("+gelu" if attrs["activation"] else "")
         x_shape = shapes.shape(node.input[0])
         if x_shape is not None:
-            m = _product(x_shape[:-1])
+            m = math.prod(map(int, x_shape[:-1]))
             k, n = int(attrs["k"]), int(attrs["n"])
             shape_text = f"m={m} k={k} n={n}"
             estimate = cost_model.estimate_matmul(
@@ -174,7 +175,7 @@ def place_node(
         x_shape = shapes.shape(node.input[0])
         if x_shape:
             axis = int(attrs["axis"]) % len(x_shape)
-            rows, cols = _product(x_shape) // x_shape[axis], x_shape[axis]
+            rows, cols = math.prod(map(int, x_shape)) // x_shape[axis], x_shape[axis]
             shape_text = f"rows={rows} cols={cols}"
             estimate = cost_model.estimate_softmax(profile, rows, cols, precision=precision)
     flops = estimate.flops if estimate else 0
@@ -208,9 +209,3 @@ def _attention_dims(
     batch, n_head, n_q, n_kv = scores
     return batch, n_head, n_q, n_kv, v_shape[3]
 
-
-def _product(values) -> int:
-    result = 1
-    for value in values:
-        result *= int(value)
-    return result

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -168,13 +169,13 @@ def matrix_flops(node, shapes) -> int | None:
     if out is None or a is None:
         return 0
     if op in (("", "MatMul"), ("com.microsoft", "FusedMatMul")):
-        return 2 * _product(out) * a[-1]
+        return 2 * math.prod(map(int, out)) * a[-1]
     if op == ("", "Gemm"):
         trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
-        return 2 * _product(out) * (a[0] if trans_a else a[-1])
+        return 2 * math.prod(map(int, out)) * (a[0] if trans_a else a[-1])
     if op == ("", "Conv"):
         w = shape(1)
-        return 2 * _product(out) * _product(w[1:]) if w else 0
+        return 2 * math.prod(map(int, out)) * math.prod(map(int, w[1:])) if w else 0
     if op == ("com.microsoft", "Attention"):  # x (b, s, in) @ W (in, q + k + v), then attention
         w = shape(1)
         if w is None:
@@ -210,12 +211,6 @@ _MATRIX_OPS = {
     ("com.microsoft", "Attention"), ("com.microsoft", "MultiHeadAttention"), ("com.microsoft", "FusedMatMul"),
 }  # fmt: skip
 
-
-def _product(values) -> int:
-    result = 1
-    for value in values:
-        result *= int(value)
-    return result
 
 
 def _short(name: str) -> str:
