@@ -134,14 +134,13 @@ def _quantize_dynamic(model: onnx.ModelProto, nodes: list[str]) -> onnx.ModelPro
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory(prefix="xdna-ep-int8-") as scratch:
-        source, target = Path(scratch) / "in.onnx", Path(scratch) / "out.onnx"
-        onnx.save(model, str(source), save_as_external_data=True, location="in.bin")
+        target = Path(scratch) / "out.onnx"  # it writes its result to a file only
         quiet = logging.getLogger()
         level = quiet.level
         quiet.setLevel(logging.ERROR)  # it warns that no pre-processing ran (shape inference; not needed here)
         try:
             quantize_dynamic(
-                str(source), str(target), per_channel=True, weight_type=QuantType.QInt8,
+                model, str(target), per_channel=True, weight_type=QuantType.QInt8,
                 op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes, use_external_data_format=True,
             )  # fmt: skip
         finally:
