@@ -95,8 +95,8 @@ def create_session(
     options.intra_op_num_threads = threads
     # idle intra-op threads sleep instead of spinning: a transcription alternates three sessions (and
     # NumPy), and each session's spinning workers took the cores from the one running. tiny.en on the CPU,
-    # quiet 2-core machine: jfk.wav 299 -> 216 ms, a 62-s recording 789 -> 577 ms (spinning only in the
-    # encoder: 242 / 638 ms; one thread pool shared by the sessions: 232 / 625 ms)
+    # quiet 2-core machine (`python examples/time_split.py`, README "Measured"): jfk.wav 292 -> 212 ms,
+    # a 62-s recording 816 -> 576 ms; spinning kept in the encoder only, or one shared pool, was slower
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if map_weights:
         # decoder_model's optional input logits_positions is an initializer that is also a graph
