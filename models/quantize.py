@@ -4,8 +4,9 @@ quantized to 8 bits by ONNX Runtime, cached in ``<folder>/int8/``.
     <folder>/decoder*.onnx  MatMul(x, W fp32)
       -> int8/decoder*.onnx  MatMulNBits(x, W int8 in blocks of 16 along K, one fp32 scale per block)
     <folder>/encoder_model.onnx  MatMul(LayerNorm(...), W fp32)   q/k/v projections, fc1
-      -> int8/encoder_model.onnx  DynamicQuantizeLinear + MatMulInteger (W int8 per output channel,
-                                  activations uint8 with one scale per tensor, computed at run time)
+    <folder>/decoder_model.onnx  MatMul(encoder_hidden_states, W fp32)   cross-attention K/V projections
+      -> DynamicQuantizeLinear + MatMulInteger (W int8 per output channel, activations uint8 with one
+         scale per tensor, computed at run time)
 
 Decoders: weight-only, symmetric, round to nearest (ONNX Runtime's ``MatMulNBitsQuantizer``,
 ``bits=8``), with ``accuracy_level=4``: the kernel quantizes the activations to int8 per block too and
@@ -16,13 +17,18 @@ initializer change; embeddings (Gather), convolutions, layer norms and attention
 Encoder: MatMulNBits ran its 1500-row GEMMs no faster than fp32 at any block size (16-128); dynamic
 quantization runs them in int8 with the activations quantized at run time. One
 activation scale per tensor is coarse, so it is used only where the rows were just normalised (the
-MatMuls a LayerNormalization feeds: ``layer_norm_fed_matmuls``); fc2 (after GELU) and out_proj (after
+MatMuls a LayerNormalization feeds: ``normalised_matmuls``); fc2 (after GELU) and out_proj (after
 attention) stay float32. Measured on the shared clips, greedy (word error rate as
 ``bench-transcribe --wer`` computes it; goldens as the tests compare them): every encoder MatMul
 dynamic moved base's WER from 1.38 to 2.07 % and kept 5 of 8 goldens; the LayerNorm-fed ones alone
 keep base at 1.38 % with 8 of 8 goldens (tiny.en: 4.14 %, 7 of 8), and the encoder takes 0.80x its
 fp32 time (the ``encode`` of ``python examples/time_split.py tiny.en int8|float32`` on a 62-s
 recording: 241 vs 300 ms).
+
+The prompt decoder's cross-attention K/V projections are the same kind of work (1500-row GEMMs over
+the encoder's final LayerNorm output), once per window: as MatMulNBits they took 25 of the 33 ms of
+base's first decoder step (ONNX Runtime's profiler); dynamically quantized, base int8 transcribes
+jfk.wav in 0.93x the time with the same tokens and goldens (``python examples/compare_folders.py``).
 
 The function works on whatever graph files the folder holds (``*.onnx``, external data included), so
 it follows the exporter. ``<folder>/int8/`` is a complete model folder (its JSON files are copied);
@@ -65,7 +71,8 @@ BLOCK_SIZE = 16
 ACCURACY_LEVEL = 4  # MatMulNBits computes with int8 activations (0 would dequantize to fp32: 4x slower)
 METHOD = (
     f"MatMulNBits bits={BITS} block_size={BLOCK_SIZE} symmetric accuracy_level={ACCURACY_LEVEL}; "
-    f"encoder: LayerNorm-fed MatMuls dynamic int8 per channel, the others float32; one {WEIGHTS_FILE}"
+    f"encoder: LayerNorm-fed MatMuls dynamic int8 per channel, the others float32; "
+    f"decoder_model: cross-attention K/V projections dynamic int8 per channel; one {WEIGHTS_FILE}"
 )
 
 
@@ -109,22 +116,31 @@ def _lock(folder: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def layer_norm_fed_matmuls(model: onnx.ModelProto) -> list[str]:
-    """Names of the MatMuls with a constant weight whose activation input is a LayerNormalization's
-    output (the encoder's q/k/v projections and fc1): normalised rows, no outliers, so one int8 scale
-    per tensor (dynamic quantization) keeps them. fc2 (after GELU) and out_proj (after attention) have
-    outliers: quantized that way too, base's word error rate on the shared clips went from 1.38 to
-    2.07 % and 3 of its 8 goldens changed."""
-    producers = {output: node for node in model.graph.node for output in node.output}
+def normalised_matmuls(model: onnx.ModelProto, role: str) -> list[str]:
+    """Names of the MatMuls with a constant weight whose activation rows are normalised, so that one int8
+    scale per tensor (dynamic quantization) keeps them:
+
+    - in an encoder, the MatMuls a LayerNormalization feeds (q/k/v projections and fc1). fc2 (after GELU)
+      and out_proj (after attention) have outliers: quantized that way too, base's word error rate on the
+      shared clips went from 1.38 to 2.07 % and 3 of its 8 goldens changed;
+    - in the prompt decoder, the MatMuls that read the encoder states input (the cross-attention K/V
+      projections over all n_audio_ctx positions; the states are the encoder's final LayerNormalization).
+      Its other MatMuls stay MatMulNBits, whose weights decoder_with_past_model shares.
+    """
+    from xdna_ep.graph_passes.shapes import DECODER, ENCODER, classify_inputs
+
     weights = {tensor.name for tensor in model.graph.initializer}
-    names = []
-    for node in model.graph.node:
-        if node.op_type != "MatMul" or node.input[1] not in weights:
-            continue
-        source = producers.get(node.input[0])
-        if source is not None and source.op_type == "LayerNormalization":
-            names.append(node.name)
-    return names
+    if role == ENCODER:
+        producers = {output: node for node in model.graph.node for output in node.output}
+        normalised = {name for name, node in producers.items() if node.op_type == "LayerNormalization"}
+    elif role == DECODER:
+        normalised = {value.name for value in classify_inputs(model).cross_states if len(value.type.tensor_type.shape.dim) == 3}
+    else:
+        return []
+    return [
+        node.name for node in model.graph.node
+        if node.op_type == "MatMul" and node.input[1] in weights and node.input[0] in normalised
+    ]  # fmt: skip
 
 
 def _quantize_dynamic(model: onnx.ModelProto, nodes: list[str]) -> onnx.ModelProto:
@@ -151,8 +167,8 @@ def _quantize_dynamic(model: onnx.ModelProto, nodes: list[str]) -> onnx.ModelPro
 
 def quantize_graph(source: Path) -> onnx.ModelProto:
     """``source`` with its constant-weight MatMuls in 8 bits (external data loaded): in an encoder, the
-    LayerNorm-fed ones dynamically (``layer_norm_fed_matmuls``) and the others left float32; in a
-    decoder, every one as MatMulNBits."""
+    LayerNorm-fed ones dynamically and the others left float32; in a decoder, the ones over the encoder
+    states dynamically and every other one as MatMulNBits (``normalised_matmuls``)."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -169,7 +185,8 @@ def quantize_graph(source: Path) -> onnx.ModelProto:
         model = onnx.load(str(source))
     except (OSError, DecodeError) as error:
         raise ModelError(f"cannot read {source} to quantize it: {error}") from None
-    dynamic = layer_norm_fed_matmuls(model) if session_role(model) == ENCODER else []
+    role = session_role(model)
+    dynamic = normalised_matmuls(model, role)
     if dynamic:
         model = _quantize_dynamic(model, dynamic)
     config = DefaultWeightOnlyQuantConfig(
@@ -177,7 +194,7 @@ def quantize_graph(source: Path) -> onnx.ModelProto:
     )
     # in an encoder, the other MatMuls (fc2, out_proj) stay float32: as MatMulNBits they moved one of
     # base's 145 words on the shared clips (WER 2.07 vs 1.38 %) and ran no faster than float32
-    excluded = [node.name for node in model.graph.node if node.op_type == "MatMul"] if dynamic else []
+    excluded = [node.name for node in model.graph.node if node.op_type == "MatMul"] if role == ENCODER else []
     quantizer = MatMulNBitsQuantizer(model, algo_config=config, nodes_to_exclude=excluded)
     quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = quiet.level

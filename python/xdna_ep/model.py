@@ -98,10 +98,10 @@ def create_session(
     # quiet 2-core machine (`python examples/time_split.py`, README "Measured"): jfk.wav 292 -> 212 ms,
     # a 62-s recording 816 -> 576 ms; spinning kept in the encoder only, or one shared pool, was slower
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if map_weights:
-        # decoder_model's optional input logits_positions is an initializer that is also a graph
-        # input; ONNX Runtime warns about every such input at load, as a possible missed constant
-        options.log_severity_level = 3  # errors only
+    # decoder_model's optional input logits_positions is an initializer that is also a graph input;
+    # ONNX Runtime warns about every such input at load (to stderr, float32 and int8 alike), as a
+    # possible missed constant: only errors are logged
+    options.log_severity_level = 3
     if device == "cpu":
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 

@@ -132,6 +132,12 @@ def test_int8_tiny_en_transcribes_jfk():
     weights = {tensor.name for tensor in encoder.graph.initializer}
     float_projections = [node.name for node in encoder.graph.node if node.op_type == "MatMul" and node.input[1] in weights]
     assert len(float_projections) == 8 and all("fc2" in name or "out_proj" in name for name in float_projections)
+    # the prompt decoder: the cross-attention K/V projections of the 4 layers (over the encoder states)
+    # dynamic, the rest MatMulNBits; the step decoder has no cross-attention projection, so no dynamic one
+    for file_name, dynamic in (("decoder_model.onnx", 8), ("decoder_with_past_model.onnx", 0)):
+        decoder = onnx.load(str(model.folder / INT8_FOLDER / file_name), load_external_data=False)
+        integer = [node.name for node in decoder.graph.node if node.op_type == "MatMulInteger"]
+        assert len(integer) == dynamic and all("encoder_attn.k_proj" in n or "encoder_attn.v_proj" in n for n in integer), integer
     result = xdna_ep.transcribe(AUDIO_DIR / "jfk.wav", model, language="en", temperature=0.0)
     expected = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
     assert _normalise(result.text) == expected
