@@ -109,7 +109,8 @@ def create_session(
         if map_weights:
             options.add_session_config_entry("session.disable_prepacking", "1")
         try:
-            return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            graph = str(path) if map_weights else _cpu_graph(Path(path))
+            return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         except load_errors as error:
             raise ModelError(f"ONNX Runtime cannot load {path}: {error}") from None
     from xdna_ep import InferenceSession
@@ -119,6 +120,30 @@ def create_session(
         str(path), device=device, strict=strict, sess_options=options,
         **{key: value for key, value in settings.items() if value is not None},
     )  # fmt: skip
+
+
+def _cpu_graph(path: Path) -> str | bytes:
+    """What the CPU session loads for the graph at ``path``: the file itself, or, when it holds attention
+    chains that ``graph_passes.onnx_attention`` rewrites (the encoder's self-attention), the rewritten
+    graph with its weights, serialized (encoder, float32 and int8 alike; README "Measured").
+
+    A file ONNX cannot parse is passed on as it is, for ONNX Runtime to refuse with its own message.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+    from onnx.external_data_helper import load_external_data_for_model
+
+    from xdna_ep.graph_passes.onnx_attention import onnx_attention
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (OSError, DecodeError, ValueError):
+        return str(path)
+    model, rewritten = onnx_attention(model)
+    if not rewritten:
+        return str(path)
+    load_external_data_for_model(model, str(path.parent))
+    return model.SerializeToString()
 
 
 @dataclass
