@@ -102,7 +102,12 @@ def _is_current(folder: Path, target: Path) -> bool:
         manifest = json.loads((target / MANIFEST_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return False
-    return manifest.get("method") == METHOD and manifest.get("sources") == _sources(folder)
+    # a graph or the weights file gone or cut short (a full disk, a hand edit): quantized again
+    weights = target / WEIGHTS_FILE
+    complete = all((target / name).is_file() for name in manifest.get("matmuls_quantized", {})) and (
+        weights.is_file() and weights.stat().st_size == manifest.get("weights_bytes")
+    )
+    return complete and manifest.get("method") == METHOD and manifest.get("sources") == _sources(folder)
 
 
 @contextmanager
@@ -256,11 +261,13 @@ def int8_folder(folder: str | Path) -> Path:
                     name: sum(node.op_type in ("MatMulNBits", "MatMulInteger") for node in model.graph.node)
                     for name, model in models.items()
                 }
-                save_sharing_weights(models, staging)
+                weights_bytes = save_sharing_weights(models, staging)
                 del models
                 for extra in folder.glob("*.json"):
                     shutil.copyfile(extra, staging / extra.name)
-                manifest = {"method": METHOD, "sources": _sources(folder), "matmuls_quantized": counts}
+                manifest = {
+                    "method": METHOD, "sources": _sources(folder), "matmuls_quantized": counts, "weights_bytes": weights_bytes,
+                }  # fmt: skip
                 (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
                 if target.exists():
                     shutil.rmtree(target)

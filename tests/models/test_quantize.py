@@ -84,6 +84,11 @@ def test_int8_folder_is_cached_and_follows_the_source(toy_folder):
     os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))  # a re-export
     int8_folder(toy_folder)
     assert json.loads((target / MANIFEST_FILE).read_text())["sources"]["encoder_model.onnx"][1] == source.stat().st_mtime_ns
+    # a weights file cut short (a full disk) or gone: quantized again, not handed to ONNX Runtime
+    for damage in (lambda path: os.truncate(path, 100), os.remove):
+        damage(target / WEIGHTS_FILE)
+        int8_folder(toy_folder)
+        assert (target / WEIGHTS_FILE).stat().st_size == json.loads((target / MANIFEST_FILE).read_text())["weights_bytes"] > 100
 
 
 def test_weights_two_graphs_share_are_stored_once(toy_folder):
