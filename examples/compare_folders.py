@@ -8,6 +8,10 @@ once on the CPU, transcribes once to warm up, then the folders take turns run by
 the machine's load falls on all of them alike), with the bench's settings (greedy, temperature 0, no
 timestamps, English). Prints each folder's median wall time, its median run-by-run ratio to the first
 folder, and whether its tokens equal the first folder's.
+
+A folder written ``plain:FOLDER`` is loaded without the CPU session's in-memory graph rewrite (the
+encoder's attention chains left as the file has them instead of ONNX ``Attention`` nodes,
+``graph_passes/onnx_attention.py``): ``plain:base base`` measures that rewrite.
 """
 
 from __future__ import annotations
@@ -19,7 +23,22 @@ import time
 import numpy as np
 
 import xdna_ep
+from xdna_ep import model as model_module
 from xdna_ep.bench_transcribe import GOLDEN_SETTINGS, load_recording
+
+PLAIN = "plain:"
+
+
+def load(folder: str, compute_type: str):
+    """The model of ``folder``; with the ``plain:`` prefix, its CPU sessions load the files as they are."""
+    if not folder.startswith(PLAIN):
+        return xdna_ep.load_model(folder, device="cpu", compute_type=compute_type)
+    rewrite = model_module._cpu_graph
+    model_module._cpu_graph = str  # the path itself: what ONNX Runtime loads without the rewrite
+    try:
+        return xdna_ep.load_model(folder[len(PLAIN):], device="cpu", compute_type=compute_type)
+    finally:
+        model_module._cpu_graph = rewrite
 
 
 def main(argv: list[str]) -> int:
@@ -32,7 +51,7 @@ def main(argv: list[str]) -> int:
     label, audio = load_recording(args.audio)
     models, tokens, times = {}, {}, {}
     for folder in args.folders:
-        models[folder] = xdna_ep.load_model(folder, device="cpu", compute_type=args.compute_type)
+        models[folder] = load(folder, args.compute_type)
         result = xdna_ep.transcribe(audio, models[folder], **GOLDEN_SETTINGS)  # warm-up
         tokens[folder] = [token for segment in result.segments for token in segment.tokens]
         times[folder] = []

@@ -11,6 +11,14 @@ self-attention so. ONNX Runtime's CPU kernel for ``Attention`` runs the same two
 softmax (its output equals the chain's bit for bit on the real encoders: the sibling test), without
 the five head-layout copies and the separate softmax pass over the (b, h, n, n) scores.
 
+Where the query length n is static (the encoder's 1500 positions, from ONNX shape inference) and over
+``QUERY_BLOCK_ROWS``, the queries are cut into blocks of that many rows, one Attention node each
+(Slice, Attention, Concat): the same rows computed the same way, so the output is unchanged, while one
+head's block of scores (250 x 1500 fp32, 1.5 MB) stays near a core's L2 instead of spilling 9 MB
+through L3. Measured on base's encoder (fp32, in turn in one process): 3, 4, 6, 10, 15 and 25 blocks
+took 0.98, 0.97, 0.96, 0.97, 0.97 and 0.99x the time of one block. A dynamic n keeps one node: ONNX
+Runtime's Attention refuses an empty block.
+
 This is not an NPU fusion (``fuse_attention`` makes ``xdna::Attention`` for that); it changes what the
 plain ONNX Runtime CPU session of ``device="cpu"`` runs, in memory: the model files keep the chain
 the passes, the variants and the int8 quantizer read. Only the exact form above is taken: constant
@@ -24,7 +32,9 @@ opset (``SAME_UP_TO_23``); otherwise the model is left unchanged.
 
 from __future__ import annotations
 
-from onnx import ModelProto, NodeProto, helper
+import numpy as np
+import onnx
+from onnx import ModelProto, NodeProto, helper, numpy_helper
 
 from xdna_ep.graph_passes.graph import GraphView
 
@@ -39,6 +49,7 @@ SAME_UP_TO_23 = frozenset({
     "Shape", "Size", "Slice", "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Transpose", "Unsqueeze", "Where",
 })  # fmt: skip
 FIRST_OPSET = 13  # Softmax normalises one axis from 13 on; older graphs are left as they are
+QUERY_BLOCK_ROWS = 250  # queries per Attention node when n is static and longer (module docstring)
 
 
 class _NoMatch(Exception):
@@ -61,9 +72,16 @@ def onnx_attention(model: ModelProto) -> tuple[ModelProto, bool]:
                 continue
     if not rewrites:
         return model, False
+    lengths = _static_lengths(model, [fused.input[0] for fused, _ in rewrites])
     removed = {id(node) for _, chain in rewrites for node in chain}
-    attention_at = {id(chain[-1]): fused for fused, chain in rewrites}  # the fused node takes the merge's place
-    nodes = [attention_at.get(id(node), node) for node in model.graph.node if id(node) not in removed or id(node) in attention_at]
+    # the fused nodes take the merge Reshape's place
+    replacement = {id(chain[-1]): _query_blocks(view, fused, lengths.get(fused.input[0])) for fused, chain in rewrites}
+    nodes = []
+    for node in model.graph.node:
+        if id(node) in replacement:
+            nodes.extend(replacement[id(node)])
+        elif id(node) not in removed:
+            nodes.append(node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     _drop_unread_constants(model)
@@ -99,6 +117,45 @@ def _match(view: GraphView, softmax: NodeProto) -> tuple[NodeProto, list[NodePro
     )  # fmt: skip
     chain = [*q_chain, *k_chain, k_t, *v_chain, scores, softmax, probs_matmul, merge_t, merge]
     return fused, chain
+
+
+def _static_lengths(model: ModelProto, names: list[str]) -> dict[str, int]:
+    """Tensor name -> its static axis-1 length (the query positions of (batch, n, h * d)), where ONNX
+    shape inference finds one."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except (onnx.shape_inference.InferenceError, ValueError):
+        return {}
+    lengths = {}
+    for value in inferred.graph.value_info:
+        dims = value.type.tensor_type.shape.dim
+        if value.name in names and len(dims) == 3 and dims[1].HasField("dim_value"):
+            lengths[value.name] = dims[1].dim_value
+    return lengths
+
+
+def _query_blocks(view: GraphView, fused: NodeProto, length: int | None) -> list[NodeProto]:
+    """``fused`` itself, or for a static query length over QUERY_BLOCK_ROWS: one Slice + Attention per
+    block of rows and a Concat of the blocks into ``fused``'s output."""
+    if length is None or length <= QUERY_BLOCK_ROWS:
+        return [fused]
+    q, k, v = fused.input
+    nodes, outputs = [], []
+    axis = view.fresh_name(f"{fused.name}/rows_axis")
+    nodes.append(helper.make_node("Constant", [], [axis], value=numpy_helper.from_array(np.array([1], np.int64))))
+    for start in range(0, length, QUERY_BLOCK_ROWS):
+        bounds = []
+        for value in (start, min(start + QUERY_BLOCK_ROWS, length)):
+            bounds.append(view.fresh_name(f"{fused.name}/rows_{value}"))
+            nodes.append(helper.make_node("Constant", [], [bounds[-1]], value=numpy_helper.from_array(np.array([value], np.int64))))
+        rows = view.fresh_name(f"{fused.name}/q_rows_{start}")
+        nodes.append(helper.make_node("Slice", [q, *bounds, axis], [rows]))
+        outputs.append(view.fresh_name(f"{fused.name}/out_rows_{start}"))
+        block = helper.make_node("Attention", [rows, k, v], [outputs[-1]], name=view.fresh_name(f"{fused.name}/rows_{start}"))
+        block.attribute.extend(fused.attribute)
+        nodes.append(block)
+    nodes.append(helper.make_node("Concat", outputs, list(fused.output), name=fused.name, axis=1))
+    return nodes
 
 
 def _heads(view: GraphView, name: str) -> tuple[str, list[NodeProto], int, int]:

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from real_sessions import SESSIONS, model_folder, plain_options, real_inputs, whisper_config
-from xdna_ep.graph_passes.onnx_attention import ATTENTION_OPSET, onnx_attention
+from xdna_ep.graph_passes.onnx_attention import ATTENTION_OPSET, QUERY_BLOCK_ROWS, onnx_attention
 
 
 def _ops(model: onnx.ModelProto) -> Counter:
@@ -33,7 +33,9 @@ def test_real_encoder_attention_becomes_onnx_attention_bit_for_bit(name):
     rewritten, modified = onnx_attention(onnx.load(str(folder / "encoder_model.onnx")))
     assert modified
     ops = _ops(rewritten)
-    assert ops["Attention"] == layers and ops["Softmax"] == 0, ops
+    # 1500 positions (3000 frames, static in the export) in blocks of 250 queries: 6 Attention nodes per layer
+    blocks = 1500 // QUERY_BLOCK_ROWS
+    assert ops["Attention"] == blocks * layers and ops["Slice"] == blocks * layers and ops["Softmax"] == 0, ops
     # the conv output's transpose is the only layout op left (5 per layer were the heads' split and merge)
     assert ops["Transpose"] == 1 and ops["Reshape"] == 0, ops
     assert next(o.version for o in rewritten.opset_import if o.domain == "") == ATTENTION_OPSET
@@ -54,7 +56,7 @@ def test_decoders_are_left_as_they_are(session):
 
 
 def _toy_attention(heads: int = 2, head_dim: int = 4, opset: int = 18, softmax_axis: int = -1, extra_op: str | None = None,
-                   heads_output: bool = False) -> onnx.ModelProto:  # fmt: skip
+                   heads_output: bool = False, positions: int | str = "n") -> onnx.ModelProto:  # fmt: skip
     """x (1, n, h * d) -> three projections -> the head-split chain build.py writes -> (1, n, h * d)."""
     width = heads * head_dim
     rng = np.random.default_rng(0)
@@ -85,7 +87,7 @@ def _toy_attention(heads: int = 2, head_dim: int = 4, opset: int = 18, softmax_a
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
     if heads_output:
         outputs.append(helper.make_tensor_value_info("kh", TensorProto.FLOAT, None))
-    graph = helper.make_graph(nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "n", width])], outputs, inits)
+    graph = helper.make_graph(nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, positions, width])], outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 9 if opset < 23 else 11
     return model
@@ -100,6 +102,16 @@ def test_toy_chain_is_rewritten_and_computes_the_same():
     assert {init.name for init in rewritten.graph.initializer} == {"Wq", "Wk", "Wv"}  # the chain's shapes went
     got = ort.InferenceSession(rewritten.SerializeToString(), plain_options(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)  # measured 0.0; 1e-6 leaves room for summation order
+
+
+def test_a_static_query_length_is_cut_into_blocks_of_rows():
+    model = _toy_attention(positions=2 * QUERY_BLOCK_ROWS + 100)
+    x = np.random.default_rng(2).standard_normal((1, 2 * QUERY_BLOCK_ROWS + 100, 8)).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(), plain_options(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    rewritten, modified = onnx_attention(model)
+    assert modified and _ops(rewritten)["Attention"] == 3 and _ops(rewritten)["Slice"] == 3  # 250 + 250 + 100 rows
+    got = ort.InferenceSession(rewritten.SerializeToString(), plain_options(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)  # the same rows computed alike: measured 0.0
 
 
 @pytest.mark.parametrize(
