@@ -28,7 +28,8 @@ recording: 241 vs 300 ms).
 The prompt decoder's cross-attention K/V projections are the same kind of work (1500-row GEMMs over
 the encoder's final LayerNorm output), once per window: as MatMulNBits they took 25 of the 33 ms of
 base's first decoder step (ONNX Runtime's profiler); dynamically quantized, base int8 transcribes
-jfk.wav in 0.93x the time with the same tokens and goldens (``python examples/compare_folders.py``).
+jfk.wav in 0.93x the time with the same tokens and goldens (``python examples/compare_folders.py``
+against a copy of the folder holding the previous quantizer's int8 graphs, commit f1e94d9).
 
 The function works on whatever graph files the folder holds (``*.onnx``, external data included), so
 it follows the exporter. ``<folder>/int8/`` is a complete model folder (its JSON files are copied);
