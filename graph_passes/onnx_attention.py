@@ -25,7 +25,7 @@ the passes, the variants and the int8 quantizer read. Only the exact form above 
 shapes and permutations as written, a last-axis Softmax, every intermediate read by the chain alone
 and none a graph output. The decoders' self-attention adds a causal mask and their K and V heads are
 ``present.*`` outputs, so in this project's graphs only the encoder's self-attention is rewritten;
-any other chain is left as it is. When a node is written, the model's default-domain opset is raised
+any other chain, and one over other types than float32, is left as it is. When a node is written, the model's default-domain opset is raised
 to 23, and only if every op of the default domain it holds means the same at 23 as at the model's
 opset (``SAME_UP_TO_23``); otherwise the model is left unchanged.
 """
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import ModelProto, NodeProto, helper, numpy_helper
+from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from xdna_ep.graph_passes.graph import GraphView
 
@@ -70,9 +70,11 @@ def onnx_attention(model: ModelProto) -> tuple[ModelProto, bool]:
                 rewrites.append(_match(view, node))
             except _NoMatch:
                 continue
+    types, lengths = _inferred(model)
+    # ONNX Runtime's CPU Attention kernel computes float32 here (an fp16 model keeps its chain)
+    rewrites = [(fused, chain) for fused, chain in rewrites if all(types.get(name) == TensorProto.FLOAT for name in fused.input)]
     if not rewrites:
         return model, False
-    lengths = _static_lengths(model, [fused.input[0] for fused, _ in rewrites])
     removed = {id(node) for _, chain in rewrites for node in chain}
     # the fused nodes take the merge Reshape's place
     replacement = {id(chain[-1]): _query_blocks(view, fused, lengths.get(fused.input[0])) for fused, chain in rewrites}
@@ -119,19 +121,20 @@ def _match(view: GraphView, softmax: NodeProto) -> tuple[NodeProto, list[NodePro
     return fused, chain
 
 
-def _static_lengths(model: ModelProto, names: list[str]) -> dict[str, int]:
-    """Tensor name -> its static axis-1 length (the query positions of (batch, n, h * d)), where ONNX
-    shape inference finds one."""
+def _inferred(model: ModelProto) -> tuple[dict[str, int], dict[str, int]]:
+    """(tensor name -> element type, tensor name -> static axis-1 length of a rank-3 tensor) from ONNX
+    shape inference: the queries' type and their positions n in (batch, n, h * d)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except (onnx.shape_inference.InferenceError, ValueError):
-        return {}
-    lengths = {}
-    for value in inferred.graph.value_info:
-        dims = value.type.tensor_type.shape.dim
-        if value.name in names and len(dims) == 3 and dims[1].HasField("dim_value"):
-            lengths[value.name] = dims[1].dim_value
-    return lengths
+        return {}, {}
+    types, lengths = {}, {}
+    for value in (*inferred.graph.value_info, *inferred.graph.input):
+        tensor = value.type.tensor_type
+        types[value.name] = tensor.elem_type
+        if len(tensor.shape.dim) == 3 and tensor.shape.dim[1].HasField("dim_value"):
+            lengths[value.name] = tensor.shape.dim[1].dim_value
+    return types, lengths
 
 
 def _query_blocks(view: GraphView, fused: NodeProto, length: int | None) -> list[NodeProto]:

@@ -56,11 +56,12 @@ def test_decoders_are_left_as_they_are(session):
 
 
 def _toy_attention(heads: int = 2, head_dim: int = 4, opset: int = 18, softmax_axis: int = -1, extra_op: str | None = None,
-                   heads_output: bool = False, positions: int | str = "n") -> onnx.ModelProto:  # fmt: skip
+                   heads_output: bool = False, positions: int | str = "n", float16: bool = False) -> onnx.ModelProto:  # fmt: skip
     """x (1, n, h * d) -> three projections -> the head-split chain build.py writes -> (1, n, h * d)."""
     width = heads * head_dim
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array((rng.standard_normal((width, width)) * 0.3).astype(np.float32), f"W{p}") for p in "qkv"]
+    dtype, elem_type = (np.float16, TensorProto.FLOAT16) if float16 else (np.float32, TensorProto.FLOAT)
+    inits = [numpy_helper.from_array((rng.standard_normal((width, width)) * 0.3).astype(dtype), f"W{p}") for p in "qkv"]
     inits += [
         numpy_helper.from_array(np.array([0, -1, heads, head_dim], np.int64), "split"),
         numpy_helper.from_array(np.array([0, -1, width], np.int64), "merge"),
@@ -84,10 +85,10 @@ def _toy_attention(heads: int = 2, head_dim: int = 4, opset: int = 18, softmax_a
         nodes.append(helper.make_node(extra_op, ["att"], ["y"]))
     else:
         nodes.append(helper.make_node("Identity", ["att"], ["y"]))
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    outputs = [helper.make_tensor_value_info("y", elem_type, None)]
     if heads_output:
-        outputs.append(helper.make_tensor_value_info("kh", TensorProto.FLOAT, None))
-    graph = helper.make_graph(nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, positions, width])], outputs, inits)
+        outputs.append(helper.make_tensor_value_info("kh", elem_type, None))
+    graph = helper.make_graph(nodes, "toy", [helper.make_tensor_value_info("x", elem_type, [1, positions, width])], outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 9 if opset < 23 else 11
     return model
@@ -121,6 +122,7 @@ def test_a_static_query_length_is_cut_into_blocks_of_rows():
         (dict(heads_output=True), "the K heads are read outside the chain (a graph output)"),
         (dict(extra_op="Gelu", opset=20), "an op whose meaning at opset 23 is not checked (Gelu, opset 20)"),
         (dict(opset=11), "before opset 13 the softmax flattens its input"),
+        (dict(float16=True), "ONNX Runtime's CPU Attention is used for float32 only"),
     ],
 )
 def test_other_forms_are_left_unchanged(settings, why):
