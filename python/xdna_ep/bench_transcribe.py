@@ -10,8 +10,9 @@ machine's load falls on all of them alike). The median wall time is printed with
 engine's speed-up over faster-whisper of the same compute type, and every engine's tokens are
 compared with faster-whisper float32's (``same`` / ``DIFFERENT``):
 
-- ``xdna-ep float32``: the stock graphs on ONNX Runtime's CPU execution provider (the pipeline of
-  this project: concatenating KV cache, one encoder pass per 30-s window);
+- ``xdna-ep float32``: the stock graphs on ONNX Runtime's CPU execution provider, the encoder's attention
+  as ONNX ``Attention`` (the pipeline of this project: concatenating KV cache, one encoder pass per 30-s
+  window);
 - ``xdna-ep int8``: the same with the MatMul weights in 8 bits (``xdna_ep.models.quantize``);
 - ``faster-whisper float32`` and ``faster-whisper int8``: CTranslate2 on the same packaged weights;
 - ``xdna-ep sim`` (with ``--sim``): the simulated NPU. Its wall time is NumPy's, not the NPU's, so

@@ -77,7 +77,8 @@ def create_session(
 ) -> Any:
     """The one place the pipeline creates an ONNX Runtime session.
 
-    ``cpu``: a plain ``onnxruntime.InferenceSession`` on the CPU execution provider (the stock graph).
+    ``cpu``: a plain ``onnxruntime.InferenceSession`` on the CPU execution provider: the stock graph, its
+    attention chains as ONNX ``Attention`` where ``graph_passes.onnx_attention`` rewrites them (``_cpu_graph``).
     With ``map_weights`` (the decoders), prepacking is off, so the session computes on the
     external-data file as ONNX Runtime maps it: sessions over one file (both decoders) then share one
     copy of the weights in memory, where prepacking would give each session its own packed copy.
