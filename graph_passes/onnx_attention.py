@@ -25,9 +25,10 @@ the passes, the variants and the int8 quantizer read. Only the exact form above 
 shapes and permutations as written, a last-axis Softmax, every intermediate read by the chain alone
 and none a graph output. The decoders' self-attention adds a causal mask and their K and V heads are
 ``present.*`` outputs, so in this project's graphs only the encoder's self-attention is rewritten;
-any other chain, and one over other types than float32, is left as it is. When a node is written, the model's default-domain opset is raised
-to 23, and only if every op of the default domain it holds means the same at 23 as at the model's
-opset (``SAME_UP_TO_23``); otherwise the model is left unchanged.
+any other chain, and one over other types than float32, is left as it is. When a node is written,
+the model's default-domain opset is raised to 23, and only if every op of the default domain it holds
+means the same at 23 as at the model's opset (``SAME_UP_TO_23``); otherwise the model is left
+unchanged.
 """
 
 from __future__ import annotations
