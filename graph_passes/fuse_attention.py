@@ -75,7 +75,7 @@ import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from xdna_ep.graph_passes import xdna_ops
-from xdna_ep.graph_passes.graph import GraphView, Rewrite, apply_rewrites
+from xdna_ep.graph_passes.graph import GraphView, Rewrite, add_constant, apply_rewrites
 from xdna_ep.graph_passes.match_log import MatchLog
 from xdna_ep.graph_passes.shapes import ShapeTable
 
@@ -374,7 +374,7 @@ def rewrite_onnx_attention(view: GraphView, node: NodeProto, shapes: ShapeTable 
     helpers: list[NodeProto] = []
     heads = []
     for tensor, shape4 in zip(node.input[:3], (q4, k4, v4)):
-        split = _add_constant(view, helpers, np.array([0, 0, shape4[1], shape4[3]], np.int64))
+        split = add_constant(view, helpers, np.array([0, 0, shape4[1], shape4[3]], np.int64))
         reshaped = view.fresh_name(f"{tensor}/xdna_heads")
         heads_tensor = view.fresh_name(f"{tensor}/xdna_bhnd")
         helpers.append(helper.make_node("Reshape", [tensor, split], [reshaped], name=reshaped))
@@ -386,7 +386,7 @@ def rewrite_onnx_attention(view: GraphView, node: NodeProto, shapes: ShapeTable 
     shapes.shapes[fused_out] = (q4[0], q4[1], q4[2], v4[3])
     fused = xdna_ops.make_attention(*heads, fused_out, name, scale=scale, causal=causal, kind=kind)
     merged = view.fresh_name(f"{node.output[0]}/xdna_bnhd")
-    merge = _add_constant(view, helpers, np.array([0, 0, q4[1] * v4[3]], np.int64))
+    merge = add_constant(view, helpers, np.array([0, 0, q4[1] * v4[3]], np.int64))
     after = [
         helper.make_node("Transpose", [fused_out], [merged], name=merged, perm=[0, 2, 1, 3]),
         helper.make_node("Reshape", [merged, merge], [node.output[0]], name=view.fresh_name(f"{node.output[0]}/xdna_merge")),
@@ -438,11 +438,11 @@ def rewrite_contrib_attention(
     packed = add("Add", [add("MatMul", list(node.input[:2]), (batch, n_pos, 3 * hidden)), node.input[2]], (batch, n_pos, 3 * hidden))
     parts = [view.fresh_name(f"{node.name}/xdna_{name}") for name in "qkv"]
     if opset >= 13:
-        sizes = _add_constant(view, helpers, np.array([hidden] * 3, np.int64))
+        sizes = add_constant(view, helpers, np.array([hidden] * 3, np.int64))
         helpers.append(helper.make_node("Split", [packed, sizes], parts, name=parts[0], axis=-1))
     else:
         helpers.append(helper.make_node("Split", [packed], parts, name=parts[0], axis=-1, split=[hidden] * 3))
-    to_heads = _add_constant(view, helpers, np.array([0, 0, n_head, head_dim], np.int64))
+    to_heads = add_constant(view, helpers, np.array([0, 0, n_head, head_dim], np.int64))
     heads = []
     for part in parts:
         shapes.shapes[part], shapes.elem_types[part] = (batch, n_pos, hidden), TensorProto.FLOAT
@@ -473,7 +473,7 @@ def _contrib_rewrite(
     name = view.fresh_name(f"{node.name or node.output[0]}/xdna_attention")
     fused = xdna_ops.make_attention(*heads, fused_out, name, scale=scale, causal=False, kind=kind)
     merged = view.fresh_name(f"{node.output[0]}/xdna_bnhd")
-    to_hidden = _add_constant(view, helpers, np.array([0, 0, n_head * head_dim], np.int64))
+    to_hidden = add_constant(view, helpers, np.array([0, 0, n_head * head_dim], np.int64))
     after = [
         helper.make_node("Transpose", [fused_out], [merged], name=merged, perm=[0, 2, 1, 3]),
         helper.make_node("Reshape", [merged, to_hidden], [node.output[0]], name=view.fresh_name(f"{node.output[0]}/xdna_merge")),
@@ -542,12 +542,12 @@ def rewrite_contrib_multihead_attention(view: GraphView, node: NodeProto, shapes
         """(b, n, hidden) [+ bias part] -> (b, h, n, d)"""
         n_pos = shapes.shape(tensor)[1]
         if bias is not None and np.any(bias[part * hidden : (part + 1) * hidden]):
-            part_bias = _add_constant(view, helpers, np.ascontiguousarray(bias[part * hidden : (part + 1) * hidden]))
+            part_bias = add_constant(view, helpers, np.ascontiguousarray(bias[part * hidden : (part + 1) * hidden]))
             biased = view.fresh_name(f"{tensor}/xdna_bias")
             helpers.append(helper.make_node("Add", [tensor, part_bias], [biased], name=biased))
             shapes.shapes[biased], shapes.elem_types[biased] = (batch, n_pos, hidden), TensorProto.FLOAT
             tensor = biased
-        split = _add_constant(view, helpers, np.array([0, 0, n_head, head_dim], np.int64))
+        split = add_constant(view, helpers, np.array([0, 0, n_head, head_dim], np.int64))
         reshaped = view.fresh_name(f"{tensor}/xdna_heads")
         heads_tensor = view.fresh_name(f"{tensor}/xdna_bhnd")
         helpers.append(helper.make_node("Reshape", [tensor, split], [reshaped], name=reshaped))
@@ -565,14 +565,6 @@ def rewrite_contrib_multihead_attention(view: GraphView, node: NodeProto, shapes
 
 def onnx_node_copy(node: NodeProto) -> NodeProto:
     return NodeProto.FromString(node.SerializeToString())
-
-
-def _add_constant(view: GraphView, helpers: list[NodeProto], value: np.ndarray) -> str:
-    from onnx import numpy_helper
-
-    name = view.fresh_name("xdna_shape")
-    helpers.append(helper.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(value)))
-    return name
 
 
 def _expand_heads(
@@ -594,7 +586,7 @@ def build_rewrite(view: GraphView, match: AttentionMatch, shapes: ShapeTable | N
     v_tensor = match.v
     if match.broadcast is not None:  # multi-query: K and V of one head, expanded to Q's heads
         k_shape, v_shape = match.broadcast
-        repeat = _add_constant(view, helpers, np.array([1, k_shape[1], 1, 1], np.int64))
+        repeat = add_constant(view, helpers, np.array([1, k_shape[1], 1, 1], np.int64))
         k_tensor = _expand_heads(view, helpers, shapes, k_tensor, repeat, k_shape)
         v_tensor = _expand_heads(view, helpers, shapes, v_tensor, repeat, v_shape)
     kind = _attention_kind(view, match)

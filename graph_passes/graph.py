@@ -177,6 +177,13 @@ def apply_rewrites(model: ModelProto, view: GraphView, rewrites: Sequence[Rewrit
     ensure_xdna_opset(model)
 
 
+def add_constant(view: GraphView, nodes: list[NodeProto], value: np.ndarray, hint: str = "xdna_shape") -> str:
+    """Append a Constant node holding ``value`` to ``nodes``; return its output, a fresh name from ``hint``."""
+    name = view.fresh_name(hint)
+    nodes.append(helper.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(value)))
+    return name
+
+
 def replace_nodes(graph: GraphProto, nodes: Iterable[NodeProto]) -> None:
     """Set the graph's node list (copies the protos)."""
     nodes = [onnx.NodeProto.FromString(node.SerializeToString()) for node in nodes]
@@ -252,10 +259,11 @@ def remove_dead_nodes(model: ModelProto) -> int:
 
 
 def remove_unused_initializers(model: ModelProto) -> None:
-    """Drop initializers no node (nor subgraph) reads."""
+    """Drop initializers no node (nor subgraph) reads. A graph input's default stays: it is part of the
+    interface (a caller may feed that input or not), not a weight."""
     graph = model.graph
     used = {name for node in graph.node for name in node.input}
-    used |= {out.name for out in graph.output}
+    used |= {out.name for out in graph.output} | {inp.name for inp in graph.input}
     for node in graph.node:
         for attribute in node.attribute:
             for subgraph in _subgraphs(attribute):

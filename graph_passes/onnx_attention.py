@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
+from onnx import ModelProto, NodeProto, TensorProto, helper
 
-from xdna_ep.graph_passes.graph import GraphView
+from xdna_ep.graph_passes.graph import GraphView, add_constant, remove_dead_nodes, remove_unused_initializers, replace_nodes
 
 PASS_NAME = "onnx_attention"
 ATTENTION_OPSET = 23  # the first opset with ONNX's Attention op
@@ -71,6 +71,8 @@ def onnx_attention(model: ModelProto) -> tuple[ModelProto, bool]:
                 rewrites.append(_match(view, node))
             except _NoMatch:
                 continue
+    if not rewrites:
+        return model, False
     types, lengths = _inferred(model)
     # ONNX Runtime's CPU Attention kernel computes float32 here (an fp16 model keeps its chain)
     rewrites = [(fused, chain) for fused, chain in rewrites if all(types.get(name) == TensorProto.FLOAT for name in fused.input)]
@@ -85,9 +87,9 @@ def onnx_attention(model: ModelProto) -> tuple[ModelProto, bool]:
             nodes.extend(replacement[id(node)])
         elif id(node) not in removed:
             nodes.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    _drop_unread_constants(model)
+    replace_nodes(model.graph, nodes)
+    remove_dead_nodes(model)  # the chain's shape constants
+    remove_unused_initializers(model)
     for opset_id in model.opset_import:
         if opset_id.domain in ("", "ai.onnx"):
             opset_id.version = ATTENTION_OPSET
@@ -145,13 +147,12 @@ def _query_blocks(view: GraphView, fused: NodeProto, length: int | None) -> list
         return [fused]
     q, k, v = fused.input
     nodes, outputs = [], []
-    axis = view.fresh_name(f"{fused.name}/rows_axis")
-    nodes.append(helper.make_node("Constant", [], [axis], value=numpy_helper.from_array(np.array([1], np.int64))))
+    axis = add_constant(view, nodes, np.array([1], np.int64), f"{fused.name}/rows_axis")
     for start in range(0, length, QUERY_BLOCK_ROWS):
-        bounds = []
-        for value in (start, min(start + QUERY_BLOCK_ROWS, length)):
-            bounds.append(view.fresh_name(f"{fused.name}/rows_{value}"))
-            nodes.append(helper.make_node("Constant", [], [bounds[-1]], value=numpy_helper.from_array(np.array([value], np.int64))))
+        bounds = [
+            add_constant(view, nodes, np.array([value], np.int64), f"{fused.name}/rows_{value}")
+            for value in (start, min(start + QUERY_BLOCK_ROWS, length))
+        ]
         rows = view.fresh_name(f"{fused.name}/q_rows_{start}")
         nodes.append(helper.make_node("Slice", [q, *bounds, axis], [rows]))
         outputs.append(view.fresh_name(f"{fused.name}/out_rows_{start}"))
@@ -202,15 +203,3 @@ def _constant_list(view: GraphView, name: str) -> list[int] | None:
 
 def _allows_zero(reshape: NodeProto) -> bool:
     return any(attr.name == "allowzero" and attr.i for attr in reshape.attribute)
-
-
-def _drop_unread_constants(model: ModelProto) -> None:
-    """Remove the Constant nodes and initializers that nothing reads any more (the chain's shapes)."""
-    read = {name for node in model.graph.node for name in node.input} | {out.name for out in model.graph.output}
-    kept = [node for node in model.graph.node if node.op_type != "Constant" or node.output[0] in read]
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
-    inputs = {value.name for value in model.graph.input}
-    unread = [init for init in model.graph.initializer if init.name not in read and init.name not in inputs]
-    for init in unread:
-        model.graph.initializer.remove(init)
