@@ -122,6 +122,18 @@ def _lock(folder: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextmanager
+def _log_level(name: str | None, level: int):
+    """Logger ``name`` (None: the root logger) at ``level`` for the duration, then as it was."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 def normalised_matmuls(model: onnx.ModelProto, role: str) -> list[str]:
     """Names of the MatMuls with a constant weight whose activation rows are normalised, so that one int8
     scale per tensor (dynamic quantization) keeps them:
@@ -158,16 +170,12 @@ def _quantize_dynamic(model: onnx.ModelProto, nodes: list[str]) -> onnx.ModelPro
 
     with tempfile.TemporaryDirectory(prefix="xdna-ep-int8-") as scratch:
         target = Path(scratch) / "out.onnx"  # it writes its result to a file only
-        quiet = logging.getLogger()
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)  # it warns that no pre-processing ran (shape inference; not needed here)
-        try:
+        # it warns that no pre-processing ran (shape inference; not needed here)
+        with _log_level(None, logging.ERROR):
             quantize_dynamic(
                 model, str(target), per_channel=True, weight_type=QuantType.QInt8,
                 op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes, use_external_data_format=True,
             )  # fmt: skip
-        finally:
-            quiet.setLevel(level)
         return onnx.load(str(target))
 
 
@@ -202,13 +210,9 @@ def quantize_graph(source: Path) -> onnx.ModelProto:
     # base's 145 words on the shared clips (WER 2.07 vs 1.38 %) and ran no faster than float32
     excluded = [node.name for node in model.graph.node if node.op_type == "MatMul"] if role == ENCODER else []
     quantizer = MatMulNBitsQuantizer(model, algo_config=config, nodes_to_exclude=excluded)
-    quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)  # it logs every node it skips at INFO
-    try:
+    # it logs every node it skips at INFO
+    with _log_level("onnxruntime.quantization.matmul_nbits_quantizer", logging.WARNING):
         quantizer.process()
-    finally:
-        quiet.setLevel(level)
     return quantizer.model.model
 
 
