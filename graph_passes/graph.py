@@ -167,14 +167,20 @@ def apply_rewrites(model: ModelProto, view: GraphView, rewrites: Sequence[Rewrit
         removed_ids |= {id(node) for node in removed}
         inserted_at[id(rewrite.anchor)] = [*rewrite.helpers, rewrite.fused, *rewrite.after]
         record_originals(model, rewrite.fused.name, removed if rewrite.originals is None else rewrite.originals)
+    splice_nodes(model.graph, inserted_at, removed_ids)
+    ensure_xdna_opset(model)
+
+
+def splice_nodes(graph: GraphProto, inserted_at: dict[int, list[NodeProto]], removed_ids: set[int]) -> None:
+    """Rebuild the node list: the nodes keyed (by ``id``) in ``inserted_at`` are replaced by theirs, the
+    other nodes in ``removed_ids`` leave, the rest stay in order."""
     new_nodes: list[NodeProto] = []
-    for node in model.graph.node:
+    for node in graph.node:
         if id(node) in inserted_at:
             new_nodes.extend(inserted_at[id(node)])
         elif id(node) not in removed_ids:
             new_nodes.append(node)
-    replace_nodes(model.graph, new_nodes)
-    ensure_xdna_opset(model)
+    replace_nodes(graph, new_nodes)
 
 
 def add_constant(view: GraphView, nodes: list[NodeProto], value: np.ndarray, hint: str = "xdna_shape") -> str:

@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper
 
-from xdna_ep.graph_passes.graph import GraphView, add_constant, remove_dead_nodes, remove_unused_initializers, replace_nodes
+from xdna_ep.graph_passes.graph import GraphView, add_constant, remove_dead_nodes, remove_unused_initializers, splice_nodes
 
 PASS_NAME = "onnx_attention"
 ATTENTION_OPSET = 23  # the first opset with ONNX's Attention op
@@ -81,13 +81,7 @@ def onnx_attention(model: ModelProto) -> tuple[ModelProto, bool]:
     removed = {id(node) for _, chain in rewrites for node in chain}
     # the fused nodes take the merge Reshape's place
     replacement = {id(chain[-1]): _query_blocks(view, fused, lengths.get(fused.input[0])) for fused, chain in rewrites}
-    nodes = []
-    for node in model.graph.node:
-        if id(node) in replacement:
-            nodes.extend(replacement[id(node)])
-        elif id(node) not in removed:
-            nodes.append(node)
-    replace_nodes(model.graph, nodes)
+    splice_nodes(model.graph, replacement, removed)
     remove_dead_nodes(model)  # the chain's shape constants
     remove_unused_initializers(model)
     for opset_id in model.opset_import:
