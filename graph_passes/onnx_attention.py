@@ -15,8 +15,10 @@ Where the query length n is static (the encoder's 1500 positions, from ONNX shap
 ``QUERY_BLOCK_ROWS``, the queries are cut into blocks of that many rows, one Attention node each
 (Slice, Attention, Concat): the same rows computed the same way, so the output is unchanged, while one
 head's block of scores (250 x 1500 fp32, 1.5 MB) stays near a core's L2 instead of spilling 9 MB
-through L3. Measured on base's encoder (fp32, in turn in one process): 3, 4, 6, 10, 15 and 25 blocks
-took 0.98, 0.97, 0.96, 0.97, 0.97 and 0.99x the time of one block. A dynamic n keeps one node: ONNX
+through L3. Measured on base's encoder (fp32 sessions of the rewritten encoder with each block count,
+timed in turn in one process by a script not kept): 3, 4, 6, 10, 15 and 25 blocks took 0.98, 0.97,
+0.96, 0.97, 0.97 and 0.99x the time of one block; end to end, ``examples/compare_folders.py`` measures
+the rewrite as a whole (README "The exported model"). A dynamic n keeps one node: ONNX
 Runtime's Attention refuses an empty block.
 
 This is not an NPU fusion (``fuse_attention`` makes ``xdna::Attention`` for that); it changes what the

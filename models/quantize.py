@@ -27,7 +27,8 @@ recording: 241 vs 300 ms).
 
 The prompt decoder's cross-attention K/V projections are the same kind of work (1500-row GEMMs over
 the encoder's final LayerNorm output), once per window: as MatMulNBits they took 25 of the 33 ms of
-base's first decoder step (ONNX Runtime's profiler); dynamically quantized, base int8 transcribes
+base's first decoder step (ONNX Runtime's profiler, ``enable_profiling`` on a decoder_model session
+fed jfk.wav's encoder states, by a script not kept); dynamically quantized, base int8 transcribes
 jfk.wav in 0.93x the time with the same tokens and goldens (``python examples/compare_folders.py``
 against a copy of the folder holding the previous quantizer's int8 graphs, commit f1e94d9).
 
